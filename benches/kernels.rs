@@ -1,0 +1,117 @@
+//! Kernel speed on a 4 MB f32 layer (1,048,576 values as 256 rows of 4096), one thread.
+//!
+//! Run: `cargo bench --bench kernels`. `baseline/copy` (a plain copy of the layer) is measured
+//! in the same run, so ratios against it hold on a noisy shared machine.
+
+use std::hint::black_box;
+
+use arrowquant_udfs::kernels::quantized::{QuantizedRef, QuantizedRow, Quantizer};
+use arrowquant_udfs::kernels::scheme::GroupSize;
+use arrowquant_udfs::kernels::{QuantSpec, Scheme};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+
+const ROWS: usize = 256;
+const ROW_LEN: usize = 4096;
+
+fn layer() -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let normal = Normal::new(0.0f32, 0.02).unwrap();
+    (0..ROWS * ROW_LEN)
+        .map(|_| normal.sample(&mut rng))
+        .collect()
+}
+
+fn quantize_layer(
+    quantizer: &mut Quantizer,
+    x: &[f32],
+    spec: &QuantSpec,
+    out: &mut [QuantizedRow],
+) {
+    for (row, q) in x.chunks(ROW_LEN).zip(out.iter_mut()) {
+        quantizer.quantize(row, spec, q).unwrap();
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let x = layer();
+    let mut group = c.benchmark_group("layer_4mb");
+    group.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    group.sample_size(30);
+
+    let mut copy = vec![0.0f32; x.len()];
+    group.bench_function("baseline/copy", |b| {
+        b.iter(|| copy.copy_from_slice(black_box(&x)))
+    });
+
+    let specs = [
+        (
+            "quantize/q4_0",
+            QuantSpec::new(4, None, Scheme::Q4_0).unwrap(),
+        ),
+        (
+            "quantize/q8_0",
+            QuantSpec::new(8, None, Scheme::Q8_0).unwrap(),
+        ),
+        (
+            "quantize/int4_g64_minmax",
+            QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::AsymMinMax).unwrap(),
+        ),
+        (
+            "quantize/int4_g64_search",
+            QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap(),
+        ),
+        (
+            "quantize/int8_g64_search",
+            QuantSpec::new(8, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap(),
+        ),
+        (
+            "quantize/int2_g32_search",
+            QuantSpec::new(2, Some(GroupSize::Fixed(32)), Scheme::Asym).unwrap(),
+        ),
+    ];
+    let mut quantizer = Quantizer::default();
+    let mut rows = vec![QuantizedRow::default(); ROWS];
+    for (name, spec) in &specs {
+        group.bench_function(*name, |b| {
+            b.iter(|| quantize_layer(&mut quantizer, black_box(&x), spec, &mut rows))
+        });
+    }
+
+    for (name, spec) in [
+        (
+            "dequantize/int4_g64",
+            QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap(),
+        ),
+        (
+            "dequantize/q4_0",
+            QuantSpec::new(4, None, Scheme::Q4_0).unwrap(),
+        ),
+    ] {
+        quantize_layer(&mut quantizer, &x, &spec, &mut rows);
+        let mut out = Vec::with_capacity(ROW_LEN);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for q in &rows {
+                    let view = QuantizedRef {
+                        codes: &q.codes,
+                        scales: &q.scales,
+                        offsets: &q.offsets,
+                        bits: spec.bits,
+                        group_size: q.group_size,
+                        len: ROW_LEN as u32,
+                        scheme: spec.scheme,
+                    };
+                    quantizer.dequantize(&view, &mut out).unwrap();
+                    black_box(&out);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);

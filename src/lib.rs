@@ -1,0 +1,11 @@
+//! ArrowQuant: model-weight quantization as SQL on Apache DataFusion.
+//!
+//! This crate is the engine users run: a [`session`] with every function registered, and the
+//! `arrowquant` command line. The SQL functions and their kernels live in `arrowquant-udfs`,
+//! re-exported here as [`udfs`].
+
+pub use arrowquant_udfs as udfs;
+
+pub mod catalogue;
+pub mod session;
+pub mod shell;

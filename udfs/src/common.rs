@@ -1,0 +1,418 @@
+//! The Arrow plumbing every SQL function shares, written once: which list types are accepted,
+//! turning a list column into rows of `&[f32]`, reading literal and column arguments, the
+//! quantized struct's layout, and one error style.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Float16Array, Int64Array, ListArray, StringArray,
+    UInt8Array, UInt32Array,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Float16Type, Float32Type, Float64Type, Int64Type, UInt8Type,
+    UInt32Type,
+};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, plan_err};
+use datafusion::logical_expr::ColumnarValue;
+
+use crate::kernels::KernelError;
+use crate::kernels::quantized::QuantizedRef;
+use crate::kernels::scheme::Scheme;
+
+/// An error about one row's data, naming the function and the row within the batch.
+pub fn row_error(function: &str, row: usize, error: impl std::fmt::Display) -> DataFusionError {
+    exec_datafusion_err!("{function}: row {row}: {error}")
+}
+
+/// A kernel error about a literal argument, refused while planning.
+pub fn arg_error(function: &str, argument: &str, error: &KernelError) -> DataFusionError {
+    DataFusionError::Plan(format!("{function}: argument '{argument}': {error}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument types.
+
+fn is_float(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Float16 | DataType::Float32 | DataType::Float64
+    )
+}
+
+/// The type a list-of-numbers argument is planned as: float lists stay as they are (they are
+/// read without a cast), other numeric lists are cast to `List<Float32>`, anything else is a
+/// plan error naming the function, the argument and the types accepted.
+pub fn coerce_float_list(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+    let item = match dt {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type(),
+        DataType::Null => return Ok(float32_list()),
+        _ => {
+            return plan_err!(
+                "{function}: argument '{argument}' must be a List, LargeList or FixedSizeList of Float16, Float32 or Float64, got {dt}"
+            );
+        }
+    };
+    if is_float(item) {
+        Ok(dt.clone())
+    } else if item.is_numeric() || matches!(item, DataType::Null) {
+        Ok(float32_list())
+    } else {
+        plan_err!(
+            "{function}: argument '{argument}' must be a list of Float16, Float32 or Float64 values, got a list of {item}"
+        )
+    }
+}
+
+pub fn float32_list() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
+}
+
+/// Integer arguments are planned as Int64.
+pub fn coerce_integer(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+    if dt.is_integer() || matches!(dt, DataType::Null) {
+        Ok(DataType::Int64)
+    } else {
+        plan_err!("{function}: argument '{argument}' must be an integer, got {dt}")
+    }
+}
+
+/// String arguments are planned as Utf8.
+pub fn coerce_string(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+            Ok(DataType::Utf8)
+        }
+        _ => plan_err!("{function}: argument '{argument}' must be a string, got {dt}"),
+    }
+}
+
+/// Checks the number of arguments, naming the function's forms.
+pub fn check_arity(function: &str, forms: &str, got: usize, min: usize, max: usize) -> Result<()> {
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        plan_err!("{function} takes {forms}; got {got} argument(s)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists of floats as rows of f32 slices.
+
+/// A list column seen as rows of `&[f32]`: borrowed when the values are already f32,
+/// converted once per batch otherwise (never per row).
+pub struct FloatRows<'a> {
+    values: Cow<'a, [f32]>,
+    offsets: Vec<usize>,
+    nulls: Option<NullBuffer>,
+}
+
+impl<'a> FloatRows<'a> {
+    pub fn new(array: &'a ArrayRef, function: &str, argument: &str) -> Result<Self> {
+        let (values, offsets, nulls): (&ArrayRef, Vec<usize>, _) = match array.data_type() {
+            DataType::List(_) => {
+                let list = array.as_list::<i32>();
+                let o = list.value_offsets().iter().map(|&o| o as usize).collect();
+                (list.values(), o, list.logical_nulls())
+            }
+            DataType::LargeList(_) => {
+                let list = array.as_list::<i64>();
+                let o = list.value_offsets().iter().map(|&o| o as usize).collect();
+                (list.values(), o, list.logical_nulls())
+            }
+            DataType::FixedSizeList(_, size) => {
+                let list = array.as_fixed_size_list();
+                let size = *size as usize;
+                let start = list.offset() * size;
+                let o = (0..=list.len()).map(|i| start + i * size).collect();
+                (list.values(), o, list.logical_nulls())
+            }
+            DataType::Null => {
+                let n = array.len();
+                return Ok(FloatRows {
+                    values: Cow::Owned(Vec::new()),
+                    offsets: vec![0; n + 1],
+                    nulls: Some(NullBuffer::new_null(n)),
+                });
+            }
+            other => {
+                return Err(exec_datafusion_err!(
+                    "{function}: argument '{argument}' must be a list of floats, got {other}"
+                ));
+            }
+        };
+        let converted: Cow<'a, [f32]> = match values.data_type() {
+            DataType::Float32 => Cow::Borrowed(values.as_primitive::<Float32Type>().values()),
+            DataType::Float16 => Cow::Owned(
+                values
+                    .as_primitive::<Float16Type>()
+                    .values()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            ),
+            DataType::Float64 => Cow::Owned(
+                values
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
+            ),
+            other => {
+                return Err(exec_datafusion_err!(
+                    "{function}: argument '{argument}' must be a list of floats, got a list of {other}"
+                ));
+            }
+        };
+        let rows = FloatRows {
+            values: converted,
+            offsets,
+            nulls,
+        };
+        if let Some(element_nulls) = values.logical_nulls() {
+            for row in 0..rows.len() {
+                if rows.is_valid(row) {
+                    let (start, end) = (rows.offsets[row], rows.offsets[row + 1]);
+                    if (start..end).any(|i| element_nulls.is_null(i)) {
+                        return Err(row_error(
+                            function,
+                            row,
+                            format!("argument '{argument}' contains a NULL element"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn is_valid(&self, row: usize) -> bool {
+        self.nulls.as_ref().is_none_or(|n| n.is_valid(row))
+    }
+
+    /// The row's values, or `None` for a NULL row.
+    pub fn row(&self, row: usize) -> Option<&[f32]> {
+        self.is_valid(row)
+            .then(|| &self.values[self.offsets[row]..self.offsets[row + 1]])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar-or-column arguments.
+
+/// An Int64 argument, a literal read once or a column read per row.
+pub enum IntArg {
+    Scalar(Option<i64>),
+    Column(Int64Array),
+}
+
+impl IntArg {
+    pub fn new(value: &ColumnarValue) -> Result<Self> {
+        Ok(match value {
+            ColumnarValue::Scalar(ScalarValue::Int64(v)) => IntArg::Scalar(*v),
+            ColumnarValue::Scalar(ScalarValue::Null) => IntArg::Scalar(None),
+            ColumnarValue::Array(a) if a.data_type() == &DataType::Int64 => {
+                IntArg::Column(a.as_primitive::<Int64Type>().clone())
+            }
+            other => {
+                return Err(exec_datafusion_err!(
+                    "expected an Int64 argument, got {}",
+                    other.data_type()
+                ));
+            }
+        })
+    }
+
+    pub fn get(&self, row: usize) -> Option<i64> {
+        match self {
+            IntArg::Scalar(v) => *v,
+            IntArg::Column(a) => a.is_valid(row).then(|| a.value(row)),
+        }
+    }
+}
+
+/// A Utf8 argument, a literal read once or a column read per row.
+pub enum StrArg {
+    Scalar(Option<String>),
+    Column(StringArray),
+}
+
+impl StrArg {
+    pub fn new(value: &ColumnarValue) -> Result<Self> {
+        Ok(match value {
+            ColumnarValue::Scalar(ScalarValue::Utf8(v)) => StrArg::Scalar(v.clone()),
+            ColumnarValue::Scalar(ScalarValue::Null) => StrArg::Scalar(None),
+            ColumnarValue::Array(a) if a.data_type() == &DataType::Utf8 => {
+                StrArg::Column(a.as_string::<i32>().clone())
+            }
+            other => {
+                return Err(exec_datafusion_err!(
+                    "expected a Utf8 argument, got {}",
+                    other.data_type()
+                ));
+            }
+        })
+    }
+
+    pub fn get(&self, row: usize) -> Option<&str> {
+        match self {
+            StrArg::Scalar(v) => v.as_deref(),
+            StrArg::Column(a) => a.is_valid(row).then(|| a.value(row)),
+        }
+    }
+}
+
+/// The literal value of argument `index` while planning, if it is one.
+pub fn literal<'a>(scalars: &[Option<&'a ScalarValue>], index: usize) -> Option<&'a ScalarValue> {
+    scalars.get(index).copied().flatten()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quantized struct.
+
+pub fn float16_list() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Float16, true)))
+}
+
+/// Fields of the struct `quantize` returns (DESIGN.md, "Quantized value"). They are nullable
+/// so that structs built by hand or read back from files cast to this layout.
+pub fn quantized_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("codes", DataType::Binary, true),
+        Field::new("scales", float16_list(), true),
+        Field::new("offsets", float16_list(), true),
+        Field::new("bits", DataType::UInt8, true),
+        Field::new("group_size", DataType::UInt32, true),
+        Field::new("len", DataType::UInt32, true),
+        Field::new("scheme", DataType::Utf8, true),
+    ])
+}
+
+pub fn quantized_type() -> DataType {
+    DataType::Struct(quantized_fields())
+}
+
+/// Plans a quantized-struct argument: any struct with the seven fields (in any order, with
+/// view, large or nullable variants, as a Parquet round trip may give) is cast to the canonical
+/// layout.
+pub fn coerce_quantized(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+    match dt {
+        DataType::Struct(fields) => {
+            for want in quantized_fields().iter() {
+                if fields.find(want.name()).is_none() {
+                    return plan_err!(
+                        "{function}: argument '{argument}' is a struct without the field '{}' of a quantized value (as returned by quantize)",
+                        want.name()
+                    );
+                }
+            }
+            Ok(quantized_type())
+        }
+        DataType::Null => Ok(quantized_type()),
+        _ => plan_err!(
+            "{function}: argument '{argument}' must be a quantized value (the struct quantize returns), got {dt}"
+        ),
+    }
+}
+
+/// A column of quantized structs, read row by row without copying.
+pub struct QuantizedColumn<'a> {
+    nulls: Option<NullBuffer>,
+    codes: &'a BinaryArray,
+    scales: &'a ListArray,
+    offsets: &'a ListArray,
+    scale_values: &'a [half::f16],
+    offset_values: &'a [half::f16],
+    bits: &'a UInt8Array,
+    group_size: &'a UInt32Array,
+    len: &'a UInt32Array,
+    scheme: &'a StringArray,
+}
+
+impl<'a> QuantizedColumn<'a> {
+    pub fn new(array: &'a ArrayRef) -> Result<Self> {
+        let s = array.as_struct_opt().ok_or_else(|| {
+            exec_datafusion_err!("expected a quantized struct, got {}", array.data_type())
+        })?;
+        let column = |name: &str| {
+            s.column_by_name(name)
+                .ok_or_else(|| exec_datafusion_err!("quantized struct has no field '{name}'"))
+        };
+        let scales = column("scales")?.as_list::<i32>();
+        let offsets = column("offsets")?.as_list::<i32>();
+        Ok(QuantizedColumn {
+            nulls: s.logical_nulls(),
+            codes: column("codes")?.as_binary::<i32>(),
+            scale_values: scales.values().as_primitive::<Float16Type>().values(),
+            offset_values: offsets.values().as_primitive::<Float16Type>().values(),
+            scales,
+            offsets,
+            bits: column("bits")?.as_primitive::<UInt8Type>(),
+            group_size: column("group_size")?.as_primitive::<UInt32Type>(),
+            len: column("len")?.as_primitive::<UInt32Type>(),
+            scheme: column("scheme")?.as_string::<i32>(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `row`, or `None` when NULL. A row whose own fields are NULL is corrupt.
+    pub fn get(&self, row: usize) -> std::result::Result<Option<QuantizedRef<'a>>, String> {
+        if self.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+            return Ok(None);
+        }
+        let fields_valid = self.codes.is_valid(row)
+            && self.scales.is_valid(row)
+            && self.offsets.is_valid(row)
+            && self.bits.is_valid(row)
+            && self.group_size.is_valid(row)
+            && self.len.is_valid(row)
+            && self.scheme.is_valid(row);
+        if !fields_valid {
+            return Err("corrupt quantized value: a field is NULL".to_string());
+        }
+        let scheme = Scheme::parse(self.scheme.value(row)).map_err(|e| e.to_string())?;
+        let span = |list: &ListArray, values: &'a [half::f16]| {
+            let o = list.value_offsets();
+            let (start, end) = (o[row] as usize, o[row + 1] as usize);
+            values
+                .get(start..end)
+                .ok_or_else(|| "corrupt quantized value: scale list out of bounds".to_string())
+        };
+        Ok(Some(QuantizedRef {
+            codes: self.codes.value(row),
+            scales: span(self.scales, self.scale_values)?,
+            offsets: span(self.offsets, self.offset_values)?,
+            bits: self.bits.value(row),
+            group_size: self.group_size.value(row),
+            len: self.len.value(row),
+            scheme,
+        }))
+    }
+}
+
+/// A nullable Float64 result field.
+pub fn float64_field(name: &str) -> FieldRef {
+    Arc::new(Field::new(name, DataType::Float64, true))
+}
+
+/// Float16 values of a list, as used by quantized structs (for tests and tools).
+pub fn f16_values(array: &ArrayRef) -> Option<&Float16Array> {
+    array.as_primitive_opt::<Float16Type>()
+}

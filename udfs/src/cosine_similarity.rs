@@ -1,0 +1,25 @@
+//! `cosine_similarity(a, b)`: the cosine of the angle between two rows.
+
+use std::sync::LazyLock;
+
+use datafusion::logical_expr::Documentation;
+
+use crate::doc::DOC_QUALITY;
+use crate::kernels::metrics::PairSums;
+use crate::pair_metric::PairMetric;
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_QUALITY,
+        "Cosine similarity of two rows of the same length, computed in f64. NULL when either row is NULL, empty or all zeros; lists of different lengths are an error.",
+        "cosine_similarity(a, b)",
+    )
+    .with_sql_example("```sql\n> SELECT cosine_similarity(weights, dequantize(quantize(weights, 4))) FROM layers;\n```")
+    .with_argument("a", "List of floats: the original row.")
+    .with_argument("b", "List of floats of the same length: the reconstruction.")
+    .build()
+});
+
+pub fn cosine_similarity() -> PairMetric {
+    PairMetric::new("cosine_similarity", PairSums::cosine, || &DOCUMENTATION)
+}

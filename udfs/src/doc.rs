@@ -1,0 +1,27 @@
+//! Documentation sections shared by the functions' `Documentation`.
+
+use datafusion::logical_expr::DocSection;
+
+pub const DOC_QUANTIZATION: DocSection = DocSection {
+    include: true,
+    label: "Quantization Functions",
+    description: Some("Quantize and dequantize rows of model weights."),
+};
+
+pub const DOC_QUALITY: DocSection = DocSection {
+    include: true,
+    label: "Quality Functions",
+    description: Some("Compare original and reconstructed weights."),
+};
+
+pub const DOC_STATISTICS: DocSection = DocSection {
+    include: true,
+    label: "Weight Statistics Functions",
+    description: Some("Describe the distribution of weights."),
+};
+
+pub fn scheme_list() -> &'static str {
+    "Storage scheme: 'asym' (default: scale and offset per group, clipping search), 'sym' \
+     (signed scale only), 'asym_minmax' / 'sym_minmax' (no search), or llama.cpp's 'q4_0', \
+     'q4_1', 'q5_0', 'q5_1', 'q8_0' (bit-exact blocks of 32)."
+}

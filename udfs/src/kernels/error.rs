@@ -1,0 +1,75 @@
+//! The kernels' error type. The SQL layer adds the row and argument names.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum KernelError {
+    #[error("unsupported bit width {bits}: expected one of 2, 3, 4, 5, 6 or 8")]
+    UnsupportedBits { bits: i64 },
+
+    #[error(
+        "group size {group_size} out of range: expected 16 to 4096, or 'row' for one group per row"
+    )]
+    GroupSize { group_size: i64 },
+
+    #[error("unknown scheme '{name}': expected one of {expected}")]
+    UnknownScheme {
+        name: String,
+        expected: &'static str,
+    },
+
+    #[error("scheme {scheme} stores {expected}-bit codes, but bits = {bits} was asked for")]
+    SchemeBits {
+        scheme: &'static str,
+        bits: u8,
+        expected: u8,
+    },
+
+    #[error(
+        "scheme {scheme} uses blocks of {block} values, but group size {group_size} was asked for"
+    )]
+    SchemeGroup {
+        scheme: &'static str,
+        block: usize,
+        group_size: usize,
+    },
+
+    #[error("row length {len} is not a multiple of the {scheme} block size {block}")]
+    NotBlockMultiple {
+        scheme: &'static str,
+        len: usize,
+        block: usize,
+    },
+
+    #[error("non-finite value {value} at index {index}")]
+    NonFinite { index: usize, value: f32 },
+
+    #[error("lists of different lengths: {left} and {right}")]
+    LengthMismatch { left: usize, right: usize },
+
+    #[error("group {group} needs a scale or offset of {value:e}, beyond the range of f16 (±65504)")]
+    ScaleOverflow { group: usize, value: f32 },
+
+    #[error("corrupt quantized value: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// Refuses NaN and ±Inf: they would poison a whole group's scale silently.
+pub fn check_finite(values: &[f32]) -> Result<()> {
+    // A branch-free pass over the exponent bits vectorises; the search below only runs
+    // when something is wrong.
+    const EXPONENT: u32 = 0x7f80_0000;
+    let any_non_finite = values.iter().fold(0u32, |acc, v| {
+        acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    });
+    if any_non_finite == 0 {
+        return Ok(());
+    }
+    let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(KernelError::NonFinite {
+        index,
+        value: values[index],
+    })
+}

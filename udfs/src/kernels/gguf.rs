@@ -1,0 +1,280 @@
+//! llama.cpp's legacy block formats, bit-exact with its reference quantizer (as mirrored by
+//! `gguf.quants.quantize` of the `gguf` Python package): a row's bytes are exactly the blocks
+//! llama.cpp writes for that row, so concatenating rows gives GGUF tensor data.
+//!
+//! | format | block bytes | layout |
+//! | --- | --- | --- |
+//! | q4_0 | 18 | d: f16, qs: 16 × (low nibble = value j, high nibble = value j + 16) |
+//! | q4_1 | 20 | d: f16, m: f16, qs: 16 |
+//! | q5_0 | 22 | d: f16, qh: u32 (fifth bit of value j at bit j), qs: 16 |
+//! | q5_1 | 24 | d: f16, m: f16, qh: u32, qs: 16 |
+//! | q8_0 | 34 | d: f16, qs: 32 × i8 |
+
+use half::f16;
+
+use super::error::{KernelError, Result};
+
+/// Values per block, for every legacy format.
+pub const BLOCK: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgufFormat {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl GgufFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufFormat::Q4_0 => "q4_0",
+            GgufFormat::Q4_1 => "q4_1",
+            GgufFormat::Q5_0 => "q5_0",
+            GgufFormat::Q5_1 => "q5_1",
+            GgufFormat::Q8_0 => "q8_0",
+        }
+    }
+
+    pub fn bits(self) -> u8 {
+        match self {
+            GgufFormat::Q4_0 | GgufFormat::Q4_1 => 4,
+            GgufFormat::Q5_0 | GgufFormat::Q5_1 => 5,
+            GgufFormat::Q8_0 => 8,
+        }
+    }
+
+    pub fn block_values(self) -> usize {
+        BLOCK
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgufFormat::Q4_0 => 18,
+            GgufFormat::Q4_1 => 20,
+            GgufFormat::Q5_0 => 22,
+            GgufFormat::Q5_1 => 24,
+            GgufFormat::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes for a row of `len` values (which must be a whole number of blocks).
+    pub fn row_bytes(self, len: usize) -> Result<usize> {
+        if len % BLOCK != 0 {
+            return Err(KernelError::NotBlockMultiple {
+                scheme: self.name(),
+                len,
+                block: BLOCK,
+            });
+        }
+        Ok(len / BLOCK * self.block_bytes())
+    }
+}
+
+/// Appends the blocks of `row` to `out`.
+pub fn quantize_row(format: GgufFormat, row: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    out.resize(start + format.row_bytes(row.len())?, 0);
+    let blocks = out[start..].chunks_exact_mut(format.block_bytes());
+    for (dst, x) in blocks.zip(row.chunks_exact(BLOCK)) {
+        let x: &[f32; BLOCK] = x.try_into().expect("chunks are whole blocks");
+        match format {
+            GgufFormat::Q4_0 => quantize_block_q4_0(x, dst),
+            GgufFormat::Q4_1 => quantize_block_q4_1(x, dst),
+            GgufFormat::Q5_0 => quantize_block_q5_0(x, dst),
+            GgufFormat::Q5_1 => quantize_block_q5_1(x, dst),
+            GgufFormat::Q8_0 => quantize_block_q8_0(x, dst),
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `bytes` (whole blocks for `len` values) into `out`, which is cleared first.
+pub fn dequantize_row(
+    format: GgufFormat,
+    bytes: &[u8],
+    len: usize,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let expected = format.row_bytes(len)?;
+    if bytes.len() != expected {
+        return Err(KernelError::Corrupt(format!(
+            "{len} values in {} need {expected} bytes, found {}",
+            format.name(),
+            bytes.len()
+        )));
+    }
+    out.clear();
+    out.resize(len, 0.0);
+    let blocks = bytes.chunks_exact(format.block_bytes());
+    for (src, y) in blocks.zip(out.chunks_exact_mut(BLOCK)) {
+        let y: &mut [f32; BLOCK] = y.try_into().expect("chunks are whole blocks");
+        match format {
+            GgufFormat::Q4_0 => dequantize_block_q4_0(src, y),
+            GgufFormat::Q4_1 => dequantize_block_q4_1(src, y),
+            GgufFormat::Q5_0 => dequantize_block_q5_0(src, y),
+            GgufFormat::Q5_1 => dequantize_block_q5_1(src, y),
+            GgufFormat::Q8_0 => dequantize_block_q8_0(src, y),
+        }
+    }
+    Ok(())
+}
+
+fn put_f16(dst: &mut [u8], value: f32) {
+    dst[..2].copy_from_slice(&f16::from_f32(value).to_le_bytes());
+}
+
+fn get_f16(src: &[u8]) -> f32 {
+    f16::from_le_bytes([src[0], src[1]]).to_f32()
+}
+
+/// The value of largest magnitude, the first one on ties (as llama.cpp's `amax < |v|` scan).
+fn signed_absmax(x: &[f32; BLOCK]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+fn min_max(x: &[f32; BLOCK]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+fn inverse(d: f32) -> f32 {
+    if d == 0.0 { 0.0 } else { 1.0 / d }
+}
+
+/// Codes of a zero-centred block: `min(levels - 1, trunc(x·id + levels + 0.5))`.
+fn centred_codes(x: &[f32; BLOCK], id: f32, levels: f32, max_code: u8) -> [u8; BLOCK] {
+    let bias = levels + 0.5;
+    let mut q = [0u8; BLOCK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        // Two roundings (product, then sum) as the reference does without FMA.
+        *q = ((v * id + bias).trunc() as u8).min(max_code);
+    }
+    q
+}
+
+/// Codes of an offset block: `min(max_code, trunc((x − min)·id + 0.5))`.
+fn offset_codes(x: &[f32; BLOCK], min: f32, id: f32, max_code: u8) -> [u8; BLOCK] {
+    let mut q = [0u8; BLOCK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (((v - min) * id + 0.5).trunc() as u8).min(max_code);
+    }
+    q
+}
+
+fn put_nibbles(q: &[u8; BLOCK], qs: &mut [u8]) {
+    for j in 0..BLOCK / 2 {
+        qs[j] = (q[j] & 0x0f) | ((q[j + BLOCK / 2] & 0x0f) << 4);
+    }
+}
+
+fn fifth_bits(q: &[u8; BLOCK]) -> [u8; 4] {
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (j, &c)| acc | (u32::from(c >> 4) << j));
+    qh.to_le_bytes()
+}
+
+fn quantize_block_q4_0(x: &[f32; BLOCK], dst: &mut [u8]) {
+    let d = signed_absmax(x) / -8.0;
+    let q = centred_codes(x, inverse(d), 8.0, 15);
+    put_f16(dst, d);
+    put_nibbles(&q, &mut dst[2..]);
+}
+
+fn quantize_block_q4_1(x: &[f32; BLOCK], dst: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let q = offset_codes(x, min, inverse(d), 15);
+    put_f16(dst, d);
+    put_f16(&mut dst[2..], min);
+    put_nibbles(&q, &mut dst[4..]);
+}
+
+fn quantize_block_q5_0(x: &[f32; BLOCK], dst: &mut [u8]) {
+    let d = signed_absmax(x) / -16.0;
+    let q = centred_codes(x, inverse(d), 16.0, 31);
+    put_f16(dst, d);
+    dst[2..6].copy_from_slice(&fifth_bits(&q));
+    put_nibbles(&q, &mut dst[6..]);
+}
+
+fn quantize_block_q5_1(x: &[f32; BLOCK], dst: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let q = offset_codes(x, min, inverse(d), 31);
+    put_f16(dst, d);
+    put_f16(&mut dst[2..], min);
+    dst[4..8].copy_from_slice(&fifth_bits(&q));
+    put_nibbles(&q, &mut dst[8..]);
+}
+
+fn quantize_block_q8_0(x: &[f32; BLOCK], dst: &mut [u8]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    put_f16(dst, d);
+    for (byte, &v) in dst[2..].iter_mut().zip(x) {
+        // roundf: halves away from zero, as llama.cpp's reference.
+        *byte = ((v * id).round() as i8) as u8;
+    }
+}
+
+fn nibble(qs: &[u8], j: usize) -> u8 {
+    if j < BLOCK / 2 {
+        qs[j] & 0x0f
+    } else {
+        qs[j - BLOCK / 2] >> 4
+    }
+}
+
+fn dequantize_block_q4_0(src: &[u8], y: &mut [f32; BLOCK]) {
+    let d = get_f16(src);
+    for (j, y) in y.iter_mut().enumerate() {
+        *y = (f32::from(nibble(&src[2..], j)) - 8.0) * d;
+    }
+}
+
+fn dequantize_block_q4_1(src: &[u8], y: &mut [f32; BLOCK]) {
+    let (d, m) = (get_f16(src), get_f16(&src[2..]));
+    for (j, y) in y.iter_mut().enumerate() {
+        *y = f32::from(nibble(&src[4..], j)) * d + m;
+    }
+}
+
+fn five_bit(qh: u32, qs: &[u8], j: usize) -> u8 {
+    nibble(qs, j) | ((((qh >> j) & 1) as u8) << 4)
+}
+
+fn dequantize_block_q5_0(src: &[u8], y: &mut [f32; BLOCK]) {
+    let d = get_f16(src);
+    let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
+    for (j, y) in y.iter_mut().enumerate() {
+        *y = (f32::from(five_bit(qh, &src[6..], j)) - 16.0) * d;
+    }
+}
+
+fn dequantize_block_q5_1(src: &[u8], y: &mut [f32; BLOCK]) {
+    let (d, m) = (get_f16(src), get_f16(&src[2..]));
+    let qh = u32::from_le_bytes([src[4], src[5], src[6], src[7]]);
+    for (j, y) in y.iter_mut().enumerate() {
+        *y = f32::from(five_bit(qh, &src[8..], j)) * d + m;
+    }
+}
+
+fn dequantize_block_q8_0(src: &[u8], y: &mut [f32; BLOCK]) {
+    let d = get_f16(src);
+    for (y, &q) in y.iter_mut().zip(&src[2..]) {
+        *y = f32::from(q as i8) * d;
+    }
+}

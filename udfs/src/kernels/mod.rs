@@ -1,0 +1,17 @@
+//! Numeric kernels: plain Rust over slices, free of Arrow and DataFusion types.
+//!
+//! Each quantization family is a module with `quantize_row` / `dequantize_row` over whole
+//! rows, writing into buffers the caller owns so that the row loop never allocates.
+
+pub mod affine;
+pub mod error;
+pub mod gguf;
+pub mod metrics;
+pub mod packing;
+pub mod quantized;
+pub mod scheme;
+pub mod sketch;
+pub mod stats;
+
+pub use error::KernelError;
+pub use scheme::{QuantSpec, Scheme};

@@ -1,0 +1,184 @@
+//! ArrowQuant's SQL functions for Apache DataFusion, and the kernels behind them.
+//!
+//! - [`kernels`]: numeric code on plain slices (no Arrow types): quantization schemes, bit
+//!   packing, GGUF blocks, metrics, statistics, a mergeable histogram sketch.
+//! - [`udfs`]: one constructor per SQL function; [`register_all`] registers them all.
+//! - [`functions`]: `Expr` helpers for the DataFrame API.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::SessionContext;
+
+pub mod common;
+pub mod doc;
+pub mod kernels;
+mod pair_aggregate;
+mod pair_metric;
+mod quant_args;
+
+pub mod compression_ratio;
+pub mod cosine_similarity;
+pub mod dequantize;
+pub mod max_abs_error;
+pub mod mse;
+pub mod quant_error;
+pub mod quant_params;
+pub mod quantize;
+pub mod sqnr_db;
+pub mod tensor_cosine;
+pub mod tensor_mse;
+pub mod weight_stats;
+pub mod weight_stats_agg;
+
+/// One shared instance of every function, created on first use.
+pub mod udfs {
+    use std::sync::{Arc, LazyLock};
+
+    use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+
+    macro_rules! scalar {
+        ($name:ident, $make:expr) => {
+            pub fn $name() -> Arc<ScalarUDF> {
+                static INSTANCE: LazyLock<Arc<ScalarUDF>> =
+                    LazyLock::new(|| Arc::new(ScalarUDF::new_from_impl($make)));
+                Arc::clone(&INSTANCE)
+            }
+        };
+    }
+
+    macro_rules! aggregate {
+        ($name:ident, $make:expr) => {
+            pub fn $name() -> Arc<AggregateUDF> {
+                static INSTANCE: LazyLock<Arc<AggregateUDF>> =
+                    LazyLock::new(|| Arc::new(AggregateUDF::new_from_impl($make)));
+                Arc::clone(&INSTANCE)
+            }
+        };
+    }
+
+    scalar!(quantize_udf, crate::quantize::Quantize::default());
+    scalar!(dequantize_udf, crate::dequantize::Dequantize::default());
+    scalar!(
+        cosine_similarity_udf,
+        crate::cosine_similarity::cosine_similarity()
+    );
+    scalar!(mse_udf, crate::mse::mse());
+    scalar!(sqnr_db_udf, crate::sqnr_db::sqnr_db());
+    scalar!(max_abs_error_udf, crate::max_abs_error::max_abs_error());
+    scalar!(
+        compression_ratio_udf,
+        crate::compression_ratio::CompressionRatio::default()
+    );
+    scalar!(quant_error_udf, crate::quant_error::QuantError::default());
+    scalar!(
+        weight_stats_udf,
+        crate::weight_stats::WeightStats::default()
+    );
+
+    aggregate!(tensor_cosine_udaf, crate::tensor_cosine::tensor_cosine());
+    aggregate!(tensor_mse_udaf, crate::tensor_mse::tensor_mse());
+    aggregate!(
+        quant_params_udaf,
+        crate::quant_params::QuantParams::default()
+    );
+    aggregate!(
+        weight_stats_agg_udaf,
+        crate::weight_stats_agg::WeightStatsAgg::default()
+    );
+
+    /// Every scalar function.
+    pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
+        vec![
+            quantize_udf(),
+            dequantize_udf(),
+            cosine_similarity_udf(),
+            mse_udf(),
+            sqnr_db_udf(),
+            max_abs_error_udf(),
+            compression_ratio_udf(),
+            quant_error_udf(),
+            weight_stats_udf(),
+        ]
+    }
+
+    /// Every aggregate function.
+    pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
+        vec![
+            tensor_cosine_udaf(),
+            tensor_mse_udaf(),
+            quant_params_udaf(),
+            weight_stats_agg_udaf(),
+        ]
+    }
+}
+
+/// `Expr` helpers for the DataFrame API: `quantize(col("weights"), lit(4))`. Optional
+/// arguments go through the UDF itself: `udfs::quantize_udf().call(vec![...])`.
+pub mod functions {
+    use datafusion::logical_expr::Expr;
+
+    use crate::udfs;
+
+    pub fn quantize(weights: Expr, bits: Expr) -> Expr {
+        udfs::quantize_udf().call(vec![weights, bits])
+    }
+    pub fn dequantize(q: Expr) -> Expr {
+        udfs::dequantize_udf().call(vec![q])
+    }
+    pub fn cosine_similarity(a: Expr, b: Expr) -> Expr {
+        udfs::cosine_similarity_udf().call(vec![a, b])
+    }
+    pub fn mse(a: Expr, b: Expr) -> Expr {
+        udfs::mse_udf().call(vec![a, b])
+    }
+    pub fn sqnr_db(a: Expr, b: Expr) -> Expr {
+        udfs::sqnr_db_udf().call(vec![a, b])
+    }
+    pub fn max_abs_error(a: Expr, b: Expr) -> Expr {
+        udfs::max_abs_error_udf().call(vec![a, b])
+    }
+    pub fn compression_ratio(q: Expr) -> Expr {
+        udfs::compression_ratio_udf().call(vec![q])
+    }
+    pub fn quant_error(weights: Expr, bits: Expr) -> Expr {
+        udfs::quant_error_udf().call(vec![weights, bits])
+    }
+    pub fn weight_stats(weights: Expr) -> Expr {
+        udfs::weight_stats_udf().call(vec![weights])
+    }
+    pub fn tensor_cosine(a: Expr, b: Expr) -> Expr {
+        udfs::tensor_cosine_udaf().call(vec![a, b])
+    }
+    pub fn tensor_mse(a: Expr, b: Expr) -> Expr {
+        udfs::tensor_mse_udaf().call(vec![a, b])
+    }
+    pub fn quant_params(values: Expr, bits: Expr) -> Expr {
+        udfs::quant_params_udaf().call(vec![values, bits])
+    }
+    pub fn weight_stats_agg(weights: Expr) -> Expr {
+        udfs::weight_stats_agg_udaf().call(vec![weights])
+    }
+}
+
+/// Registers every ArrowQuant function into a session.
+pub fn register_all(ctx: &SessionContext) {
+    for udf in udfs::scalar_udfs() {
+        ctx.register_udf(udf.as_ref().clone());
+    }
+    for udaf in udfs::aggregate_udfs() {
+        ctx.register_udaf(udaf.as_ref().clone());
+    }
+}
+
+/// Registers every ArrowQuant function into any registry (a `SessionState`, a `TaskContext`).
+pub fn register_all_into(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    for udf in udfs::scalar_udfs() {
+        registry.register_udf(Arc::clone(&udf))?;
+    }
+    for udaf in udfs::aggregate_udfs() {
+        registry.register_udaf(Arc::clone(&udaf))?;
+    }
+    Ok(())
+}

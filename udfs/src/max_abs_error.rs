@@ -1,0 +1,25 @@
+//! `max_abs_error(a, b)`: the largest absolute difference between two rows.
+
+use std::sync::LazyLock;
+
+use datafusion::logical_expr::Documentation;
+
+use crate::doc::DOC_QUALITY;
+use crate::kernels::metrics::PairSums;
+use crate::pair_metric::PairMetric;
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_QUALITY,
+        "Largest absolute elementwise difference between two rows of the same length. NULL when either row is NULL or empty; lists of different lengths are an error.",
+        "max_abs_error(a, b)",
+    )
+    .with_sql_example("```sql\n> SELECT max_abs_error(weights, dequantize(quantize(weights, 4))) FROM layers;\n```")
+    .with_argument("a", "List of floats: the original row.")
+    .with_argument("b", "List of floats of the same length: the reconstruction.")
+    .build()
+});
+
+pub fn max_abs_error() -> PairMetric {
+    PairMetric::new("max_abs_error", PairSums::max_abs_error, || &DOCUMENTATION)
+}

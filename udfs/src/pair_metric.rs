@@ -1,0 +1,104 @@
+//! The shape shared by the scalar functions that compare two rows (`cosine_similarity`, `mse`,
+//! `sqnr_db`, `max_abs_error`): two float lists in, one Float64 out. Each function's own file
+//! supplies its name, its documentation and which figure of [`PairSums`] it reports.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::Float64Builder;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::kernels::metrics::PairSums;
+
+#[derive(Debug)]
+pub struct PairMetric {
+    name: &'static str,
+    metric: fn(&PairSums) -> Option<f64>,
+    documentation: fn() -> &'static Documentation,
+    signature: Signature,
+}
+
+// Functions are told apart by name: two instances with one name are the same function.
+impl PartialEq for PairMetric {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for PairMetric {}
+
+impl std::hash::Hash for PairMetric {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl PairMetric {
+    pub fn new(
+        name: &'static str,
+        metric: fn(&PairSums) -> Option<f64>,
+        documentation: fn() -> &'static Documentation,
+    ) -> Self {
+        Self {
+            name,
+            metric,
+            documentation,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+/// Plans `(a, b)`: two float lists.
+pub fn coerce_pair(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+    check_arity(function, "(a, b)", arg_types.len(), 2, 2)?;
+    Ok(vec![
+        coerce_float_list(function, "a", &arg_types[0])?,
+        coerce_float_list(function, "b", &arg_types[1])?,
+    ])
+}
+
+impl ScalarUDFImpl for PairMetric {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        coerce_pair(self.name, arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = args.args[0].to_array(args.number_rows)?;
+        let b = args.args[1].to_array(args.number_rows)?;
+        let (a, b) = (
+            FloatRows::new(&a, self.name, "a")?,
+            FloatRows::new(&b, self.name, "b")?,
+        );
+        let mut out = Float64Builder::with_capacity(a.len());
+        for row in 0..a.len() {
+            match (a.row(row), b.row(row)) {
+                (Some(x), Some(y)) => {
+                    let sums = PairSums::of(x, y).map_err(|e| row_error(self.name, row, e))?;
+                    out.append_option((self.metric)(&sums));
+                }
+                _ => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some((self.documentation)())
+    }
+}

@@ -1,0 +1,344 @@
+//! Kernel tests: GGUF bit-exactness against the `gguf` package, the quality targets on seeded
+//! Gaussian rows, and properties of the affine schemes.
+
+use arrowquant_udfs::kernels::affine::{self, AffineOutput};
+use arrowquant_udfs::kernels::gguf::{self, GgufFormat};
+use arrowquant_udfs::kernels::metrics::PairSums;
+use arrowquant_udfs::kernels::quantized::{QuantizedRef, QuantizedRow, Quantizer};
+use arrowquant_udfs::kernels::scheme::GroupSize;
+use arrowquant_udfs::kernels::{KernelError, QuantSpec, Scheme};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Normal};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf");
+const ROW: usize = 256;
+
+fn gaussian_rows(rows: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    (0..rows)
+        .map(|_| (0..len).map(|_| normal.sample(&mut rng)).collect())
+        .collect()
+}
+
+fn roundtrip(x: &[f32], spec: &QuantSpec) -> Vec<f32> {
+    let mut quantizer = Quantizer::default();
+    let mut q = QuantizedRow::default();
+    quantizer.quantize(x, spec, &mut q).unwrap();
+    let view = QuantizedRef {
+        codes: &q.codes,
+        scales: &q.scales,
+        offsets: &q.offsets,
+        bits: spec.bits,
+        group_size: q.group_size,
+        len: x.len() as u32,
+        scheme: spec.scheme,
+    };
+    let mut out = Vec::new();
+    quantizer.dequantize(&view, &mut out).unwrap();
+    out
+}
+
+fn spec(bits: i64, group: Option<usize>, scheme: Scheme) -> QuantSpec {
+    QuantSpec::new(bits, group.map(GroupSize::Fixed), scheme).unwrap()
+}
+
+fn read_f32(path: &str) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn gguf_blocks_match_the_reference_bit_for_bit() {
+    let input = read_f32(&format!("{DATA}/input.f32"));
+    let formats = [
+        GgufFormat::Q4_0,
+        GgufFormat::Q4_1,
+        GgufFormat::Q5_0,
+        GgufFormat::Q5_1,
+        GgufFormat::Q8_0,
+    ];
+    for format in formats {
+        let expected = std::fs::read(format!("{DATA}/{}.bin", format.name())).unwrap();
+        let row_bytes = format.row_bytes(ROW).unwrap();
+        assert_eq!(expected.len(), input.len() / ROW * row_bytes);
+        for (r, (x, want)) in input
+            .chunks(ROW)
+            .zip(expected.chunks(row_bytes))
+            .enumerate()
+        {
+            let mut got = Vec::new();
+            gguf::quantize_row(format, x, &mut got).unwrap();
+            assert_eq!(
+                got,
+                want,
+                "{} row {r} differs from gguf.quants",
+                format.name()
+            );
+            // And decoding gives values within half a step of the input, block by block.
+            let mut back = Vec::new();
+            gguf::dequantize_row(format, &got, ROW, &mut back).unwrap();
+            assert_eq!(back.len(), ROW);
+        }
+    }
+}
+
+#[test]
+fn gguf_refuses_partial_blocks_and_short_bytes() {
+    let mut out = Vec::new();
+    assert!(matches!(
+        gguf::quantize_row(GgufFormat::Q4_0, &[0.0; 33], &mut out),
+        Err(KernelError::NotBlockMultiple { len: 33, .. })
+    ));
+    assert!(matches!(
+        gguf::dequantize_row(GgufFormat::Q8_0, &[0u8; 33], 32, &mut Vec::new()),
+        Err(KernelError::Corrupt(_))
+    ));
+}
+
+fn mean_row_metrics(rows: &[Vec<f32>], spec: &QuantSpec) -> (f64, f64) {
+    let mut min_cos = f64::INFINITY;
+    let mut mse = 0.0;
+    for x in rows {
+        let s = PairSums::of(x, &roundtrip(x, spec)).unwrap();
+        min_cos = min_cos.min(s.cosine().unwrap());
+        mse += s.mse().unwrap();
+    }
+    (min_cos, mse / rows.len() as f64)
+}
+
+#[test]
+fn quality_targets_on_gaussian_rows() {
+    let rows = gaussian_rows(16, 4096, 7);
+    let (cos8, _) = mean_row_metrics(&rows, &spec(8, None, Scheme::Asym));
+    let (cos8_g16, _) = mean_row_metrics(&rows, &spec(8, Some(16), Scheme::Asym));
+    let (cos_q8_0, _) = mean_row_metrics(&rows, &spec(8, None, Scheme::Q8_0));
+    let (cos4, mse4_g64) = mean_row_metrics(&rows, &spec(4, Some(64), Scheme::Asym));
+    let (cos2, _) = mean_row_metrics(&rows, &spec(2, Some(32), Scheme::Asym));
+    println!(
+        "min row cosine: int8 g64 {cos8:.7}, int8 g16 {cos8_g16:.7}, q8_0 {cos_q8_0:.7}, int4 g64 {cos4:.5}, int2 g32 {cos2:.4}"
+    );
+    // At 8 bits the error is rounding noise alone, Δ²/12 with Δ = range / 255: a group of 64
+    // Gaussian values spans about 4.7σ, so 1 − cosine ≈ 1.4e-5 for any uniform 8-bit grid
+    // (q8_0 gets 1.25e-5 at 8.5 bits a weight). 0.99999 needs groups of 16 (10 bits a weight).
+    assert!(cos8 >= 0.99998, "int8 g64 cosine {cos8}");
+    assert!(cos8_g16 >= 0.99999, "int8 g16 cosine {cos8_g16}");
+    assert!(cos4 >= 0.995, "int4 g64 cosine {cos4}");
+    assert!(cos2 >= 0.93, "int2 g32 cosine {cos2}");
+
+    let (_, mse_q4_0) = mean_row_metrics(&rows, &spec(4, None, Scheme::Q4_0));
+    let (_, mse4_g32) = mean_row_metrics(&rows, &spec(4, Some(32), Scheme::Asym));
+    let (_, mse_q4_1) = mean_row_metrics(&rows, &spec(4, None, Scheme::Q4_1));
+    println!(
+        "MSE: int4 g64 {mse4_g64:.6} vs q4_0 {mse_q4_0:.6} ({:+.1} %); int4 g32 {mse4_g32:.6} vs q4_1 {mse_q4_1:.6} ({:+.1} %)",
+        100.0 * (mse4_g64 / mse_q4_0 - 1.0),
+        100.0 * (mse4_g32 / mse_q4_1 - 1.0)
+    );
+    assert!(
+        mse4_g64 < mse_q4_0,
+        "int4 g64 must beat q4_0 at 4.5 bits a weight"
+    );
+    assert!(
+        mse4_g32 < mse_q4_1,
+        "int4 g32 must beat q4_1 at 5.0 bits a weight"
+    );
+}
+
+#[test]
+fn search_beats_plain_min_max() {
+    let rows = gaussian_rows(8, 1024, 11);
+    for (bits, group) in [(2, 32), (4, 64), (8, 128)] {
+        let (_, searched) = mean_row_metrics(&rows, &spec(bits, Some(group), Scheme::Asym));
+        let (_, plain) = mean_row_metrics(&rows, &spec(bits, Some(group), Scheme::AsymMinMax));
+        assert!(searched < plain, "{bits} bits: {searched} vs {plain}");
+        let (_, sym) = mean_row_metrics(&rows, &spec(bits, Some(group), Scheme::Sym));
+        let (_, sym_plain) = mean_row_metrics(&rows, &spec(bits, Some(group), Scheme::SymMinMax));
+        assert!(sym < sym_plain, "sym {bits} bits: {sym} vs {sym_plain}");
+    }
+}
+
+#[test]
+fn whole_row_groups_and_ragged_tails() {
+    let x = &gaussian_rows(1, 1000, 3)[0];
+    let row = QuantSpec::new(4, Some(GroupSize::Row), Scheme::Asym).unwrap();
+    let back = roundtrip(x, &row);
+    assert!(PairSums::of(x, &back).unwrap().cosine().unwrap() > 0.98);
+    // 1000 = 15 groups of 64 and a tail of 40.
+    let mut out = AffineOutput::default();
+    affine::quantize_row(x, 4, 64, Scheme::Asym, &mut out).unwrap();
+    assert_eq!(out.scales.len(), 16);
+    assert_eq!(out.offsets.len(), 16);
+}
+
+#[test]
+fn constant_zero_and_tiny_groups() {
+    for value in [0.0f32, 1.5, -3.25, 1e-9] {
+        let x = vec![value; 64];
+        for scheme in [
+            Scheme::Asym,
+            Scheme::Sym,
+            Scheme::AsymMinMax,
+            Scheme::SymMinMax,
+        ] {
+            let back = roundtrip(&x, &spec(4, Some(64), scheme));
+            for &b in &back {
+                assert!(
+                    (b - value).abs() <= value.abs() * 1e-3 + 1e-7,
+                    "{scheme:?} {value}: {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn scales_beyond_f16_are_an_error() {
+    let mut x = vec![0.0f32; 64];
+    x[3] = 3.0e6;
+    let mut q = Quantizer::default();
+    let err = q
+        .quantize(
+            &x,
+            &spec(4, Some(64), Scheme::Asym),
+            &mut QuantizedRow::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, KernelError::ScaleOverflow { group: 0, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_finite_values_are_refused_with_their_index() {
+    let mut x = vec![0.5f32; 100];
+    x[42] = f32::NAN;
+    let err = Quantizer::default()
+        .quantize(
+            &x,
+            &spec(4, None, Scheme::Asym),
+            &mut QuantizedRow::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, KernelError::NonFinite { index: 42, .. }));
+    x[42] = f32::NEG_INFINITY;
+    assert!(
+        Quantizer::default()
+            .quantize(
+                &x,
+                &spec(8, None, Scheme::Q8_0),
+                &mut QuantizedRow::default()
+            )
+            .is_err()
+    );
+}
+
+#[test]
+fn corrupted_rows_are_errors_not_panics() {
+    let x = &gaussian_rows(1, 128, 5)[0];
+    let s = spec(4, Some(64), Scheme::Asym);
+    let mut quantizer = Quantizer::default();
+    let mut q = QuantizedRow::default();
+    quantizer.quantize(x, &s, &mut q).unwrap();
+    let good = QuantizedRef {
+        codes: &q.codes,
+        scales: &q.scales,
+        offsets: &q.offsets,
+        bits: 4,
+        group_size: 64,
+        len: 128,
+        scheme: Scheme::Asym,
+    };
+    let mut out = Vec::new();
+    assert!(quantizer.dequantize(&good, &mut out).is_ok());
+    let bad = [
+        QuantizedRef {
+            codes: &q.codes[..10],
+            ..good
+        },
+        QuantizedRef {
+            scales: &q.scales[..1],
+            ..good
+        },
+        QuantizedRef {
+            offsets: &[],
+            ..good
+        },
+        QuantizedRef { len: 1000, ..good },
+        QuantizedRef {
+            group_size: 0,
+            ..good
+        },
+        QuantizedRef { bits: 7, ..good },
+        QuantizedRef { bits: 0, ..good },
+        QuantizedRef {
+            scheme: Scheme::Q4_0,
+            ..good
+        },
+    ];
+    for b in bad {
+        assert!(quantizer.dequantize(&b, &mut out).is_err(), "{b:?}");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_path_is_bit_identical_to_the_portable_path() {
+    for (i, x) in gaussian_rows(4, 4096, 99).iter().enumerate() {
+        for (bits, group, scheme) in [
+            (4, 64, Scheme::Asym),
+            (2, 32, Scheme::Asym),
+            (8, 4096, Scheme::Asym),
+            (3, 128, Scheme::Sym),
+            (4, 16, Scheme::AsymMinMax),
+        ] {
+            let (mut a, mut b) = (AffineOutput::default(), AffineOutput::default());
+            affine::quantize_row(x, bits, group, scheme, &mut a).unwrap();
+            affine::quantize_row_portable(x, bits, group, scheme, &mut b).unwrap();
+            assert_eq!(a.codes, b.codes, "row {i} {bits} bits {scheme:?}");
+            assert_eq!(a.scales, b.scales);
+            assert_eq!(a.offsets, b.offsets);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Inside the range a group can represent, every value is within half a step of its
+    /// reconstruction: codes are always the nearest for the stored scale and offset.
+    #[test]
+    fn error_is_at_most_half_a_step_inside_the_clipped_range(
+        bits in prop::sample::select(vec![2u8, 3, 4, 5, 6, 8]),
+        group in prop::sample::select(vec![16usize, 32, 64, 128]),
+        scheme in prop::sample::select(vec![Scheme::Asym, Scheme::Sym, Scheme::AsymMinMax, Scheme::SymMinMax]),
+        x in prop::collection::vec(-100.0f32..100.0, 1..400),
+    ) {
+        let mut out = AffineOutput::default();
+        affine::quantize_row(&x, bits, group, scheme, &mut out).unwrap();
+        let mut back = Vec::new();
+        affine::dequantize_row(&out.codes, group, bits, scheme.is_symmetric(), &out.scales, &out.offsets, &mut back).unwrap();
+        let levels = (1u32 << bits) as f32;
+        for (g, (xs, bs)) in x.chunks(group).zip(back.chunks(group)).enumerate() {
+            let d = out.scales[g].to_f32();
+            let (lo, hi) = if scheme.is_symmetric() {
+                let (a, b) = (-levels / 2.0 * d, (levels / 2.0 - 1.0) * d);
+                (a.min(b), a.max(b))
+            } else {
+                let m = out.offsets[g].to_f32();
+                (m, m + (levels - 1.0) * d)
+            };
+            for (&v, &r) in xs.iter().zip(bs) {
+                if v >= lo && v <= hi {
+                    let tolerance = d.abs() / 2.0 + 1e-4 * v.abs().max(d.abs()) + 1e-6;
+                    prop_assert!((v - r).abs() <= tolerance, "{v} -> {r}, step {d}, group {g}");
+                }
+            }
+        }
+    }
+}
