@@ -93,25 +93,24 @@ pub fn validate_literals(function: &str, scalars: &[Option<&ScalarValue>]) -> Re
         None => None,
     };
     if let Some(bits) = literal(scalars, 1).and_then(int_literal) {
-        let argument = if scheme.is_some_and(|s| s.gguf().is_some()) {
-            "scheme"
-        } else {
-            "bits"
-        };
-        QuantSpec::new(bits, group, scheme.unwrap_or(Scheme::Asym))
-            .map_err(|e| arg_error(function, argument, &e))?;
-    } else if let (Some(scheme), Some(group)) = (scheme, group) {
-        if let Some(format) = scheme.gguf() {
-            QuantSpec::new(i64::from(format.bits()), Some(group), scheme)
-                .map_err(|e| arg_error(function, "group_size", &e))?;
-        }
+        QuantSpec::new(bits, group, scheme.unwrap_or(Scheme::Asym)).map_err(|e| {
+            let argument = match e {
+                KernelError::SchemeGroup { .. } => "group_size",
+                _ => "bits",
+            };
+            arg_error(function, argument, &e)
+        })?;
+    } else if let (Some(scheme), Some(group)) = (scheme, group)
+        && let Some(format) = scheme.gguf()
+    {
+        QuantSpec::new(i64::from(format.bits()), Some(group), scheme)
+            .map_err(|e| arg_error(function, "group_size", &e))?;
     }
-    if let Some(v) = literal(scalars, 2) {
-        if !v.is_null() && group_of_literal(v).is_none() {
-            return plan_err!(
-                "{function}: argument 'group_size' must be an integer or 'row', got {v}"
-            );
-        }
+    if let Some(v) = literal(scalars, 2)
+        && !v.is_null()
+        && group_of_literal(v).is_none()
+    {
+        return plan_err!("{function}: argument 'group_size' must be an integer or 'row', got {v}");
     }
     Ok(())
 }

@@ -319,10 +319,10 @@ fn affine_group(
             let a = (nmax + stretch) / range;
             let b = -lo * a - stretch / 2.0;
             let sums = code_sums(x, a, b, 0.0, nmax);
-            if let Some((d, m, err)) = affine_fit(&mo, &sums) {
-                if err < best_err {
-                    (best_d, best_m, best_err) = (d, m, err);
-                }
+            if let Some((d, m, err)) = affine_fit(&mo, &sums)
+                && err < best_err
+            {
+                (best_d, best_m, best_err) = (d, m, err);
             }
         }
         for _ in 0..REFINE_STEPS {
@@ -381,10 +381,10 @@ fn symmetric_group(
         for shrink in SYM_SHRINK {
             let a = -half_levels / (extreme * shrink);
             let sums = code_sums(x, a, 0.0, qlo, qhi);
-            if let Some((d, err)) = fit(&sums) {
-                if err < best_err {
-                    (best_d, best_err) = (d, err);
-                }
+            if let Some((d, err)) = fit(&sums)
+                && err < best_err
+            {
+                (best_d, best_err) = (d, err);
             }
         }
         for _ in 0..REFINE_STEPS {

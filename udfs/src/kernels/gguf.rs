@@ -61,7 +61,7 @@ impl GgufFormat {
 
     /// Bytes for a row of `len` values (which must be a whole number of blocks).
     pub fn row_bytes(self, len: usize) -> Result<usize> {
-        if len % BLOCK != 0 {
+        if !len.is_multiple_of(BLOCK) {
             return Err(KernelError::NotBlockMultiple {
                 scheme: self.name(),
                 len,
