@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-use arrowquant_udfs::kernels::quantized::{QuantizedRef, QuantizedRow, Quantizer};
+use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
 use arrowquant_udfs::kernels::scheme::GroupSize;
 use arrowquant_udfs::kernels::{QuantSpec, Scheme};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -95,15 +95,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 for q in &rows {
-                    let view = QuantizedRef {
-                        codes: &q.codes,
-                        scales: &q.scales,
-                        offsets: &q.offsets,
-                        bits: spec.bits,
-                        group_size: q.group_size,
-                        len: ROW_LEN as u32,
-                        scheme: spec.scheme,
-                    };
+                    let view = q.view(&spec, ROW_LEN);
                     quantizer.dequantize(&view, &mut out).unwrap();
                     black_box(&out);
                 }

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{
 use crate::common::{FloatRows, row_error};
 use crate::doc::{DOC_QUALITY, scheme_list};
 use crate::kernels::metrics::PairSums;
-use crate::kernels::quantized::{QuantizedRef, QuantizedRow, Quantizer, stored_bytes};
+use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::quant_args::{self, SpecArgs};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -123,15 +123,7 @@ impl ScalarUDFImpl for QuantError {
             quantizer
                 .quantize(x, &spec, &mut q)
                 .map_err(|e| row_error(self.name(), row, e))?;
-            let view = QuantizedRef {
-                codes: &q.codes,
-                scales: &q.scales,
-                offsets: &q.offsets,
-                bits: spec.bits,
-                group_size: q.group_size,
-                len: x.len() as u32,
-                scheme: spec.scheme,
-            };
+            let view = q.view(&spec, x.len());
             quantizer
                 .dequantize(&view, &mut back)
                 .map_err(|e| row_error(self.name(), row, e))?;

@@ -27,15 +27,7 @@ fn roundtrip(x: &[f32], spec: &QuantSpec) -> Vec<f32> {
     let mut quantizer = Quantizer::default();
     let mut q = QuantizedRow::default();
     quantizer.quantize(x, spec, &mut q).unwrap();
-    let view = QuantizedRef {
-        codes: &q.codes,
-        scales: &q.scales,
-        offsets: &q.offsets,
-        bits: spec.bits,
-        group_size: q.group_size,
-        len: x.len() as u32,
-        scheme: spec.scheme,
-    };
+    let view = q.view(spec, x.len());
     let mut out = Vec::new();
     quantizer.dequantize(&view, &mut out).unwrap();
     out

@@ -41,29 +41,15 @@ pub fn quantize_row(
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { quantize_row_avx2(x, bits, group, scheme, out) };
+        if let Some(avx2) = avx2::Avx2::detect() {
+            return quantize_row_with(avx2, x, bits, group, scheme, out);
         }
     }
     quantize_row_portable(x, bits, group, scheme, out)
 }
 
-/// The same code as [`quantize_row_portable`], compiled for AVX2 so the lane loops use
-/// 256-bit registers. No fused multiply-add is ever requested, so results are bit-identical.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_row_avx2(
-    x: &[f32],
-    bits: u8,
-    group: usize,
-    scheme: Scheme,
-    out: &mut AffineOutput,
-) -> Result<()> {
-    quantize_row_body(x, bits, group, scheme, out)
-}
-
-/// The portable reference path (what runs where AVX2 is missing).
+/// The portable reference path (what runs where AVX2 is missing). The AVX2 path does the same
+/// operations in the same order, lane for lane, so the two agree bit for bit.
 pub fn quantize_row_portable(
     x: &[f32],
     bits: u8,
@@ -71,11 +57,11 @@ pub fn quantize_row_portable(
     scheme: Scheme,
     out: &mut AffineOutput,
 ) -> Result<()> {
-    quantize_row_body(x, bits, group, scheme, out)
+    quantize_row_with(Portable, x, bits, group, scheme, out)
 }
 
-#[inline(always)]
-fn quantize_row_body(
+fn quantize_row_with<P: Passes>(
+    passes: P,
     x: &[f32],
     bits: u8,
     group: usize,
@@ -90,9 +76,9 @@ fn quantize_row_body(
     let symmetric = scheme.is_symmetric();
     for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
         let params = if symmetric {
-            symmetric_group(xs, bits, scheme.searches(), codes)
+            symmetric_group(passes, xs, bits, scheme.searches(), codes)
         } else {
-            affine_group(xs, bits, scheme.searches(), codes)
+            affine_group(passes, xs, bits, scheme.searches(), codes)
         };
         let (scale, offset) = params.map_err(|value| KernelError::ScaleOverflow {
             group: index,
@@ -182,81 +168,260 @@ struct CodeSums {
 /// integer sums of codes, and accurate for the rest even in whole-row groups.
 const SUM_BLOCK: usize = 256;
 
+/// Adds up 8 lanes in a fixed tree order (the order a SIMD horizontal sum takes), so every
+/// implementation of [`Passes`] rounds the same way.
 #[inline(always)]
-fn lane_sum(lanes: [f32; LANES]) -> f64 {
-    lanes.iter().map(|&v| f64::from(v)).sum()
+fn reduce_lanes(v: [f32; LANES]) -> f64 {
+    f64::from(((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])))
+}
+
+/// The passes over a group's values, the hot loops of the search. Implementations differ in
+/// instructions only: each value goes to lane `i % 8` of a block of [`SUM_BLOCK`] values, the
+/// remainder of a block to lanes `0..rem` after the full chunks, and lanes reduce by
+/// [`reduce_lanes`].
+trait Passes: Copy {
+    /// (min, max, Σx, Σx²)
+    fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments);
+    /// Σl, Σl², Σl·x for the codes `l = clamp(round(x·a + b), lo, hi)`.
+    fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums;
+    /// Writes `l + bias` for each value as a byte.
+    #[allow(clippy::too_many_arguments)]
+    fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Portable;
+
+/// The scalar steps of a remainder, shared by every implementation.
+#[inline(always)]
+fn tail_moments(tail: &[f32], lo: &mut [f32; LANES], hi: &mut [f32; LANES], sx: &mut [f32; LANES], sxx: &mut [f32; LANES]) {
+    for (i, &v) in tail.iter().enumerate() {
+        lo[i] = if v < lo[i] { v } else { lo[i] };
+        hi[i] = if v > hi[i] { v } else { hi[i] };
+        sx[i] += v;
+        sxx[i] += v * v;
+    }
 }
 
 #[inline(always)]
-fn range_and_moments(x: &[f32]) -> (f32, f32, Moments) {
-    let mut lo = [f32::MAX; LANES];
-    let mut hi = [f32::MIN; LANES];
-    let mut m = Moments {
-        n: x.len() as f64,
-        ..Moments::default()
+#[allow(clippy::too_many_arguments)]
+fn tail_code_sums(tail: &[f32], a: f32, b: f32, lo: f32, hi: f32, sl: &mut [f32; LANES], sll: &mut [f32; LANES], slx: &mut [f32; LANES]) {
+    for (i, &v) in tail.iter().enumerate() {
+        let l = code_of(v, a, b, lo, hi);
+        sl[i] += l;
+        sll[i] += l * l;
+        slx[i] += l * v;
+    }
+}
+
+fn fold_range(lo: [f32; LANES], hi: [f32; LANES]) -> (f32, f32) {
+    (
+        lo.iter().fold(f32::MAX, |a, &b| a.min(b)),
+        hi.iter().fold(f32::MIN, |a, &b| a.max(b)),
+    )
+}
+
+impl Passes for Portable {
+    fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments) {
+        let mut lo = [f32::MAX; LANES];
+        let mut hi = [f32::MIN; LANES];
+        let mut m = Moments { n: x.len() as f64, ..Moments::default() };
+        for block in x.chunks(SUM_BLOCK) {
+            let mut sx = [0.0f32; LANES];
+            let mut sxx = [0.0f32; LANES];
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for i in 0..LANES {
+                    let v = c[i];
+                    lo[i] = if v < lo[i] { v } else { lo[i] };
+                    hi[i] = if v > hi[i] { v } else { hi[i] };
+                    sx[i] += v;
+                    sxx[i] += v * v;
+                }
+            }
+            tail_moments(tail, &mut lo, &mut hi, &mut sx, &mut sxx);
+            m.x += reduce_lanes(sx);
+            m.xx += reduce_lanes(sxx);
+        }
+        let (lo, hi) = fold_range(lo, hi);
+        (lo, hi, m)
+    }
+
+    fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
+        let mut total = CodeSums::default();
+        for block in x.chunks(SUM_BLOCK) {
+            let mut sl = [0.0f32; LANES];
+            let mut sll = [0.0f32; LANES];
+            let mut slx = [0.0f32; LANES];
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for i in 0..LANES {
+                    let l = code_of(c[i], a, b, lo, hi);
+                    sl[i] += l;
+                    sll[i] += l * l;
+                    slx[i] += l * c[i];
+                }
+            }
+            tail_code_sums(tail, a, b, lo, hi, &mut sl, &mut sll, &mut slx);
+            total.l += reduce_lanes(sl);
+            total.ll += reduce_lanes(sll);
+            total.lx += reduce_lanes(slx);
+        }
+        total
+    }
+
+    fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
+        for (code, &v) in codes.iter_mut().zip(x) {
+            *code = (code_of(v, a, b, lo, hi) + bias) as u8;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The passes with AVX2 intrinsics: the same operations as [`Portable`](super::Portable),
+    //! eight lanes at a time.
+
+    use std::arch::x86_64::*;
+
+    use super::{
+        CodeSums, LANES, Moments, Passes, ROUND_MAGIC, SUM_BLOCK, code_of, fold_range,
+        reduce_lanes, tail_code_sums, tail_moments,
     };
-    for block in x.chunks(SUM_BLOCK) {
-        let mut sx = [0.0f32; LANES];
-        let mut sxx = [0.0f32; LANES];
-        let chunks = block.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for i in 0..LANES {
-                let v = c[i];
-                lo[i] = if v < lo[i] { v } else { lo[i] };
-                hi[i] = if v > hi[i] { v } else { hi[i] };
-                sx[i] += v;
-                sxx[i] += v * v;
-            }
-        }
-        for (i, &v) in tail.iter().enumerate() {
-            lo[i] = lo[i].min(v);
-            hi[i] = hi[i].max(v);
-            sx[i] += v;
-            sxx[i] += v * v;
-        }
-        m.x += lane_sum(sx);
-        m.xx += lane_sum(sxx);
-    }
-    let lo = lo.iter().fold(f32::MAX, |a, &b| a.min(b));
-    let hi = hi.iter().fold(f32::MIN, |a, &b| a.max(b));
-    (lo, hi, m)
-}
 
-#[inline(always)]
-fn code_sums(x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
-    let mut total = CodeSums::default();
-    for block in x.chunks(SUM_BLOCK) {
-        let mut sl = [0.0f32; LANES];
-        let mut sll = [0.0f32; LANES];
-        let mut slx = [0.0f32; LANES];
-        let chunks = block.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for i in 0..LANES {
-                let l = code_of(c[i], a, b, lo, hi);
-                sl[i] += l;
-                sll[i] += l * l;
-                slx[i] += l * c[i];
-            }
-        }
-        for (i, &v) in tail.iter().enumerate() {
-            let l = code_of(v, a, b, lo, hi);
-            sl[i] += l;
-            sll[i] += l * l;
-            slx[i] += l * v;
-        }
-        total.l += lane_sum(sl);
-        total.ll += lane_sum(sll);
-        total.lx += lane_sum(slx);
-    }
-    total
-}
+    /// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Avx2(());
 
-#[inline(always)]
-fn write_codes(x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
-    for (code, &v) in codes.iter_mut().zip(x) {
-        *code = (code_of(v, a, b, lo, hi) + bias) as u8;
+    impl Avx2 {
+        pub fn detect() -> Option<Self> {
+            std::arch::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn lanes(v: __m256) -> [f32; LANES] {
+        let mut out = [0.0f32; LANES];
+        // SAFETY: `out` holds 8 f32; an unaligned store has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn range_and_moments(x: &[f32]) -> (f32, f32, Moments) {
+        let mut vlo = _mm256_set1_ps(f32::MAX);
+        let mut vhi = _mm256_set1_ps(f32::MIN);
+        let mut m = Moments { n: x.len() as f64, ..Moments::default() };
+        for block in x.chunks(SUM_BLOCK) {
+            let (mut sx, mut sxx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                // SAFETY: `c` holds exactly 8 f32.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                // min(v, lo) keeps lo on ties, as `if v < lo { v } else { lo }` does.
+                vlo = _mm256_min_ps(v, vlo);
+                vhi = _mm256_max_ps(v, vhi);
+                sx = _mm256_add_ps(sx, v);
+                sxx = _mm256_add_ps(sxx, _mm256_mul_ps(v, v));
+            }
+            let (mut lo, mut hi, mut sx, mut sxx) = (lanes(vlo), lanes(vhi), lanes(sx), lanes(sxx));
+            tail_moments(tail, &mut lo, &mut hi, &mut sx, &mut sxx);
+            // SAFETY: plain loads from 8-element arrays.
+            unsafe {
+                vlo = _mm256_loadu_ps(lo.as_ptr());
+                vhi = _mm256_loadu_ps(hi.as_ptr());
+            }
+            m.x += reduce_lanes(sx);
+            m.xx += reduce_lanes(sxx);
+        }
+        let (lo, hi) = fold_range(lanes(vlo), lanes(vhi));
+        (lo, hi, m)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn codes(v: __m256, a: __m256, b: __m256, lo: __m256, hi: __m256) -> __m256 {
+        let magic = _mm256_set1_ps(ROUND_MAGIC);
+        let t = _mm256_add_ps(_mm256_mul_ps(v, a), b);
+        // max(t, lo) then min(t, hi): the clamp of `code_of` (ties give the bound itself,
+        // equal in value).
+        let t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        _mm256_sub_ps(_mm256_add_ps(t, magic), magic)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn code_sums(x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
+        let (va, vb, vlo, vhi) =
+            (_mm256_set1_ps(a), _mm256_set1_ps(b), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let mut total = CodeSums::default();
+        for block in x.chunks(SUM_BLOCK) {
+            let (mut sl, mut sll, mut slx) =
+                (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                // SAFETY: `c` holds exactly 8 f32.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                let l = codes(v, va, vb, vlo, vhi);
+                sl = _mm256_add_ps(sl, l);
+                sll = _mm256_add_ps(sll, _mm256_mul_ps(l, l));
+                slx = _mm256_add_ps(slx, _mm256_mul_ps(l, v));
+            }
+            let (mut sl, mut sll, mut slx) = (lanes(sl), lanes(sll), lanes(slx));
+            tail_code_sums(tail, a, b, lo, hi, &mut sl, &mut sll, &mut slx);
+            total.l += reduce_lanes(sl);
+            total.ll += reduce_lanes(sll);
+            total.lx += reduce_lanes(slx);
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn write_codes(x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, out: &mut [u8]) {
+        let (va, vb, vlo, vhi, vbias) = (
+            _mm256_set1_ps(a),
+            _mm256_set1_ps(b),
+            _mm256_set1_ps(lo),
+            _mm256_set1_ps(hi),
+            _mm256_set1_ps(bias),
+        );
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for (c, dst) in chunks.zip(out.chunks_exact_mut(LANES)) {
+            // SAFETY: `c` holds exactly 8 f32.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            // Whole numbers in 0..=255: truncation is exact, and packing cannot saturate.
+            let q = _mm256_cvttps_epi32(_mm256_add_ps(codes(v, va, vb, vlo, vhi), vbias));
+            let words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            let bytes = _mm_packus_epi16(words, words);
+            // SAFETY: `dst` holds exactly 8 bytes.
+            unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
+        }
+        let done = x.len() - tail.len();
+        for (code, &v) in out[done..].iter_mut().zip(tail) {
+            *code = (code_of(v, a, b, lo, hi) + bias) as u8;
+        }
+    }
+
+    impl Passes for Avx2 {
+        fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments) {
+            // SAFETY: `self` exists only where AVX2 was detected.
+            unsafe { range_and_moments(x) }
+        }
+
+        fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
+            // SAFETY: as above.
+            unsafe { code_sums(x, a, b, lo, hi) }
+        }
+
+        fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
+            // SAFETY: as above.
+            unsafe { write_codes(x, a, b, lo, hi, bias, codes) }
+        }
     }
 }
 
@@ -267,7 +432,8 @@ fn affine_error(mo: &Moments, s: &CodeSums, d: f64, m: f64) -> f64 {
 
 /// Rounds a parameter to f16, or reports it when f16 cannot hold it.
 fn to_f16(value: f64) -> std::result::Result<f16, f32> {
-    let h = f16::from_f64(value);
+    // Through f32, where `half` uses the F16C instruction when the CPU has it.
+    let h = f16::from_f32(value as f32);
     if h.is_finite() {
         Ok(h)
     } else {
@@ -291,15 +457,15 @@ fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f16, f16, f64)> {
     Some((dh, mh, err))
 }
 
-#[inline(always)]
-fn affine_group(
+fn affine_group<P: Passes>(
+    passes: P,
     x: &[f32],
     bits: u8,
     search: bool,
     codes: &mut [u8],
 ) -> std::result::Result<(f16, f16), f32> {
     let nmax = ((1u32 << bits) - 1) as f32;
-    let (lo, hi, mo) = range_and_moments(x);
+    let (lo, hi, mo) = passes.range_and_moments(x);
     let range = hi - lo;
     if range <= 0.0 {
         codes.fill(0);
@@ -318,7 +484,7 @@ fn affine_group(
         for stretch in ASYM_STRETCH {
             let a = (nmax + stretch) / range;
             let b = -lo * a - stretch / 2.0;
-            let sums = code_sums(x, a, b, 0.0, nmax);
+            let sums = passes.code_sums(x, a, b, 0.0, nmax);
             if let Some((d, m, err)) = affine_fit(&mo, &sums)
                 && err < best_err
             {
@@ -327,7 +493,7 @@ fn affine_group(
         }
         for _ in 0..REFINE_STEPS {
             let (a, b) = affine_map(best_d, best_m);
-            let sums = code_sums(x, a, b, 0.0, nmax);
+            let sums = passes.code_sums(x, a, b, 0.0, nmax);
             let current = affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64());
             best_err = best_err.min(current);
             match affine_fit(&mo, &sums) {
@@ -337,7 +503,7 @@ fn affine_group(
         }
     }
     let (a, b) = affine_map(best_d, best_m);
-    write_codes(x, a, b, 0.0, nmax, 0.0, codes);
+    passes.write_codes(x, a, b, 0.0, nmax, 0.0, codes);
     Ok((best_d, best_m))
 }
 
@@ -347,15 +513,15 @@ fn affine_map(d: f16, m: f16) -> (f32, f32) {
     (a, -m.to_f32() * a)
 }
 
-#[inline(always)]
-fn symmetric_group(
+fn symmetric_group<P: Passes>(
+    passes: P,
     x: &[f32],
     bits: u8,
     search: bool,
     codes: &mut [u8],
 ) -> std::result::Result<(f16, f16), f32> {
     let half_levels = (1u32 << (bits - 1)) as f32;
-    let (lo, hi, mo) = range_and_moments(x);
+    let (lo, hi, mo) = passes.range_and_moments(x);
     // The value of largest magnitude maps onto code −2^(bits−1), the one extra negative level,
     // whatever its sign (llama.cpp's q4_0 trick): the scale is signed.
     let extreme = if -lo >= hi { lo } else { hi };
@@ -380,7 +546,7 @@ fn symmetric_group(
         };
         for shrink in SYM_SHRINK {
             let a = -half_levels / (extreme * shrink);
-            let sums = code_sums(x, a, 0.0, qlo, qhi);
+            let sums = passes.code_sums(x, a, 0.0, qlo, qhi);
             if let Some((d, err)) = fit(&sums)
                 && err < best_err
             {
@@ -389,7 +555,7 @@ fn symmetric_group(
         }
         for _ in 0..REFINE_STEPS {
             let a = 1.0 / best_d.to_f32();
-            let sums = code_sums(x, a, 0.0, qlo, qhi);
+            let sums = passes.code_sums(x, a, 0.0, qlo, qhi);
             let dd = best_d.to_f64();
             best_err = best_err.min(mo.xx - 2.0 * dd * sums.lx + dd * dd * sums.ll);
             match fit(&sums) {
@@ -399,6 +565,6 @@ fn symmetric_group(
         }
     }
     let a = 1.0 / best_d.to_f32();
-    write_codes(x, a, 0.0, qlo, qhi, half_levels, codes);
+    passes.write_codes(x, a, 0.0, qlo, qhi, half_levels, codes);
     Ok((best_d, f16::ZERO))
 }

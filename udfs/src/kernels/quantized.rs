@@ -17,6 +17,22 @@ pub struct QuantizedRow {
     pub group_size: u32,
 }
 
+impl QuantizedRow {
+    /// This row as [`dequantize`](Quantizer::dequantize) reads it: `spec` and `len` are what
+    /// it was quantized with.
+    pub fn view(&self, spec: &QuantSpec, len: usize) -> QuantizedRef<'_> {
+        QuantizedRef {
+            codes: &self.codes,
+            scales: &self.scales,
+            offsets: &self.offsets,
+            bits: spec.bits,
+            group_size: self.group_size,
+            len: len as u32,
+            scheme: spec.scheme,
+        }
+    }
+}
+
 /// A borrowed view of a stored row, as read back from a table.
 #[derive(Debug, Clone, Copy)]
 pub struct QuantizedRef<'a> {
