@@ -41,8 +41,11 @@ fn context_with(partitions: Vec<Vec<RecordBatch>>) -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
     arrowquant_udfs::register_all(&ctx);
     let schema = partitions[0][0].schema();
-    ctx.register_table("layers", Arc::new(MemTable::try_new(schema, partitions).unwrap()))
-        .unwrap();
+    ctx.register_table(
+        "layers",
+        Arc::new(MemTable::try_new(schema, partitions).unwrap()),
+    )
+    .unwrap();
     ctx
 }
 
@@ -105,22 +108,42 @@ async fn aggregates_agree_across_partitions() {
     assert_eq!(a.num_rows(), 2);
     // The sketch merge is exact, so the chosen parameters are identical.
     let scale = |r: &RecordBatch| {
-        r.column(1).as_struct().column_by_name("scale").unwrap().as_primitive::<Float32Type>().clone()
+        r.column(1)
+            .as_struct()
+            .column_by_name("scale")
+            .unwrap()
+            .as_primitive::<Float32Type>()
+            .clone()
     };
     assert_eq!(scale(&a), scale(&b));
     // Moments and sums merge up to floating-point reassociation.
     for (col, field) in [(2, "mean"), (2, "std"), (2, "kurtosis")] {
         let get = |r: &RecordBatch| {
-            r.column(col).as_struct().column_by_name(field).unwrap().as_primitive::<Float64Type>().clone()
+            r.column(col)
+                .as_struct()
+                .column_by_name(field)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone()
         };
         for (x, y) in get(&a).iter().zip(get(&b).iter()) {
             let (x, y) = (x.unwrap(), y.unwrap());
-            assert!((x - y).abs() <= 1e-9 * x.abs().max(1e-6), "{field}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1e-6),
+                "{field}: {x} vs {y}"
+            );
         }
     }
     let cos = |r: &RecordBatch| r.column(3).as_primitive::<Float64Type>().clone();
     for (x, y) in cos(&a).iter().zip(cos(&b).iter()) {
         assert!((x.unwrap() - y.unwrap()).abs() < 1e-12);
     }
-    assert_eq!(a.column(2).as_struct().column_by_name("count").unwrap().len(), 2);
+    assert_eq!(
+        a.column(2)
+            .as_struct()
+            .column_by_name("count")
+            .unwrap()
+            .len(),
+        2
+    );
 }

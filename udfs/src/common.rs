@@ -425,7 +425,9 @@ mod tests {
 
     fn rows_of(array: ArrayRef) -> Vec<Option<Vec<f32>>> {
         let rows = FloatRows::new(&array, "f", "x").unwrap();
-        (0..rows.len()).map(|i| rows.row(i).map(<[f32]>::to_vec)).collect()
+        (0..rows.len())
+            .map(|i| rows.row(i).map(<[f32]>::to_vec))
+            .collect()
     }
 
     #[test]
@@ -441,20 +443,39 @@ mod tests {
         let sliced: ArrayRef = Arc::new(list.slice(1, 2));
         assert_eq!(rows_of(sliced), vec![None, Some(vec![4.0, 5.0, 6.0])]);
 
-        let large = LargeListArray::new(Arc::clone(&item), OffsetBuffer::from_lengths([3, 3]), values.clone(), None);
-        assert_eq!(rows_of(Arc::new(large.slice(1, 1))), vec![Some(vec![4.0, 5.0, 6.0])]);
+        let large = LargeListArray::new(
+            Arc::clone(&item),
+            OffsetBuffer::from_lengths([3, 3]),
+            values.clone(),
+            None,
+        );
+        assert_eq!(
+            rows_of(Arc::new(large.slice(1, 1))),
+            vec![Some(vec![4.0, 5.0, 6.0])]
+        );
 
         let fixed = FixedSizeListArray::new(item, 2, values, None);
-        assert_eq!(rows_of(Arc::new(fixed.slice(2, 1))), vec![Some(vec![5.0, 6.0])]);
+        assert_eq!(
+            rows_of(Arc::new(fixed.slice(2, 1))),
+            vec![Some(vec![5.0, 6.0])]
+        );
     }
 
     #[test]
     fn null_elements_inside_a_row_are_an_error() {
         let values = Arc::new(Float32Array::from(vec![Some(1.0), None, Some(3.0)]));
         let item = Arc::new(Field::new_list_field(DataType::Float32, true));
-        let list: ArrayRef =
-            Arc::new(ListArray::new(item, OffsetBuffer::from_lengths([1, 2]), values, None));
+        let list: ArrayRef = Arc::new(ListArray::new(
+            item,
+            OffsetBuffer::from_lengths([1, 2]),
+            values,
+            None,
+        ));
         let err = FloatRows::new(&list, "quantize", "weights").err().unwrap();
-        assert!(err.to_string().contains("quantize: row 1: argument 'weights' contains a NULL element"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("quantize: row 1: argument 'weights' contains a NULL element"),
+            "{err}"
+        );
     }
 }

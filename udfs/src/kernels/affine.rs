@@ -194,7 +194,13 @@ struct Portable;
 
 /// The scalar steps of a remainder, shared by every implementation.
 #[inline(always)]
-fn tail_moments(tail: &[f32], lo: &mut [f32; LANES], hi: &mut [f32; LANES], sx: &mut [f32; LANES], sxx: &mut [f32; LANES]) {
+fn tail_moments(
+    tail: &[f32],
+    lo: &mut [f32; LANES],
+    hi: &mut [f32; LANES],
+    sx: &mut [f32; LANES],
+    sxx: &mut [f32; LANES],
+) {
     for (i, &v) in tail.iter().enumerate() {
         lo[i] = if v < lo[i] { v } else { lo[i] };
         hi[i] = if v > hi[i] { v } else { hi[i] };
@@ -205,7 +211,16 @@ fn tail_moments(tail: &[f32], lo: &mut [f32; LANES], hi: &mut [f32; LANES], sx: 
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tail_code_sums(tail: &[f32], a: f32, b: f32, lo: f32, hi: f32, sl: &mut [f32; LANES], sll: &mut [f32; LANES], slx: &mut [f32; LANES]) {
+fn tail_code_sums(
+    tail: &[f32],
+    a: f32,
+    b: f32,
+    lo: f32,
+    hi: f32,
+    sl: &mut [f32; LANES],
+    sll: &mut [f32; LANES],
+    slx: &mut [f32; LANES],
+) {
     for (i, &v) in tail.iter().enumerate() {
         let l = code_of(v, a, b, lo, hi);
         sl[i] += l;
@@ -225,7 +240,10 @@ impl Passes for Portable {
     fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments) {
         let mut lo = [f32::MAX; LANES];
         let mut hi = [f32::MIN; LANES];
-        let mut m = Moments { n: x.len() as f64, ..Moments::default() };
+        let mut m = Moments {
+            n: x.len() as f64,
+            ..Moments::default()
+        };
         for block in x.chunks(SUM_BLOCK) {
             let mut sx = [0.0f32; LANES];
             let mut sxx = [0.0f32; LANES];
@@ -314,7 +332,10 @@ mod avx2 {
     fn range_and_moments(x: &[f32]) -> (f32, f32, Moments) {
         let mut vlo = _mm256_set1_ps(f32::MAX);
         let mut vhi = _mm256_set1_ps(f32::MIN);
-        let mut m = Moments { n: x.len() as f64, ..Moments::default() };
+        let mut m = Moments {
+            n: x.len() as f64,
+            ..Moments::default()
+        };
         for block in x.chunks(SUM_BLOCK) {
             let (mut sx, mut sxx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let chunks = block.chunks_exact(LANES);
@@ -354,12 +375,19 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     fn code_sums(x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
-        let (va, vb, vlo, vhi) =
-            (_mm256_set1_ps(a), _mm256_set1_ps(b), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let (va, vb, vlo, vhi) = (
+            _mm256_set1_ps(a),
+            _mm256_set1_ps(b),
+            _mm256_set1_ps(lo),
+            _mm256_set1_ps(hi),
+        );
         let mut total = CodeSums::default();
         for block in x.chunks(SUM_BLOCK) {
-            let (mut sl, mut sll, mut slx) =
-                (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let (mut sl, mut sll, mut slx) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
             let chunks = block.chunks_exact(LANES);
             let tail = chunks.remainder();
             for c in chunks {
@@ -418,7 +446,16 @@ mod avx2 {
             unsafe { code_sums(x, a, b, lo, hi) }
         }
 
-        fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
+        fn write_codes(
+            self,
+            x: &[f32],
+            a: f32,
+            b: f32,
+            lo: f32,
+            hi: f32,
+            bias: f32,
+            codes: &mut [u8],
+        ) {
             // SAFETY: as above.
             unsafe { write_codes(x, a, b, lo, hi, bias, codes) }
         }

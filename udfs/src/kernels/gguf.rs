@@ -173,7 +173,8 @@ fn absmax(x: &[f32; BLOCK]) -> f32 {
             m[i] = if a > m[i] { a } else { m[i] };
         }
     }
-    m.iter().fold(0.0f32, |acc, &v| if v > acc { v } else { acc })
+    m.iter()
+        .fold(0.0f32, |acc, &v| if v > acc { v } else { acc })
 }
 
 #[inline(always)]

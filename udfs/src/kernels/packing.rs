@@ -14,7 +14,11 @@ pub fn pack(codes: &[u8], bits: u8, out: &mut Vec<u8>) {
     out.resize(start + packed_len(codes.len(), bits), 0);
     let dst = &mut out[start..];
     let done = pack_simd(codes, bits, dst);
-    pack_scalar(&codes[done..], bits, &mut dst[done * usize::from(bits) / 8..]);
+    pack_scalar(
+        &codes[done..],
+        bits,
+        &mut dst[done * usize::from(bits) / 8..],
+    );
 }
 
 /// Packs what a SIMD path can (whole chunks of 16 codes) and returns how many codes it took.
