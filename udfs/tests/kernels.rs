@@ -334,3 +334,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The SIMD GGUF blocks agree with the portable reference on any data, grid values (many
+    /// ties and exact halves) included.
+    #[test]
+    fn gguf_simd_blocks_equal_the_portable_ones(
+        blocks in 1usize..4,
+        grid in any::<bool>(),
+        raw in prop::collection::vec(-1000i32..1000, 128),
+        scale in prop::sample::select(vec![1e-3f32, 0.125, 1.0, 37.0]),
+    ) {
+        let x: Vec<f32> = raw[..blocks * 32]
+            .iter()
+            .map(|&v| if grid { (v / 16) as f32 * 0.5 * scale } else { v as f32 * scale / 7.0 })
+            .collect();
+        for format in [GgufFormat::Q4_0, GgufFormat::Q4_1, GgufFormat::Q5_0, GgufFormat::Q5_1, GgufFormat::Q8_0] {
+            let mut fast = Vec::new();
+            gguf::quantize_row(format, &x, &mut fast).unwrap();
+            let mut portable = vec![0u8; format.row_bytes(x.len()).unwrap()];
+            gguf::quantize_blocks(format, &x, &mut portable);
+            prop_assert_eq!(fast, portable, "{}", format.name());
+        }
+    }
+}

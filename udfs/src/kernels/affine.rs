@@ -478,20 +478,21 @@ fn to_f16(value: f64) -> std::result::Result<f16, f32> {
     }
 }
 
-/// Least-squares `(d, m)` for the codes behind `s`, rounded to f16, with its error.
-fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f16, f16, f64)> {
+/// Least-squares `(d, m)` for the codes behind `s` (unrounded), with its error.
+fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f64, f64, f64)> {
     let det = mo.n * s.ll - s.l * s.l;
     if det <= 0.0 {
         return None;
     }
     let d = (mo.n * s.lx - s.l * mo.x) / det;
     let m = (mo.x - d * s.l) / mo.n;
+    (d > 0.0).then(|| (d, m, affine_error(mo, s, d, m)))
+}
+
+/// Both parameters as stored, when f16 can hold them and the scale stays positive.
+fn stored_pair(d: f64, m: f64) -> Option<(f16, f16)> {
     let (dh, mh) = (to_f16(d).ok()?, to_f16(m).ok()?);
-    if dh.to_f32() <= 0.0 {
-        return None;
-    }
-    let err = affine_error(mo, s, dh.to_f64(), mh.to_f64());
-    Some((dh, mh, err))
+    (dh.to_f32() > 0.0).then_some((dh, mh))
 }
 
 fn affine_group<P: Passes>(
@@ -517,26 +518,45 @@ fn affine_group<P: Passes>(
         return Ok((f16::ZERO, to_f16(mo.x / mo.n)?));
     }
     if search {
-        let mut best_err = f64::INFINITY;
+        // Candidates compare by their unrounded least-squares error: rounding to f16 moves
+        // every candidate alike, and is accounted for by the refinement below.
+        let mut best: Option<(f64, f64, f64)> = None;
+        let mut min_max_err = f64::INFINITY;
         for stretch in ASYM_STRETCH {
             let a = (nmax + stretch) / range;
             let b = -lo * a - stretch / 2.0;
             let sums = passes.code_sums(x, a, b, 0.0, nmax);
-            if let Some((d, m, err)) = affine_fit(&mo, &sums)
-                && err < best_err
+            if stretch == 0.0 {
+                // These are min/max's own codes: its error as stored, the bar to clear.
+                min_max_err = affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64());
+            }
+            if let Some(fit) = affine_fit(&mo, &sums)
+                && best.is_none_or(|b| fit.2 < b.2)
             {
-                (best_d, best_m, best_err) = (d, m, err);
+                best = Some(fit);
             }
         }
+        let (min_max_d, min_max_m) = (best_d, best_m);
+        if let Some((dh, mh)) = best.and_then(|(d, m, _)| stored_pair(d, m)) {
+            (best_d, best_m) = (dh, mh);
+        }
+        // Nearest codes for the stored pair, then a least-squares refit, while it helps.
+        let mut best_err = f64::INFINITY;
         for _ in 0..REFINE_STEPS {
             let (a, b) = affine_map(best_d, best_m);
             let sums = passes.code_sums(x, a, b, 0.0, nmax);
-            let current = affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64());
-            best_err = best_err.min(current);
-            match affine_fit(&mo, &sums) {
+            best_err = best_err.min(affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64()));
+            let refit = affine_fit(&mo, &sums).and_then(|(d, m, _)| {
+                let (dh, mh) = stored_pair(d, m)?;
+                Some((dh, mh, affine_error(&mo, &sums, dh.to_f64(), mh.to_f64())))
+            });
+            match refit {
                 Some((d, m, err)) if err < best_err => (best_d, best_m, best_err) = (d, m, err),
                 _ => break,
             }
+        }
+        if min_max_err < best_err {
+            (best_d, best_m) = (min_max_d, min_max_m);
         }
     }
     let (a, b) = affine_map(best_d, best_m);
@@ -569,36 +589,42 @@ fn symmetric_group<P: Passes>(
         return Ok((f16::ZERO, f16::ZERO));
     }
     if search {
-        let mut best_err = f64::INFINITY;
-        let fit = |s: &CodeSums| -> Option<(f16, f64)> {
-            if s.ll <= 0.0 {
-                return None;
-            }
-            let d = to_f16(s.lx / s.ll).ok()?;
-            if d.to_f32() == 0.0 {
-                return None;
-            }
-            let dd = d.to_f64();
-            Some((d, mo.xx - 2.0 * dd * s.lx + dd * dd * s.ll))
-        };
+        let error = |s: &CodeSums, d: f64| mo.xx - 2.0 * d * s.lx + d * d * s.ll;
+        let stored = |d: f64| to_f16(d).ok().filter(|h| h.to_f32() != 0.0);
+        // Candidates compare unrounded, as in the affine search.
+        let mut best: Option<(f64, f64)> = None;
         for shrink in SYM_SHRINK {
             let a = -half_levels / (extreme * shrink);
             let sums = passes.code_sums(x, a, 0.0, qlo, qhi);
-            if let Some((d, err)) = fit(&sums)
-                && err < best_err
-            {
-                (best_d, best_err) = (d, err);
+            if sums.ll > 0.0 {
+                let d = sums.lx / sums.ll;
+                let err = error(&sums, d);
+                if best.is_none_or(|b| err < b.1) {
+                    best = Some((d, err));
+                }
             }
         }
+        let min_max_d = best_d;
+        let min_max_sums = passes.code_sums(x, 1.0 / min_max_d.to_f32(), 0.0, qlo, qhi);
+        let min_max_err = error(&min_max_sums, min_max_d.to_f64());
+        if let Some(d) = best.and_then(|(d, _)| stored(d)) {
+            best_d = d;
+        }
+        let mut best_err = f64::INFINITY;
         for _ in 0..REFINE_STEPS {
-            let a = 1.0 / best_d.to_f32();
-            let sums = passes.code_sums(x, a, 0.0, qlo, qhi);
-            let dd = best_d.to_f64();
-            best_err = best_err.min(mo.xx - 2.0 * dd * sums.lx + dd * dd * sums.ll);
-            match fit(&sums) {
+            let sums = passes.code_sums(x, 1.0 / best_d.to_f32(), 0.0, qlo, qhi);
+            best_err = best_err.min(error(&sums, best_d.to_f64()));
+            let refit = (sums.ll > 0.0)
+                .then(|| stored(sums.lx / sums.ll))
+                .flatten()
+                .map(|d| (d, error(&sums, d.to_f64())));
+            match refit {
                 Some((d, err)) if err < best_err => (best_d, best_err) = (d, err),
                 _ => break,
             }
+        }
+        if min_max_err < best_err {
+            best_d = min_max_d;
         }
     }
     let a = 1.0 / best_d.to_f32();
