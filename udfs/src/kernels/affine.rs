@@ -42,7 +42,8 @@ pub fn quantize_row(
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(avx2) = avx2::Avx2::detect() {
-            return quantize_row_with(avx2, x, bits, group, scheme, out);
+            // SAFETY: `detect` found AVX2 and F16C.
+            return unsafe { avx2::quantize_row(avx2, x, bits, group, scheme, out) };
         }
     }
     quantize_row_portable(x, bits, group, scheme, out)
@@ -60,6 +61,7 @@ pub fn quantize_row_portable(
     quantize_row_with(Portable, x, bits, group, scheme, out)
 }
 
+#[inline(always)]
 fn quantize_row_with<P: Passes>(
     passes: P,
     x: &[f32],
@@ -315,8 +317,24 @@ mod avx2 {
 
     impl Avx2 {
         pub fn detect() -> Option<Self> {
-            std::arch::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+            (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("f16c"))
+            .then_some(Avx2(()))
         }
+    }
+
+    /// The whole row loop compiled for AVX2 and F16C, so that the passes and the f16
+    /// conversions inline into the group search.
+    #[target_feature(enable = "avx2,f16c")]
+    pub fn quantize_row(
+        avx2: Avx2,
+        x: &[f32],
+        bits: u8,
+        group: usize,
+        scheme: super::Scheme,
+        out: &mut super::AffineOutput,
+    ) -> super::Result<()> {
+        super::quantize_row_with(avx2, x, bits, group, scheme, out)
     }
 
     #[target_feature(enable = "avx2")]
@@ -328,7 +346,19 @@ mod avx2 {
         out
     }
 
+    /// The lanes' sum in the tree order of [`reduce_lanes`], without leaving registers.
     #[target_feature(enable = "avx2")]
+    #[inline]
+    fn hsum(v: __m256) -> f64 {
+        // (v0+v4, v1+v5, v2+v6, v3+v7)
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        // ((v0+v4)+(v2+v6), (v1+v5)+(v3+v7))
+        let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        f64::from(_mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1))))
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
     fn range_and_moments(x: &[f32]) -> (f32, f32, Moments) {
         let mut vlo = _mm256_set1_ps(f32::MAX);
         let mut vhi = _mm256_set1_ps(f32::MIN);
@@ -374,6 +404,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
+    #[inline]
     fn code_sums(x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
         let (va, vb, vlo, vhi) = (
             _mm256_set1_ps(a),
@@ -398,6 +429,12 @@ mod avx2 {
                 sll = _mm256_add_ps(sll, _mm256_mul_ps(l, l));
                 slx = _mm256_add_ps(slx, _mm256_mul_ps(l, v));
             }
+            if tail.is_empty() {
+                total.l += hsum(sl);
+                total.ll += hsum(sll);
+                total.lx += hsum(slx);
+                continue;
+            }
             let (mut sl, mut sll, mut slx) = (lanes(sl), lanes(sll), lanes(slx));
             tail_code_sums(tail, a, b, lo, hi, &mut sl, &mut sll, &mut slx);
             total.l += reduce_lanes(sl);
@@ -408,6 +445,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
+    #[inline]
     #[allow(clippy::too_many_arguments)]
     fn write_codes(x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, out: &mut [u8]) {
         let (va, vb, vlo, vhi, vbias) = (
@@ -436,16 +474,19 @@ mod avx2 {
     }
 
     impl Passes for Avx2 {
+        #[inline(always)]
         fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments) {
             // SAFETY: `self` exists only where AVX2 was detected.
             unsafe { range_and_moments(x) }
         }
 
+        #[inline(always)]
         fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
             // SAFETY: as above.
             unsafe { code_sums(x, a, b, lo, hi) }
         }
 
+        #[inline(always)]
         fn write_codes(
             self,
             x: &[f32],
@@ -463,11 +504,13 @@ mod avx2 {
 }
 
 /// Squared error of `x ≈ m + d·l` summed over the group, from the sums alone.
+#[inline(always)]
 fn affine_error(mo: &Moments, s: &CodeSums, d: f64, m: f64) -> f64 {
     mo.xx - 2.0 * d * s.lx - 2.0 * m * mo.x + d * d * s.ll + 2.0 * d * m * s.l + mo.n * m * m
 }
 
 /// Rounds a parameter to f16, or reports it when f16 cannot hold it.
+#[inline(always)]
 fn to_f16(value: f64) -> std::result::Result<f16, f32> {
     // Through f32, where `half` uses the F16C instruction when the CPU has it.
     let h = f16::from_f32(value as f32);
@@ -479,6 +522,7 @@ fn to_f16(value: f64) -> std::result::Result<f16, f32> {
 }
 
 /// Least-squares `(d, m)` for the codes behind `s` (unrounded), with its error.
+#[inline(always)]
 fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f64, f64, f64)> {
     let det = mo.n * s.ll - s.l * s.l;
     if det <= 0.0 {
@@ -490,11 +534,13 @@ fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f64, f64, f64)> {
 }
 
 /// Both parameters as stored, when f16 can hold them and the scale stays positive.
+#[inline(always)]
 fn stored_pair(d: f64, m: f64) -> Option<(f16, f16)> {
     let (dh, mh) = (to_f16(d).ok()?, to_f16(m).ok()?);
     (dh.to_f32() > 0.0).then_some((dh, mh))
 }
 
+#[inline(always)]
 fn affine_group<P: Passes>(
     passes: P,
     x: &[f32],
@@ -520,24 +566,30 @@ fn affine_group<P: Passes>(
     if search {
         // Candidates compare by their unrounded least-squares error: rounding to f16 moves
         // every candidate alike, and is accounted for by the refinement below.
-        let mut best: Option<(f64, f64, f64)> = None;
+        let mut best: Option<(CodeSums, f64, f64)> = None;
         let mut min_max_err = f64::INFINITY;
+        let inv_range = 1.0 / range;
         for stretch in ASYM_STRETCH {
-            let a = (nmax + stretch) / range;
+            let a = (nmax + stretch) * inv_range;
             let b = -lo * a - stretch / 2.0;
             let sums = passes.code_sums(x, a, b, 0.0, nmax);
             if stretch == 0.0 {
                 // These are min/max's own codes: its error as stored, the bar to clear.
                 min_max_err = affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64());
             }
-            if let Some(fit) = affine_fit(&mo, &sums)
-                && best.is_none_or(|b| fit.2 < b.2)
-            {
-                best = Some(fit);
+            // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate with the
+            // largest num²/det wins, compared by cross-multiplying (no division per candidate).
+            let num = mo.n * sums.lx - sums.l * mo.x;
+            let det = mo.n * sums.ll - sums.l * sums.l;
+            if num > 0.0 && det > 0.0 && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det) {
+                best = Some((sums, num, det));
             }
         }
         let (min_max_d, min_max_m) = (best_d, best_m);
-        if let Some((dh, mh)) = best.and_then(|(d, m, _)| stored_pair(d, m)) {
+        if let Some((dh, mh)) = best
+            .and_then(|(sums, _, _)| affine_fit(&mo, &sums))
+            .and_then(|(d, m, _)| stored_pair(d, m))
+        {
             (best_d, best_m) = (dh, mh);
         }
         // Nearest codes for the stored pair, then a least-squares refit, while it helps.
@@ -565,11 +617,13 @@ fn affine_group<P: Passes>(
 }
 
 /// The code map `l = x·a + b` that inverts `x = m + d·l`.
+#[inline(always)]
 fn affine_map(d: f16, m: f16) -> (f32, f32) {
     let a = 1.0 / d.to_f32();
     (a, -m.to_f32() * a)
 }
 
+#[inline(always)]
 fn symmetric_group<P: Passes>(
     passes: P,
     x: &[f32],
