@@ -218,6 +218,35 @@ fn non_finite_values_are_refused_with_their_index() {
         )
         .unwrap_err();
     assert!(matches!(err, KernelError::NonFinite { index: 42, .. }));
+    // In a later group, for every affine scheme: the index is the row's, not the group's.
+    x[42] = 0.5;
+    x[70] = f32::INFINITY;
+    for scheme in [
+        Scheme::Asym,
+        Scheme::Sym,
+        Scheme::AsymMinMax,
+        Scheme::SymMinMax,
+    ] {
+        let err = Quantizer::default()
+            .quantize(&x, &spec(4, Some(32), scheme), &mut QuantizedRow::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, KernelError::NonFinite { index: 70, .. }),
+            "{scheme:?}: {err}"
+        );
+    }
+    x[70] = f32::NAN;
+    let err = Quantizer::default()
+        .quantize(
+            &x,
+            &spec(2, Some(16), Scheme::Asym),
+            &mut QuantizedRow::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, KernelError::NonFinite { index: 70, .. }),
+        "{err}"
+    );
     x[42] = f32::NEG_INFINITY;
     assert!(
         Quantizer::default()

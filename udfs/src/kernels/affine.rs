@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::error::{KernelError, Result};
+use super::error::{KernelError, Result, check_finite};
 use super::scheme::Scheme;
 
 /// What quantizing one row produces: unpacked codes (one byte each) and per-group parameters.
@@ -25,11 +25,12 @@ pub struct AffineOutput {
 
 /// Clipping candidates: the code range is stretched by `δ` levels past the group's extremes,
 /// half on each side, so the extreme values are clipped and the middle gets a finer grid.
-const ASYM_STRETCH: [f32; 6] = [0.0, 0.25, 0.5, 0.8, 1.2, 1.7];
+const ASYM_STRETCH: [f32; 3] = [0.0, 0.7, 1.4];
+// (The first must be 0: plain min/max's codes.)
 /// Symmetric candidates: fractions of the largest magnitude that map onto the extreme code.
 const SYM_SHRINK: [f32; 6] = [1.0, 0.95, 0.9, 0.85, 0.78, 0.7];
 /// Nearest-code / least-squares alternations after the search.
-const REFINE_STEPS: usize = 2;
+const REFINE_STEPS: usize = 1;
 
 /// Quantizes `x` in groups of `group` values (the last group may be shorter).
 pub fn quantize_row(
@@ -82,9 +83,22 @@ fn quantize_row_with<P: Passes>(
         } else {
             affine_group(passes, xs, bits, scheme.searches(), codes)
         };
-        let (scale, offset) = params.map_err(|value| KernelError::ScaleOverflow {
-            group: index,
-            value,
+        let (scale, offset) = params.map_err(|e| match e {
+            GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
+                group: index,
+                value,
+            },
+            // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
+            GroupError::NonFinite => match check_finite(xs) {
+                Err(KernelError::NonFinite { index: at, value }) => KernelError::NonFinite {
+                    index: index * group + at,
+                    value,
+                },
+                _ => KernelError::ScaleOverflow {
+                    group: index,
+                    value: f32::INFINITY,
+                },
+            },
         })?;
         out.scales.push(scale);
         if !symmetric {
@@ -151,12 +165,12 @@ fn code_of(v: f32, a: f32, b: f32, lo: f32, hi: f32) -> f32 {
     (t + ROUND_MAGIC) - ROUND_MAGIC
 }
 
-/// Sums over a group that the least-squares fits need.
+/// Sums over a group that the least-squares fits need. Σx² is left out: it is the same for
+/// every candidate, so errors are compared as `error − Σx²`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Moments {
     n: f64,
     x: f64,
-    xx: f64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -186,6 +200,16 @@ trait Passes: Copy {
     fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments);
     /// Σl, Σl², Σl·x for the codes `l = clamp(round(x·a + b), lo, hi)`.
     fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums;
+    /// [`code_sums`](Passes::code_sums) for several `(a, b)` in one pass over the values:
+    /// each candidate's sums are the ones `code_sums` gives, bit for bit.
+    fn code_sums_many<const K: usize>(
+        self,
+        x: &[f32],
+        a: [f32; K],
+        b: [f32; K],
+        lo: f32,
+        hi: f32,
+    ) -> [CodeSums; K];
     /// Writes `l + bias` for each value as a byte.
     #[allow(clippy::too_many_arguments)]
     fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]);
@@ -196,18 +220,11 @@ struct Portable;
 
 /// The scalar steps of a remainder, shared by every implementation.
 #[inline(always)]
-fn tail_moments(
-    tail: &[f32],
-    lo: &mut [f32; LANES],
-    hi: &mut [f32; LANES],
-    sx: &mut [f32; LANES],
-    sxx: &mut [f32; LANES],
-) {
+fn tail_moments(tail: &[f32], lo: &mut [f32; LANES], hi: &mut [f32; LANES], sx: &mut [f32; LANES]) {
     for (i, &v) in tail.iter().enumerate() {
         lo[i] = if v < lo[i] { v } else { lo[i] };
         hi[i] = if v > hi[i] { v } else { hi[i] };
         sx[i] += v;
-        sxx[i] += v * v;
     }
 }
 
@@ -248,7 +265,6 @@ impl Passes for Portable {
         };
         for block in x.chunks(SUM_BLOCK) {
             let mut sx = [0.0f32; LANES];
-            let mut sxx = [0.0f32; LANES];
             let chunks = block.chunks_exact(LANES);
             let tail = chunks.remainder();
             for c in chunks {
@@ -257,12 +273,10 @@ impl Passes for Portable {
                     lo[i] = if v < lo[i] { v } else { lo[i] };
                     hi[i] = if v > hi[i] { v } else { hi[i] };
                     sx[i] += v;
-                    sxx[i] += v * v;
                 }
             }
-            tail_moments(tail, &mut lo, &mut hi, &mut sx, &mut sxx);
+            tail_moments(tail, &mut lo, &mut hi, &mut sx);
             m.x += reduce_lanes(sx);
-            m.xx += reduce_lanes(sxx);
         }
         let (lo, hi) = fold_range(lo, hi);
         (lo, hi, m)
@@ -290,6 +304,17 @@ impl Passes for Portable {
             total.lx += reduce_lanes(slx);
         }
         total
+    }
+
+    fn code_sums_many<const K: usize>(
+        self,
+        x: &[f32],
+        a: [f32; K],
+        b: [f32; K],
+        lo: f32,
+        hi: f32,
+    ) -> [CodeSums; K] {
+        std::array::from_fn(|k| self.code_sums(x, a[k], b[k], lo, hi))
     }
 
     fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
@@ -367,7 +392,7 @@ mod avx2 {
             ..Moments::default()
         };
         for block in x.chunks(SUM_BLOCK) {
-            let (mut sx, mut sxx) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut sx = _mm256_setzero_ps();
             let chunks = block.chunks_exact(LANES);
             let tail = chunks.remainder();
             for c in chunks {
@@ -377,17 +402,15 @@ mod avx2 {
                 vlo = _mm256_min_ps(v, vlo);
                 vhi = _mm256_max_ps(v, vhi);
                 sx = _mm256_add_ps(sx, v);
-                sxx = _mm256_add_ps(sxx, _mm256_mul_ps(v, v));
             }
-            let (mut lo, mut hi, mut sx, mut sxx) = (lanes(vlo), lanes(vhi), lanes(sx), lanes(sxx));
-            tail_moments(tail, &mut lo, &mut hi, &mut sx, &mut sxx);
+            let (mut lo, mut hi, mut sx) = (lanes(vlo), lanes(vhi), lanes(sx));
+            tail_moments(tail, &mut lo, &mut hi, &mut sx);
             // SAFETY: plain loads from 8-element arrays.
             unsafe {
                 vlo = _mm256_loadu_ps(lo.as_ptr());
                 vhi = _mm256_loadu_ps(hi.as_ptr());
             }
             m.x += reduce_lanes(sx);
-            m.xx += reduce_lanes(sxx);
         }
         let (lo, hi) = fold_range(lanes(vlo), lanes(vhi));
         (lo, hi, m)
@@ -446,6 +469,51 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     #[inline]
+    fn code_sums_many<const K: usize>(
+        x: &[f32],
+        a: [f32; K],
+        b: [f32; K],
+        lo: f32,
+        hi: f32,
+    ) -> [CodeSums; K] {
+        let (va, vb) = (a.map(|a| _mm256_set1_ps(a)), b.map(|b| _mm256_set1_ps(b)));
+        let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let mut total = [CodeSums::default(); K];
+        for block in x.chunks(SUM_BLOCK) {
+            let mut sl = [_mm256_setzero_ps(); K];
+            let mut sll = [_mm256_setzero_ps(); K];
+            let mut slx = [_mm256_setzero_ps(); K];
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                // SAFETY: `c` holds exactly 8 f32.
+                let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                for k in 0..K {
+                    let l = codes(v, va[k], vb[k], vlo, vhi);
+                    sl[k] = _mm256_add_ps(sl[k], l);
+                    sll[k] = _mm256_add_ps(sll[k], _mm256_mul_ps(l, l));
+                    slx[k] = _mm256_add_ps(slx[k], _mm256_mul_ps(l, v));
+                }
+            }
+            for k in 0..K {
+                if tail.is_empty() {
+                    total[k].l += hsum(sl[k]);
+                    total[k].ll += hsum(sll[k]);
+                    total[k].lx += hsum(slx[k]);
+                } else {
+                    let (mut l, mut ll, mut lx) = (lanes(sl[k]), lanes(sll[k]), lanes(slx[k]));
+                    tail_code_sums(tail, a[k], b[k], lo, hi, &mut l, &mut ll, &mut lx);
+                    total[k].l += reduce_lanes(l);
+                    total[k].ll += reduce_lanes(ll);
+                    total[k].lx += reduce_lanes(lx);
+                }
+            }
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
     #[allow(clippy::too_many_arguments)]
     fn write_codes(x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, out: &mut [u8]) {
         let (va, vb, vlo, vhi, vbias) = (
@@ -481,6 +549,19 @@ mod avx2 {
         }
 
         #[inline(always)]
+        fn code_sums_many<const K: usize>(
+            self,
+            x: &[f32],
+            a: [f32; K],
+            b: [f32; K],
+            lo: f32,
+            hi: f32,
+        ) -> [CodeSums; K] {
+            // SAFETY: as above.
+            unsafe { code_sums_many(x, a, b, lo, hi) }
+        }
+
+        #[inline(always)]
         fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
             // SAFETY: as above.
             unsafe { code_sums(x, a, b, lo, hi) }
@@ -503,10 +584,26 @@ mod avx2 {
     }
 }
 
-/// Squared error of `x ≈ m + d·l` summed over the group, from the sums alone.
+/// Squared error of `x ≈ m + d·l` summed over the group, less Σx², from the sums alone.
 #[inline(always)]
 fn affine_error(mo: &Moments, s: &CodeSums, d: f64, m: f64) -> f64 {
-    mo.xx - 2.0 * d * s.lx - 2.0 * m * mo.x + d * d * s.ll + 2.0 * d * m * s.l + mo.n * m * m
+    -2.0 * d * s.lx - 2.0 * m * mo.x + d * d * s.ll + 2.0 * d * m * s.l + mo.n * m * m
+}
+
+/// Why a group cannot be stored.
+#[derive(Debug, Clone, Copy)]
+enum GroupError {
+    /// A scale or offset beyond f16's range.
+    ScaleOverflow(f32),
+    /// A NaN or an infinity among the values: the row is refused (rows are checked here, in
+    /// the first pass over each group, rather than in a pass of their own).
+    NonFinite,
+}
+
+impl From<f32> for GroupError {
+    fn from(value: f32) -> Self {
+        GroupError::ScaleOverflow(value)
+    }
 }
 
 /// Rounds a parameter to f16, or reports it when f16 cannot hold it.
@@ -547,9 +644,13 @@ fn affine_group<P: Passes>(
     bits: u8,
     search: bool,
     codes: &mut [u8],
-) -> std::result::Result<(f16, f16), f32> {
+) -> std::result::Result<(f16, f16), GroupError> {
     let nmax = ((1u32 << bits) - 1) as f32;
     let (lo, hi, mo) = passes.range_and_moments(x);
+    // min/max see infinities, and a NaN poisons the sum.
+    if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
     let range = hi - lo;
     if range <= 0.0 {
         codes.fill(0);
@@ -567,21 +668,22 @@ fn affine_group<P: Passes>(
         // Candidates compare by their unrounded least-squares error: rounding to f16 moves
         // every candidate alike, and is accounted for by the refinement below.
         let mut best: Option<(CodeSums, f64, f64)> = None;
-        let mut min_max_err = f64::INFINITY;
         let inv_range = 1.0 / range;
-        for stretch in ASYM_STRETCH {
-            let a = (nmax + stretch) * inv_range;
-            let b = -lo * a - stretch / 2.0;
-            let sums = passes.code_sums(x, a, b, 0.0, nmax);
-            if stretch == 0.0 {
-                // These are min/max's own codes: its error as stored, the bar to clear.
-                min_max_err = affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64());
-            }
+        let a = ASYM_STRETCH.map(|stretch| (nmax + stretch) * inv_range);
+        let b = std::array::from_fn(|k| -lo * a[k] - ASYM_STRETCH[k] / 2.0);
+        let candidates = passes.code_sums_many(x, a, b, 0.0, nmax);
+        // The first candidate (no stretch) has min/max's own codes: its error as stored is
+        // the bar to clear.
+        let min_max_err = affine_error(&mo, &candidates[0], best_d.to_f64(), best_m.to_f64());
+        for sums in candidates {
             // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate with the
             // largest num²/det wins, compared by cross-multiplying (no division per candidate).
             let num = mo.n * sums.lx - sums.l * mo.x;
             let det = mo.n * sums.ll - sums.l * sums.l;
-            if num > 0.0 && det > 0.0 && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det) {
+            if num > 0.0
+                && det > 0.0
+                && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det)
+            {
                 best = Some((sums, num, det));
             }
         }
@@ -630,9 +732,12 @@ fn symmetric_group<P: Passes>(
     bits: u8,
     search: bool,
     codes: &mut [u8],
-) -> std::result::Result<(f16, f16), f32> {
+) -> std::result::Result<(f16, f16), GroupError> {
     let half_levels = (1u32 << (bits - 1)) as f32;
     let (lo, hi, mo) = passes.range_and_moments(x);
+    if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
     // The value of largest magnitude maps onto code −2^(bits−1), the one extra negative level,
     // whatever its sign (llama.cpp's q4_0 trick): the scale is signed.
     let extreme = if -lo >= hi { lo } else { hi };
@@ -643,7 +748,7 @@ fn symmetric_group<P: Passes>(
         return Ok((f16::ZERO, f16::ZERO));
     }
     if search {
-        let error = |s: &CodeSums, d: f64| mo.xx - 2.0 * d * s.lx + d * d * s.ll;
+        let error = |s: &CodeSums, d: f64| d * d * s.ll - 2.0 * d * s.lx;
         let stored = |d: f64| to_f16(d).ok().filter(|h| h.to_f32() != 0.0);
         // Candidates compare unrounded, as in the affine search.
         let mut best: Option<(f64, f64)> = None;

@@ -79,7 +79,9 @@ pub fn quantize_row(format: GgufFormat, row: &[f32], out: &mut Vec<u8>) -> Resul
     let dst = &mut out[start..];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { quantize_blocks_avx2(format, row, dst) };
             return Ok(());
@@ -128,7 +130,12 @@ mod avx2 {
         // SAFETY: a block holds 32 f32, four unaligned loads of 8.
         let v = unsafe {
             let p = x.as_ptr();
-            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))]
+            [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ]
         };
         let sign = _mm256_set1_ps(-0.0);
         let a = v.map(|v| _mm256_andnot_ps(sign, v));
@@ -166,7 +173,10 @@ mod avx2 {
         let bias = _mm256_set1_ps(8.5);
         let top = _mm256_set1_epi32(15);
         let q = v.map(|v| {
-            _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, id), bias)), top)
+            _mm256_min_epi32(
+                _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, id), bias)),
+                top,
+            )
         });
         // Values 0..16 and 16..32 of the block: the low and high nibbles.
         let low = _mm_unpacklo_epi64(bytes(q[0]), bytes(q[1]));
