@@ -199,9 +199,12 @@ trait Passes: Copy {
     /// (min, max, Σx, Σx²)
     fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments);
     /// Σl, Σl², Σl·x for the codes `l = clamp(round(x·a + b), lo, hi)`.
-    fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums;
+    #[inline(always)]
+    fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
+        self.code_sums_many(x, [a], [b], lo, hi)[0]
+    }
     /// [`code_sums`](Passes::code_sums) for several `(a, b)` in one pass over the values:
-    /// each candidate's sums are the ones `code_sums` gives, bit for bit.
+    /// each candidate's sums are the ones it would have alone, bit for bit.
     fn code_sums_many<const K: usize>(
         self,
         x: &[f32],
@@ -282,30 +285,6 @@ impl Passes for Portable {
         (lo, hi, m)
     }
 
-    fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
-        let mut total = CodeSums::default();
-        for block in x.chunks(SUM_BLOCK) {
-            let mut sl = [0.0f32; LANES];
-            let mut sll = [0.0f32; LANES];
-            let mut slx = [0.0f32; LANES];
-            let chunks = block.chunks_exact(LANES);
-            let tail = chunks.remainder();
-            for c in chunks {
-                for i in 0..LANES {
-                    let l = code_of(c[i], a, b, lo, hi);
-                    sl[i] += l;
-                    sll[i] += l * l;
-                    slx[i] += l * c[i];
-                }
-            }
-            tail_code_sums(tail, a, b, lo, hi, &mut sl, &mut sll, &mut slx);
-            total.l += reduce_lanes(sl);
-            total.ll += reduce_lanes(sll);
-            total.lx += reduce_lanes(slx);
-        }
-        total
-    }
-
     fn code_sums_many<const K: usize>(
         self,
         x: &[f32],
@@ -314,7 +293,40 @@ impl Passes for Portable {
         lo: f32,
         hi: f32,
     ) -> [CodeSums; K] {
-        std::array::from_fn(|k| self.code_sums(x, a[k], b[k], lo, hi))
+        let mut total = [CodeSums::default(); K];
+        for block in x.chunks(SUM_BLOCK) {
+            let mut sl = [[0.0f32; LANES]; K];
+            let mut sll = [[0.0f32; LANES]; K];
+            let mut slx = [[0.0f32; LANES]; K];
+            let chunks = block.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for k in 0..K {
+                    for i in 0..LANES {
+                        let l = code_of(c[i], a[k], b[k], lo, hi);
+                        sl[k][i] += l;
+                        sll[k][i] += l * l;
+                        slx[k][i] += l * c[i];
+                    }
+                }
+            }
+            for k in 0..K {
+                tail_code_sums(
+                    tail,
+                    a[k],
+                    b[k],
+                    lo,
+                    hi,
+                    &mut sl[k],
+                    &mut sll[k],
+                    &mut slx[k],
+                );
+                total[k].l += reduce_lanes(sl[k]);
+                total[k].ll += reduce_lanes(sll[k]);
+                total[k].lx += reduce_lanes(slx[k]);
+            }
+        }
+        total
     }
 
     fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]) {
@@ -428,47 +440,6 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn code_sums(x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
-        let (va, vb, vlo, vhi) = (
-            _mm256_set1_ps(a),
-            _mm256_set1_ps(b),
-            _mm256_set1_ps(lo),
-            _mm256_set1_ps(hi),
-        );
-        let mut total = CodeSums::default();
-        for block in x.chunks(SUM_BLOCK) {
-            let (mut sl, mut sll, mut slx) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let chunks = block.chunks_exact(LANES);
-            let tail = chunks.remainder();
-            for c in chunks {
-                // SAFETY: `c` holds exactly 8 f32.
-                let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-                let l = codes(v, va, vb, vlo, vhi);
-                sl = _mm256_add_ps(sl, l);
-                sll = _mm256_add_ps(sll, _mm256_mul_ps(l, l));
-                slx = _mm256_add_ps(slx, _mm256_mul_ps(l, v));
-            }
-            if tail.is_empty() {
-                total.l += hsum(sl);
-                total.ll += hsum(sll);
-                total.lx += hsum(slx);
-                continue;
-            }
-            let (mut sl, mut sll, mut slx) = (lanes(sl), lanes(sll), lanes(slx));
-            tail_code_sums(tail, a, b, lo, hi, &mut sl, &mut sll, &mut slx);
-            total.l += reduce_lanes(sl);
-            total.ll += reduce_lanes(sll);
-            total.lx += reduce_lanes(slx);
-        }
-        total
-    }
-
-    #[target_feature(enable = "avx2")]
-    #[inline]
     fn code_sums_many<const K: usize>(
         x: &[f32],
         a: [f32; K],
@@ -559,12 +530,6 @@ mod avx2 {
         ) -> [CodeSums; K] {
             // SAFETY: as above.
             unsafe { code_sums_many(x, a, b, lo, hi) }
-        }
-
-        #[inline(always)]
-        fn code_sums(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32) -> CodeSums {
-            // SAFETY: as above.
-            unsafe { code_sums(x, a, b, lo, hi) }
         }
 
         #[inline(always)]
