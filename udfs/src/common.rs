@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Float16Array, Int64Array, ListArray, StringArray,
-    UInt8Array, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, Int64Array, ListArray, StringArray, UInt8Array,
+    UInt32Array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
@@ -410,11 +410,6 @@ impl<'a> QuantizedColumn<'a> {
 /// A nullable Float64 result field.
 pub fn float64_field(name: &str) -> FieldRef {
     Arc::new(Field::new(name, DataType::Float64, true))
-}
-
-/// Float16 values of a list, as used by quantized structs (for tests and tools).
-pub fn f16_values(array: &ArrayRef) -> Option<&Float16Array> {
-    array.as_primitive_opt::<Float16Type>()
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ pub enum KernelError {
     )]
     GroupSize { group_size: i64 },
 
+    #[error("group size '{text}' is neither a number nor 'row'")]
+    GroupSizeText { text: String },
+
     #[error("unknown scheme '{name}': expected one of {expected}")]
     UnknownScheme {
         name: String,

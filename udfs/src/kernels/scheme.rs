@@ -110,7 +110,9 @@ impl GroupSize {
         }
         match text.parse::<i64>() {
             Ok(n) => GroupSize::from_i64(n),
-            Err(_) => Err(KernelError::GroupSize { group_size: -1 }),
+            Err(_) => Err(KernelError::GroupSizeText {
+                text: text.to_string(),
+            }),
         }
     }
 
