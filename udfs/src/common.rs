@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
-    DataType, Field, FieldRef, Fields, Float16Type, Float32Type, Float64Type, Int64Type, UInt8Type,
+    DataType, Field, Fields, Float16Type, Float32Type, Float64Type, Int64Type, UInt8Type,
     UInt32Type,
 };
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, plan_err};
@@ -405,11 +405,6 @@ impl<'a> QuantizedColumn<'a> {
             scheme,
         }))
     }
-}
-
-/// A nullable Float64 result field.
-pub fn float64_field(name: &str) -> FieldRef {
-    Arc::new(Field::new(name, DataType::Float64, true))
 }
 
 #[cfg(test)]
