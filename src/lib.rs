@@ -7,5 +7,9 @@
 pub use arrowquant_udfs as udfs;
 
 pub mod catalogue;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod pipeline;
 pub mod session;
-pub mod shell;
+pub mod tables;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use arrowquant::shell::{self, SqlArgs};
+use arrowquant::cli::{self, dequantize, inspect, quantize, sql};
 use clap::{Parser, Subcommand};
 
 /// Model-weight quantization as SQL, on Apache DataFusion.
@@ -15,8 +15,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Quantize a whole model into weights.parquet, report.parquet and manifest.json.
+    Quantize(quantize::QuantizeArgs),
+    /// List a model's tensors with dtype, shape, bytes and statistics.
+    Inspect(inspect::InspectArgs),
+    /// Rebuild a quantized model as a safetensors file.
+    Dequantize(dequantize::DequantizeArgs),
     /// A SQL shell with every ArrowQuant function registered.
-    Sql(SqlArgs),
+    Sql(sql::SqlArgs),
     /// Print the function catalogue as a Markdown table.
     Functions,
 }
@@ -35,18 +41,35 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Sql(args) => shell::run(args).await,
+            Command::Quantize(args) => interruptible(quantize::run(args)).await,
+            Command::Dequantize(args) => interruptible(dequantize::run(args)).await,
+            Command::Inspect(args) => Some(inspect::run(args).await),
+            // The shell handles Ctrl-C itself (it cancels the running query).
+            Command::Sql(args) => Some(sql::run(args).await),
             Command::Functions => {
                 print!("{}", arrowquant::catalogue::markdown_table());
-                Ok(())
+                Some(Ok(()))
             }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("arrowquant: {}", e.strip_backtrace());
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("arrowquant: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
+        None => {
+            eprintln!("arrowquant: interrupted; no output was left behind");
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// Runs `work` until it ends or Ctrl-C; `None` when interrupted. Dropping the work drops its
+/// partial-output guards, which remove what it had written.
+async fn interruptible<F: Future>(work: F) -> Option<F::Output> {
+    tokio::select! {
+        result = work => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
     }
 }

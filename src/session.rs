@@ -12,6 +12,7 @@ use datafusion_cli::object_storage::instrumented::InstrumentedObjectStoreRegistr
 pub fn context() -> SessionContext {
     let ctx = SessionContext::new_with_config(config());
     arrowquant_udfs::register_all(&ctx);
+    crate::tables::register_tables(&ctx);
     ctx
 }
 
@@ -35,5 +36,6 @@ pub async fn shell_context(
         ctx.state_weak_ref(),
     )));
     arrowquant_udfs::register_all(&ctx);
+    crate::tables::register_tables(&ctx);
     Ok(ctx)
 }

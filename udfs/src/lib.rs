@@ -21,12 +21,14 @@ mod quant_args;
 pub mod compression_ratio;
 pub mod cosine_similarity;
 pub mod dequantize;
+pub mod error_sums;
 pub mod max_abs_error;
 pub mod mse;
 pub mod quant_error;
 pub mod quant_params;
 pub mod quantize;
 pub mod sqnr_db;
+pub mod stored_bytes;
 pub mod tensor_cosine;
 pub mod tensor_mse;
 pub mod weight_stats;
@@ -72,6 +74,11 @@ pub mod udfs {
         crate::compression_ratio::CompressionRatio::default()
     );
     scalar!(quant_error_udf, crate::quant_error::QuantError::default());
+    scalar!(error_sums_udf, crate::error_sums::ErrorSums::default());
+    scalar!(
+        stored_bytes_udf,
+        crate::stored_bytes::StoredBytes::default()
+    );
     scalar!(
         weight_stats_udf,
         crate::weight_stats::WeightStats::default()
@@ -99,6 +106,8 @@ pub mod udfs {
             max_abs_error_udf(),
             compression_ratio_udf(),
             quant_error_udf(),
+            error_sums_udf(),
+            stored_bytes_udf(),
             weight_stats_udf(),
         ]
     }

@@ -1,0 +1,233 @@
+//! `arrowquant quantize`: a whole model to an output directory, with a progress bar, a
+//! per-tensor table and a summary.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::common::{DataFusionError, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::{QuantConfig, Settings, Value};
+use crate::pipeline::{Progress, RunOptions, RunSummary, plans, quantize_model};
+
+/// Quantize a model (a safetensors file, a sharded checkpoint, a model or diffusers pipeline
+/// folder) into a directory holding weights.parquet, report.parquet and manifest.json.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The model; the bundled example UNet when omitted.
+    pub model: Option<PathBuf>,
+    /// Output directory [default: NAME-PROFILE in the current directory].
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
+    #[arg(long, value_name = "P")]
+    pub profile: Option<String>,
+    /// Bits per weight (2, 3, 4, 5, 6, 8).
+    #[arg(long, value_name = "B")]
+    pub bits: Option<i64>,
+    /// Values per group, or `row`.
+    #[arg(long, value_name = "G")]
+    pub group_size: Option<String>,
+    /// Scheme: asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1, q8_0.
+    #[arg(long)]
+    pub scheme: Option<String>,
+    /// Smallest whole-tensor cosine similarity accepted before a tensor is redone wider.
+    #[arg(long, value_name = "C")]
+    pub min_cosine: Option<f64>,
+    /// Keep tensors under the threshold as they are instead of redoing them.
+    #[arg(long)]
+    pub no_fallback: bool,
+    /// A YAML configuration file (keys as ARROW_QUANT_* without the prefix, lower case).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the SQL the run executes, then run it.
+    #[arg(long)]
+    pub print_sql: bool,
+    /// Print the summary and per-tensor report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl QuantizeArgs {
+    /// Flags as the highest-priority settings.
+    fn settings(&self) -> Settings {
+        let mut s = Settings::new("command line");
+        if let Some(p) = &self.profile {
+            s.set("profile", Value::Text(p.clone()));
+        }
+        if let Some(b) = self.bits {
+            s.set("bit_width", Value::Int(b));
+        }
+        if let Some(g) = &self.group_size {
+            s.set("group_size", Value::Text(g.clone()));
+        }
+        if let Some(x) = &self.scheme {
+            s.set("scheme", Value::Text(x.clone()));
+        }
+        if let Some(c) = self.min_cosine {
+            s.set("min_cosine", Value::Float(c));
+        }
+        if self.no_fallback {
+            s.set("fallback", Value::Bool(false));
+        }
+        s
+    }
+
+    pub fn config(&self) -> Result<QuantConfig> {
+        let yaml = self
+            .config
+            .as_deref()
+            .map(Settings::from_yaml_file)
+            .transpose()
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        QuantConfig::resolve(
+            &Settings::from_env(std::env::vars()),
+            yaml.as_ref(),
+            &self.settings(),
+        )
+        .map_err(|e| DataFusionError::Plan(e.to_string()))
+    }
+}
+
+pub async fn run(args: QuantizeArgs) -> Result<()> {
+    let config = args.config()?;
+    let model = args.model.clone().unwrap_or_else(super::bundled_model);
+    let output = args.output.clone().unwrap_or_else(|| {
+        let name = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        PathBuf::from(format!("{name}-{}", config.profile))
+    });
+    if args.print_sql {
+        for (what, sql) in plans(&model) {
+            println!("-- {what}\n{sql};\n");
+        }
+    }
+    let bar = progress_bar(args.quiet);
+    let report = |p: Progress| match p {
+        Progress::Start { phase, bytes } => {
+            bar.set_length(bytes);
+            bar.set_position(0);
+            bar.set_message(phase);
+        }
+        Progress::Advance { bytes } => bar.inc(bytes),
+    };
+    let options = RunOptions {
+        model,
+        output,
+        config,
+        force: args.force,
+    };
+    let summary = quantize_model(&options, &report).await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        print_tables(&summary)?;
+    }
+    Ok(())
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    // Drawn on stderr only when it is a terminal.
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn print_tables(summary: &RunSummary) -> Result<()> {
+    let shown: Vec<RecordBatch> = summary
+        .report
+        .iter()
+        .map(|b| {
+            let names = [
+                "layer",
+                "shape",
+                "action",
+                "bits",
+                "group_size",
+                "scheme",
+                "cosine",
+                "sqnr_db",
+                "bytes_before",
+                "bytes_after",
+            ];
+            let indices: Vec<usize> = names
+                .iter()
+                .filter_map(|n| b.schema().index_of(n).ok())
+                .collect();
+            b.project(&indices)
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    println!("{}", pretty_format_batches(&shown)?);
+    print!("{}", summary_text(summary));
+    Ok(())
+}
+
+/// The closing lines of a run.
+pub fn summary_text(s: &RunSummary) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "model: {} ({}; {})\n\
+         tensors: {} ({} quantized, {} kept, {} redone wider)\n\
+         size: {:.2} MB -> {:.2} MB ({:.2}x)\n\
+         cosine: min {:.6}, mean {:.6}\n\
+         time: {:.2} s ({:.0} MB/s)\n\
+         output: {}\n",
+        s.modality.modality,
+        s.modality.evidence,
+        s.output.display(),
+        s.tensors,
+        s.quantized,
+        s.kept,
+        s.fallbacks,
+        mb(s.bytes_before),
+        mb(s.bytes_after),
+        s.compression_ratio,
+        s.min_cosine,
+        s.mean_cosine,
+        s.seconds,
+        s.mb_per_second,
+        s.output.display(),
+    )
+}
+
+fn print_json(summary: &RunSummary) -> Result<()> {
+    let mut buffer = Vec::new();
+    {
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut buffer);
+        for batch in &summary.report {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    let tensors: serde_json::Value = if buffer.is_empty() {
+        serde_json::Value::Array(Vec::new())
+    } else {
+        serde_json::from_slice(&buffer).map_err(|e| DataFusionError::External(Box::new(e)))?
+    };
+    let mut value =
+        serde_json::to_value(summary).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    value["tensors_report"] = tensors;
+    println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+    Ok(())
+}

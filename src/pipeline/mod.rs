@@ -1,0 +1,10 @@
+//! The model pipeline (the seed's `DiffusionOrchestrator`): modality detection, the strategy
+//! table, the quantization and report queries, and the output directory.
+
+pub mod modality;
+pub mod output;
+pub mod plan;
+pub mod run;
+pub mod strategy;
+
+pub use run::{Progress, RunOptions, RunSummary, plans, quantize_model};

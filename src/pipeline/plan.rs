@@ -1,0 +1,64 @@
+//! The SQL the pipeline runs. Everything a run computes is one of these queries over the
+//! registered functions and three tables it registers: `strategy` (one row per tensor: action,
+//! bits, group, scheme), `tensors` (`safetensors_info` of the model) and, for the report,
+//! `row_errors` (the per-row error sums the quantization query produced).
+
+/// A string literal.
+pub fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Quantizes every tensor of the strategy (or only `layers`, pushed down to the scan so other
+/// tensors are not read), keeps the others' bytes, and measures each row against its
+/// reconstruction.
+pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
+    let filter = match layers {
+        Some([]) => "\n  WHERE false".to_string(),
+        Some(layers) => format!(
+            "\n  WHERE w.layer IN ({})",
+            layers
+                .iter()
+                .map(|l| sql_string(l))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "WITH quantized AS (
+  SELECT w.layer, w.row, w.shape, w.dtype, w.weights,
+         CASE WHEN s.action = 'quantize'
+              THEN quantize(w.weights, s.bits, s.group_size, s.scheme) END AS q,
+         CASE WHEN s.action = 'keep' THEN w.data END AS data
+  FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer{filter}
+)
+SELECT layer, row, shape, dtype, q, data,
+       error_sums(weights, dequantize(q)) AS error,
+       stored_bytes(q) AS stored_bytes
+FROM quantized",
+        source = sql_string(source),
+    )
+}
+
+/// One row per tensor: its settings and whole-tensor quality, from the per-row sums.
+pub const REPORT_SQL: &str = "SELECT s.layer, t.dtype, t.shape, t.elements, s.action, s.bits,
+       s.group_size, s.scheme, s.reason, s.fallback_from,
+       CASE WHEN s.action = 'keep' OR sum(e.error['err_sq']) = 0 THEN 1.0
+            ELSE sum(e.error['dot'])
+                 / NULLIF(sqrt(sum(e.error['a_sq'])) * sqrt(sum(e.error['b_sq'])), 0) END
+         AS cosine,
+       CASE WHEN s.action = 'keep' THEN NULL
+            ELSE 10 * log10(sum(e.error['a_sq']) / NULLIF(sum(e.error['err_sq']), 0)) END
+         AS sqnr_db,
+       CASE WHEN s.action = 'keep' THEN 0.0 ELSE max(e.error['max_abs_error']) END
+         AS max_abs_error,
+       CASE WHEN s.action = 'keep' THEN 0.0
+            ELSE sum(e.error['err_sq']) / NULLIF(sum(e.error['n']), 0) END AS mse,
+       t.bytes AS bytes_before,
+       CASE WHEN s.action = 'keep' THEN t.bytes ELSE sum(e.stored_bytes) END AS bytes_after
+FROM strategy s
+JOIN tensors t ON t.layer = s.layer
+LEFT JOIN row_errors e ON e.layer = s.layer
+GROUP BY s.layer, t.dtype, t.shape, t.elements, s.action, s.bits, s.group_size, s.scheme,
+         s.reason, s.fallback_from, s.position, t.bytes
+ORDER BY s.position";

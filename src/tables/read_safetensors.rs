@@ -1,0 +1,174 @@
+//! `read_safetensors('path')`: the weights table of a model, read from its safetensors files.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{DFSchema, Result};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+
+use super::path_argument;
+use super::scan::{SafetensorsPartition, plan_units, split_units, weights_schema};
+use crate::model::{Model, dtype_name};
+
+/// The table function.
+#[derive(Debug, Default)]
+pub struct ReadSafetensors;
+
+impl TableFunctionImpl for ReadSafetensors {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let path = path_argument("read_safetensors", args.exprs())?;
+        let model = Model::open(&path)?;
+        Ok(Arc::new(SafetensorsTable::new(Arc::new(model))))
+    }
+}
+
+/// A model's tensors as the weights table. Filters on `layer` and `dtype` are pushed down, so a
+/// query about a few tensors never touches the others' pages.
+#[derive(Debug)]
+pub struct SafetensorsTable {
+    model: Arc<Model>,
+    schema: SchemaRef,
+}
+
+impl SafetensorsTable {
+    pub fn new(model: Arc<Model>) -> Self {
+        Self {
+            model,
+            schema: weights_schema(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Tensors passing every pushed-down filter, evaluated on a table of (layer, dtype).
+    fn selected_tensors(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<usize>> {
+        let all: Vec<usize> = (0..self.model.tensors.len()).collect();
+        if filters.is_empty() {
+            return Ok(all);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("layer", DataType::Utf8, false),
+            Field::new("dtype", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    self.model.tensors.iter().map(|t| t.layer.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    self.model.tensors.iter().map(|t| dtype_name(t.meta.dtype)),
+                )),
+            ],
+        )?;
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let mut keep = vec![true; all.len()];
+        for filter in filters {
+            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
+            let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let mask = datafusion::arrow::array::AsArray::as_boolean(&mask);
+            for (k, m) in keep.iter_mut().zip(mask.iter()) {
+                *k &= m == Some(true);
+            }
+        }
+        Ok(all.into_iter().filter(|&i| keep[i]).collect())
+    }
+}
+
+/// A filter the scan can apply itself: one that reads only `layer` and `dtype`.
+fn is_tensor_filter(filter: &Expr) -> bool {
+    let columns = filter.column_refs();
+    !columns.is_empty()
+        && columns
+            .iter()
+            .all(|c| c.name == "layer" || c.name == "dtype")
+}
+
+#[async_trait]
+impl TableProvider for SafetensorsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Inexact: the pushed filter picks tensors; DataFusion still applies it to the rows,
+        // which costs nothing next to reading them.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_tensor_filter(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let pushed: Vec<Expr> = filters
+            .iter()
+            .filter(|f| is_tensor_filter(f))
+            .cloned()
+            .collect();
+        let tensors = self.selected_tensors(state, &pushed)?;
+        let options = state.config_options();
+        let units = plan_units(&self.model, &tensors, options.execution.batch_size.get());
+        let parts = split_units(&self.model, units, options.execution.target_partitions);
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let projected = Arc::new(self.schema.project(&projection)?);
+        let partitions: Vec<Arc<dyn PartitionStream>> = parts
+            .into_iter()
+            .map(|units| {
+                Arc::new(SafetensorsPartition {
+                    model: self.model.clone(),
+                    units,
+                    projection: projection.clone(),
+                    schema: projected.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let partitions = if partitions.is_empty() {
+            vec![Arc::new(SafetensorsPartition {
+                model: self.model.clone(),
+                units: Vec::new(),
+                projection,
+                schema: projected.clone(),
+            }) as Arc<dyn PartitionStream>]
+        } else {
+            partitions
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            projected,
+            partitions,
+            None,
+            [],
+            false,
+            None,
+        )?))
+    }
+}

@@ -1,0 +1,134 @@
+//! `error_sums(a, b)`: the mergeable sums behind every quality metric of a pair of rows, so that
+//! whole-tensor figures can be computed from per-row results with SUM and MAX (a model pipeline
+//! measures each row as it streams past, then aggregates per tensor).
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{ArrayRef, Float64Builder, Int64Builder, StructArray};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::{FloatRows, row_error};
+use crate::doc::DOC_QUALITY;
+use crate::kernels::metrics::PairSums;
+use crate::pair_metric::coerce_pair;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ErrorSums {
+    signature: Signature,
+}
+
+impl Default for ErrorSums {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+/// The struct's fields, in order.
+pub const FIELDS: [&str; 6] = ["n", "dot", "a_sq", "b_sq", "err_sq", "max_abs_error"];
+
+pub fn error_sums_type() -> DataType {
+    let fields: Fields = FIELDS
+        .iter()
+        .map(|&name| {
+            let dt = if name == "n" {
+                DataType::Int64
+            } else {
+                DataType::Float64
+            };
+            Field::new(name, dt, true)
+        })
+        .collect();
+    DataType::Struct(fields)
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_QUALITY,
+        "Sums of a pair of rows, accumulated in f64: {n, dot = Σab, a_sq = Σa², b_sq = Σb², \
+         err_sq = Σ(a−b)², max_abs_error}. They add up across rows, so whole-tensor metrics follow \
+         from SUM and MAX: cosine = Σdot / √(Σa_sq · Σb_sq), mse = Σerr_sq / Σn, \
+         sqnr_db = 10·log10(Σa_sq / Σerr_sq). NULL when either row is NULL; rows of different \
+         lengths are an error.",
+        "error_sums(a, b)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT layer, sum(e['dot']) / sqrt(sum(e['a_sq']) * sum(e['b_sq'])) AS cosine\n  FROM (SELECT layer, error_sums(weights, dequantize(quantize(weights, 4))) AS e FROM layers)\n  GROUP BY layer;\n```",
+    )
+    .with_argument("a", "List of Float16, Float32 or Float64: the reference row.")
+    .with_argument("b", "List of floats of the same length: the reconstruction.")
+    .build()
+});
+
+impl ScalarUDFImpl for ErrorSums {
+    fn name(&self) -> &str {
+        "error_sums"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        coerce_pair(self.name(), arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(error_sums_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = args.args[0].to_array(args.number_rows)?;
+        let b = args.args[1].to_array(args.number_rows)?;
+        let (a, b) = (
+            FloatRows::new(&a, self.name(), "a")?,
+            FloatRows::new(&b, self.name(), "b")?,
+        );
+        let rows = a.len();
+        let mut n = Int64Builder::with_capacity(rows);
+        let mut sums: Vec<Float64Builder> = (0..5)
+            .map(|_| Float64Builder::with_capacity(rows))
+            .collect();
+        let mut valid = Vec::with_capacity(rows);
+        for row in 0..rows {
+            match (a.row(row), b.row(row)) {
+                (Some(x), Some(y)) => {
+                    let s = PairSums::of(x, y).map_err(|e| row_error(self.name(), row, e))?;
+                    n.append_value(s.n as i64);
+                    for (builder, value) in
+                        sums.iter_mut()
+                            .zip([s.dot, s.aa, s.bb, s.sq_err, s.max_abs_err])
+                    {
+                        builder.append_value(value);
+                    }
+                    valid.push(true);
+                }
+                _ => {
+                    n.append_null();
+                    sums.iter_mut().for_each(|b| b.append_null());
+                    valid.push(false);
+                }
+            }
+        }
+        let DataType::Struct(fields) = error_sums_type() else {
+            unreachable!()
+        };
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(n.finish())];
+        columns.extend(sums.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        let nulls = NullBuffer::from(valid);
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        Ok(ColumnarValue::Array(Arc::new(StructArray::new(
+            fields, columns, nulls,
+        ))))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}
