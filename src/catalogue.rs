@@ -20,5 +20,8 @@ pub fn markdown_table() -> String {
     for udaf in udfs::aggregate_udfs() {
         out.push_str(&row("aggregate", udaf.documentation()));
     }
+    for (syntax, description) in crate::tables::TABLE_FUNCTION_DOCS {
+        out.push_str(&format!("| `{syntax}` | table | {description} |\n"));
+    }
     out
 }

@@ -68,8 +68,14 @@ fn main() -> ExitCode {
 /// Runs `work` until it ends or Ctrl-C; `None` when interrupted. Dropping the work drops its
 /// partial-output guards, which remove what it had written.
 async fn interruptible<F: Future>(work: F) -> Option<F::Output> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Registered before the work starts, so an early Ctrl-C is caught too.
+    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+        return Some(work.await);
+    };
     tokio::select! {
+        biased;
+        _ = interrupt.recv() => None,
         result = work => Some(result),
-        _ = tokio::signal::ctrl_c() => None,
     }
 }

@@ -133,3 +133,4 @@ slt!(quality, "quality.slt");
 slt!(statistics, "statistics.slt");
 slt!(aggregates, "aggregates.slt");
 slt!(catalogue, "catalogue.slt");
+slt!(safetensors, "safetensors.slt");

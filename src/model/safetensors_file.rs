@@ -64,37 +64,7 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only. Like every reader of memory-mapped checkpoints, we rely
         // on the file not being truncated while it is read; input files are never written.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
-        if header_len > file_len - 8 {
-            return Err(not_safetensors(
-                path,
-                format!(
-                    "header length {header_len} runs past the end of the file ({file_len} bytes)"
-                ),
-            ));
-        }
-        if header_len > MAX_HEADER {
-            return Err(not_safetensors(
-                path,
-                format!("header length {header_len} is over the format's limit of {MAX_HEADER}"),
-            ));
-        }
-        let (n, metadata) = SafeTensors::read_metadata(&map).map_err(|e| explain(path, &map, e))?;
-        let data_start = 8 + n;
-        let tensors = metadata
-            .offset_keys()
-            .into_iter()
-            .map(|name| {
-                let info = metadata.info(&name).expect("a key of the header");
-                TensorMeta {
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: data_start + info.data_offsets.0,
-                    len: info.data_offsets.1 - info.data_offsets.0,
-                    name,
-                }
-            })
-            .collect();
+        let tensors = read_table(path, &map)?;
         let map = Arc::new(map);
         let buffer = whole_map_buffer(&map);
         Ok(SafetensorsFile {
@@ -140,6 +110,47 @@ impl SafetensorsFile {
             };
         }
     }
+}
+
+/// Parses and validates the tensor table of a whole safetensors file held in `bytes`; every
+/// tensor returned lies inside `bytes`. `path` only names the file in errors.
+pub fn read_table(path: &Path, bytes: &[u8]) -> Result<Vec<TensorMeta>, ModelError> {
+    let file_len = bytes.len() as u64;
+    let Some(length) = bytes.get(..8) else {
+        return Err(not_safetensors(
+            path,
+            format!("{file_len} bytes is too short for the 8-byte header length"),
+        ));
+    };
+    let header_len = u64::from_le_bytes(length.try_into().expect("8 bytes"));
+    if header_len > file_len - 8 {
+        return Err(not_safetensors(
+            path,
+            format!("header length {header_len} runs past the end of the file ({file_len} bytes)"),
+        ));
+    }
+    if header_len > MAX_HEADER {
+        return Err(not_safetensors(
+            path,
+            format!("header length {header_len} is over the format's limit of {MAX_HEADER}"),
+        ));
+    }
+    let (n, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| explain(path, bytes, e))?;
+    let data_start = 8 + n;
+    Ok(metadata
+        .offset_keys()
+        .into_iter()
+        .map(|name| {
+            let info = metadata.info(&name).expect("a key of the header");
+            TensorMeta {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: data_start + info.data_offsets.0,
+                len: info.data_offsets.1 - info.data_offsets.0,
+                name,
+            }
+        })
+        .collect())
 }
 
 fn whole_map_buffer(map: &Arc<Mmap>) -> Buffer {

@@ -110,7 +110,11 @@ pub async fn quantize_model(
         phase: "quantizing".into(),
         bytes: total_bytes,
     });
-    let mut errors = run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await?;
+    let mut errors = match run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await
+    {
+        Ok(errors) => errors,
+        Err(e) => return Err(locate_failure(&model, &plans).unwrap_or(e)),
+    };
     writer.finish()?;
 
     // Fallback passes: tensors under the threshold, one step wider, until none is left.
@@ -196,6 +200,36 @@ async fn weights_schema_of(ctx: &SessionContext, source: &str) -> Result<Arc<Sch
         .filter(|&i| !matches!(schema.field(i).name().as_str(), "error" | "stored_bytes"))
         .collect();
     Ok(Arc::new(schema.project(&keep)?))
+}
+
+/// Names the tensor and row behind a failed quantization query. Rows inside a query are
+/// numbered per batch, and batches mix tensors, so the failing tensor is found again by walking
+/// the planned tensors in order with the same kernels (this runs only after a failure).
+fn locate_failure(model: &Model, plans: &[TensorPlan]) -> Option<DataFusionError> {
+    use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
+    use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
+    let mut quantizer = Quantizer::default();
+    let mut out = QuantizedRow::default();
+    for (index, p) in plans.iter().enumerate() {
+        let Some(s) = &p.setting else { continue };
+        let scheme = Scheme::parse(&s.scheme).ok()?;
+        let group = GroupSize::parse(&s.group_size).ok()?;
+        let spec = QuantSpec::new(i64::from(s.bits), Some(group), scheme).ok()?;
+        let mut failure = None;
+        crate::tables::scan::for_each_row(model, index, |row, values| {
+            match quantizer.quantize(values, &spec, &mut out) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(exec_datafusion_err!("tensor '{}' row {row}: {e}", p.layer));
+                    false
+                }
+            }
+        });
+        if failure.is_some() {
+            return failure;
+        }
+    }
+    None
 }
 
 /// Runs one quantization query: rows to the writer, `(layer, error, stored_bytes)` kept.

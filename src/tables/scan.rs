@@ -281,3 +281,30 @@ fn data_column(model: &Model, t: &ModelTensor, unit: &ScanUnit, row_lens: &[usiz
         None,
     ))
 }
+
+/// Every row of one float tensor as f32 values, batch by batch, for diagnostics that walk a
+/// tensor outside a query. Calls `visit(row, values)` until it returns `false`.
+pub fn for_each_row(model: &Model, tensor: usize, mut visit: impl FnMut(usize, &[f32]) -> bool) {
+    let t = &model.tensors[tensor];
+    if !is_float(t.meta.dtype) {
+        return;
+    }
+    for unit in plan_units(model, &[tensor], usize::MAX) {
+        let row_lens: Vec<usize> = (unit.first_row..unit.first_row + unit.rows)
+            .map(|r| values_in_row(t, r))
+            .collect();
+        let column = weights_column(model, t, &unit, &row_lens);
+        let list = datafusion::arrow::array::AsArray::as_list::<i32>(&column);
+        let values = list.values();
+        let values = datafusion::arrow::array::AsArray::as_primitive::<
+            datafusion::arrow::datatypes::Float32Type,
+        >(values)
+        .values();
+        let offsets = list.value_offsets();
+        for (i, w) in offsets.windows(2).enumerate() {
+            if !visit(unit.first_row + i, &values[w[0] as usize..w[1] as usize]) {
+                return;
+            }
+        }
+    }
+}
