@@ -663,3 +663,26 @@ fn interrupted_run_leaves_nothing() {
     no_partial_dirs(&dir);
     assert_eq!(snapshot(&dir.join("m")), before);
 }
+
+#[tokio::test]
+async fn layer_filters_reach_the_scan() {
+    let ctx = arrowquant::session::context();
+    let model = bundled_model();
+    let sql = format!(
+        "EXPLAIN SELECT row FROM read_safetensors('{}') WHERE layer = 'conv_in.weight'",
+        model.display()
+    );
+    let plan = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("partial_filters=[read_safetensors().layer = Utf8(\"conv_in.weight\")]"),
+        "{text}"
+    );
+    // One tensor of 32 rows is read: a single batch.
+    assert!(
+        text.contains("StreamingTableExec: partition_sizes=1"),
+        "{text}"
+    );
+}
