@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use arrowquant::cli::{self, dequantize, inspect, quantize, sql};
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Model-weight quantization as SQL, on Apache DataFusion.
 #[derive(Debug, Parser)]
 #[command(name = "arrowquant", version, about)]

@@ -12,10 +12,10 @@ pub fn sql_string(text: &str) -> String {
 /// tensors are not read), keeps the others' bytes, and measures each row against its
 /// reconstruction.
 pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
-    let filter = match layers {
-        Some([]) => "\n  WHERE false".to_string(),
+    let and_filter = match layers {
+        Some([]) => " AND false".to_string(),
         Some(layers) => format!(
-            "\n  WHERE w.layer IN ({})",
+            " AND w.layer IN ({})",
             layers
                 .iter()
                 .map(|l| sql_string(l))
@@ -24,18 +24,24 @@ pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
         ),
         None => String::new(),
     };
+    // Two branches, so that neither carries the other's column through the join: quantized
+    // tensors need only their values, kept tensors only their bytes.
     format!(
         "WITH quantized AS (
   SELECT w.layer, w.row, w.shape, w.dtype, w.weights,
-         CASE WHEN s.action = 'quantize'
-              THEN quantize(w.weights, s.bits, s.group_size, s.scheme) END AS q,
-         CASE WHEN s.action = 'keep' THEN w.data END AS data
-  FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer{filter}
+         quantize(w.weights, s.bits, s.group_size, s.scheme) AS q
+  FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer
+  WHERE s.action = 'quantize'{and_filter}
 )
-SELECT layer, row, shape, dtype, q, data,
+SELECT layer, row, shape, dtype, q, CAST(NULL AS BYTEA) AS data,
        error_sums(weights, dequantize(q)) AS error,
        stored_bytes(q) AS stored_bytes
-FROM quantized",
+FROM quantized
+UNION ALL
+SELECT w.layer, w.row, w.shape, w.dtype, NULL AS q, w.data,
+       NULL AS error, NULL AS stored_bytes
+FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer
+WHERE s.action = 'keep'{and_filter}",
         source = sql_string(source),
     )
 }
