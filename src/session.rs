@@ -16,6 +16,20 @@ pub fn context() -> SessionContext {
     ctx
 }
 
+/// A session for the model pipeline: batches of at most 128 rows, so that operators that
+/// gather rows (the strategy join) never build buffers of more than a few megabytes, which
+/// keeps memory flat and the data in cache.
+pub fn pipeline_context() -> SessionContext {
+    let ctx = SessionContext::new_with_config(config().with_batch_size(PIPELINE_BATCH_ROWS));
+    arrowquant_udfs::register_all(&ctx);
+    crate::tables::register_tables(&ctx);
+    ctx
+}
+
+/// Rows per batch in [`pipeline_context`] (measured: 128 and 64 beat 256 and the default 8192
+/// on the 2 GB benchmark model; see benches/end_to_end.sh).
+pub const PIPELINE_BATCH_ROWS: usize = 128;
+
 /// The session configuration ArrowQuant runs with.
 pub fn config() -> SessionConfig {
     SessionConfig::new().with_information_schema(true)

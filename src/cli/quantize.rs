@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use datafusion::arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{Field, Float64Type, Schema};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::{DataFusionError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -155,27 +158,39 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 fn print_tables(summary: &RunSummary) -> Result<()> {
+    let names = [
+        "layer",
+        "shape",
+        "action",
+        "bits",
+        "group_size",
+        "scheme",
+        "cosine",
+        "sqnr_db",
+        "bytes_before",
+        "bytes_after",
+    ];
     let shown: Vec<RecordBatch> = summary
         .report
         .iter()
         .map(|b| {
-            let names = [
-                "layer",
-                "shape",
-                "action",
-                "bits",
-                "group_size",
-                "scheme",
-                "cosine",
-                "sqnr_db",
-                "bytes_before",
-                "bytes_after",
-            ];
-            let indices: Vec<usize> = names
+            let columns = names
                 .iter()
-                .filter_map(|n| b.schema().index_of(n).ok())
+                .map(|n| {
+                    let column = b.column_by_name(n).expect("a report column").clone();
+                    match *n {
+                        "cosine" => rounded(&column, 6),
+                        "sqnr_db" => rounded(&column, 2),
+                        _ => column,
+                    }
+                })
+                .collect::<Vec<_>>();
+            let fields: Vec<Field> = names
+                .iter()
+                .zip(&columns)
+                .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
                 .collect();
-            b.project(&indices)
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         })
         .collect::<std::result::Result<_, _>>()?;
     println!("{}", pretty_format_batches(&shown)?);
@@ -183,11 +198,20 @@ fn print_tables(summary: &RunSummary) -> Result<()> {
     Ok(())
 }
 
+/// A float column as text with `digits` decimals, for the table only (report.parquet keeps
+/// full precision).
+fn rounded(column: &ArrayRef, digits: usize) -> ArrayRef {
+    let values = column.as_primitive::<Float64Type>();
+    Arc::new(StringArray::from_iter(
+        values.iter().map(|v| v.map(|x| format!("{x:.digits$}"))),
+    ))
+}
+
 /// The closing lines of a run.
 pub fn summary_text(s: &RunSummary) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     format!(
-        "model: {} ({}; {})\n\
+        "model: {} ({})\n\
          tensors: {} ({} quantized, {} kept, {} redone wider)\n\
          size: {:.2} MB -> {:.2} MB ({:.2}x)\n\
          cosine: min {:.6}, mean {:.6}\n\
@@ -195,7 +219,6 @@ pub fn summary_text(s: &RunSummary) -> String {
          output: {}\n",
         s.modality.modality,
         s.modality.evidence,
-        s.output.display(),
         s.tensors,
         s.quantized,
         s.kept,

@@ -98,7 +98,7 @@ pub async fn quantize_model(
         )));
     }
 
-    let ctx = crate::session::context();
+    let ctx = crate::session::pipeline_context();
     ctx.register_batch("tensors", info_batch(&model)?)?;
     ctx.register_batch("strategy", strategy_batch(&plans)?)?;
     let total_bytes = model.data_bytes();
