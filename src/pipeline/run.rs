@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, Schema};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::datasource::MemTable;
@@ -260,10 +260,7 @@ async fn run_pass(
 
 /// Bytes of source data behind a batch: values × dtype width, or the kept bytes.
 fn source_bytes(batch: &RecordBatch) -> Result<u64> {
-    let dtype = batch
-        .column_by_name("dtype")
-        .expect("dtype")
-        .as_string::<i32>();
+    let dtype = column(batch, "dtype").as_string::<i32>();
     let data = batch.column_by_name("data").expect("data");
     let data = data.as_any().downcast_ref::<BinaryArray>();
     let error = batch.column_by_name("error").expect("error").as_struct();
@@ -302,21 +299,19 @@ async fn tensor_report(ctx: &SessionContext, errors: &[RecordBatch]) -> Result<V
     ctx.sql(REPORT_SQL).await?.collect().await
 }
 
+/// A column by name, of a batch whose query defines it.
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+    batch
+        .column_by_name(name)
+        .expect("a column the query defines")
+}
+
 fn below_threshold(report: &[RecordBatch], min_cosine: f64) -> HashSet<String> {
     let mut low = HashSet::new();
     for batch in report {
-        let layer = batch
-            .column_by_name("layer")
-            .expect("layer")
-            .as_string::<i32>();
-        let action = batch
-            .column_by_name("action")
-            .expect("action")
-            .as_string::<i32>();
-        let cosine = batch
-            .column_by_name("cosine")
-            .expect("cosine")
-            .as_primitive::<Float64Type>();
+        let layer = column(batch, "layer").as_string::<i32>();
+        let action = column(batch, "action").as_string::<i32>();
+        let cosine = column(batch, "cosine").as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
             let short = cosine.is_null(row) || cosine.value(row) < min_cosine;
             if action.value(row) == "quantize" && short {
@@ -375,22 +370,10 @@ fn summarize(
     let (mut tensors, mut quantized, mut before, mut after) = (0, 0, 0u64, 0u64);
     let (mut min_cos, mut sum_cos) = (f64::INFINITY, 0.0);
     for batch in report {
-        let action = batch
-            .column_by_name("action")
-            .expect("action")
-            .as_string::<i32>();
-        let cosine = batch
-            .column_by_name("cosine")
-            .expect("cosine")
-            .as_primitive::<Float64Type>();
-        let b = batch
-            .column_by_name("bytes_before")
-            .expect("bytes")
-            .as_primitive::<Int64Type>();
-        let a = batch
-            .column_by_name("bytes_after")
-            .expect("bytes")
-            .as_primitive::<Int64Type>();
+        let action = column(batch, "action").as_string::<i32>();
+        let cosine = column(batch, "cosine").as_primitive::<Float64Type>();
+        let b = column(batch, "bytes_before").as_primitive::<Int64Type>();
+        let a = column(batch, "bytes_after").as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             tensors += 1;
             before += b.value(row) as u64;
