@@ -34,7 +34,7 @@ pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
   WHERE s.action = 'quantize'{and_filter}
 )
 SELECT layer, row, shape, dtype, q, CAST(NULL AS BYTEA) AS data,
-       error_sums(weights, dequantize(q)) AS error,
+       error_sums(weights, q) AS error,
        stored_bytes(q) AS stored_bytes
 FROM quantized
 UNION ALL

@@ -12,10 +12,17 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{FloatRows, row_error};
+use crate::common::{FloatRows, QuantizedColumn, coerce_float_list, coerce_quantized, row_error};
 use crate::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::kernels::quantized::Quantizer;
 use crate::pair_metric::coerce_pair;
+
+/// The second argument: a row of values, or a quantized row to reconstruct.
+enum Second<'a> {
+    Floats(FloatRows<'a>),
+    Quantized(QuantizedColumn<'a>),
+}
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ErrorSums {
@@ -51,18 +58,23 @@ pub fn error_sums_type() -> DataType {
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
         DOC_QUALITY,
-        "Sums of a pair of rows, accumulated in f64: {n, dot = Σab, a_sq = Σa², b_sq = Σb², \
+        "Sums of a pair of rows (f32 within blocks of 256 values, f64 across them): {n, dot = Σab, a_sq = Σa², b_sq = Σb², \
          err_sq = Σ(a−b)², max_abs_error}. They add up across rows, so whole-tensor metrics follow \
          from SUM and MAX: cosine = Σdot / √(Σa_sq · Σb_sq), mse = Σerr_sq / Σn, \
-         sqnr_db = 10·log10(Σa_sq / Σerr_sq). NULL when either row is NULL; rows of different \
-         lengths are an error.",
+         sqnr_db = 10·log10(Σa_sq / Σerr_sq). b may also be a quantized value (as returned by \
+         quantize): it is reconstructed in scratch memory, as dequantize(b) would be, without \
+         building that column. NULL when either row is NULL; rows of different lengths are an \
+         error.",
         "error_sums(a, b)",
     )
     .with_sql_example(
-        "```sql\n> SELECT layer, sum(e['dot']) / sqrt(sum(e['a_sq']) * sum(e['b_sq'])) AS cosine\n  FROM (SELECT layer, error_sums(weights, dequantize(quantize(weights, 4))) AS e FROM layers)\n  GROUP BY layer;\n```",
+        "```sql\n> SELECT layer, sum(e['dot']) / sqrt(sum(e['a_sq']) * sum(e['b_sq'])) AS cosine\n  FROM (SELECT layer, error_sums(weights, quantize(weights, 4)) AS e FROM layers)\n  GROUP BY layer;\n```",
     )
     .with_argument("a", "List of Float16, Float32 or Float64: the reference row.")
-    .with_argument("b", "List of floats of the same length: the reconstruction.")
+    .with_argument(
+        "b",
+        "The reconstruction: a list of floats of the same length, or a quantized value.",
+    )
     .build()
 });
 
@@ -76,6 +88,14 @@ impl ScalarUDFImpl for ErrorSums {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        // (weights, q): the reconstruction is rebuilt row by row in scratch memory, never
+        // materialised as a column.
+        if let [a, q @ DataType::Struct(_)] = arg_types {
+            return Ok(vec![
+                coerce_float_list(self.name(), "a", a)?,
+                coerce_quantized(self.name(), "b", q)?,
+            ]);
+        }
         coerce_pair(self.name(), arg_types)
     }
 
@@ -86,10 +106,13 @@ impl ScalarUDFImpl for ErrorSums {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let a = args.args[0].to_array(args.number_rows)?;
         let b = args.args[1].to_array(args.number_rows)?;
-        let (a, b) = (
-            FloatRows::new(&a, self.name(), "a")?,
-            FloatRows::new(&b, self.name(), "b")?,
-        );
+        let a = FloatRows::new(&a, self.name(), "a")?;
+        let reconstruction = match b.data_type() {
+            DataType::Struct(_) => Second::Quantized(QuantizedColumn::new(&b)?),
+            _ => Second::Floats(FloatRows::new(&b, self.name(), "b")?),
+        };
+        let mut quantizer = Quantizer::default();
+        let mut scratch = Vec::new();
         let rows = a.len();
         let mut n = Int64Builder::with_capacity(rows);
         let mut sums: Vec<Float64Builder> = (0..5)
@@ -97,7 +120,21 @@ impl ScalarUDFImpl for ErrorSums {
             .collect();
         let mut valid = Vec::with_capacity(rows);
         for row in 0..rows {
-            match (a.row(row), b.row(row)) {
+            let y = match &reconstruction {
+                Second::Floats(b) => b.row(row),
+                Second::Quantized(q) => {
+                    match q.get(row).map_err(|e| row_error(self.name(), row, e))? {
+                        Some(q) => {
+                            quantizer
+                                .dequantize(&q, &mut scratch)
+                                .map_err(|e| row_error(self.name(), row, e))?;
+                            Some(scratch.as_slice())
+                        }
+                        None => None,
+                    }
+                }
+            };
+            match (a.row(row), y) {
                 (Some(x), Some(y)) => {
                     let s = PairSums::of(x, y).map_err(|e| row_error(self.name(), row, e))?;
                     n.append_value(s.n as i64);
