@@ -107,22 +107,25 @@ impl Drop for PartialDir {
     }
 }
 
-/// Writer settings for the quantized table: no compression, and dictionaries only for the
-/// repetitive string columns (packed codes, scales and raw bytes do not repeat; hashing them
-/// would cost more than it saves), row groups flushed by size.
+/// Writer settings for the quantized table: no compression, dictionaries only for the
+/// repetitive string columns and statistics only for `layer` and `row` (packed codes, scales
+/// and raw bytes neither repeat nor prune; hashing and comparing them would cost more than it
+/// saves), row groups flushed by size.
 fn weights_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
         .set_dictionary_enabled(false)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_statistics_enabled(EnabledStatistics::None)
         .set_max_row_group_row_count(Some(1 << 20));
     for column in [vec!["layer"], vec!["dtype"], vec!["q", "scheme"]] {
         let path = ColumnPath::new(column.into_iter().map(str::to_string).collect());
         props = props.set_column_dictionary_enabled(path, true);
     }
-    for column in [vec!["q", "codes"], vec!["data"]] {
+    // Statistics only where a reader can prune with them: which tensors and rows a row group
+    // holds.
+    for column in [vec!["layer"], vec!["row"]] {
         let path = ColumnPath::new(column.into_iter().map(str::to_string).collect());
-        props = props.set_column_statistics_enabled(path, EnabledStatistics::None);
+        props = props.set_column_statistics_enabled(path, EnabledStatistics::Chunk);
     }
     props.build()
 }
