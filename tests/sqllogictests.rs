@@ -134,3 +134,4 @@ slt!(statistics, "statistics.slt");
 slt!(aggregates, "aggregates.slt");
 slt!(catalogue, "catalogue.slt");
 slt!(safetensors, "safetensors.slt");
+slt!(timesteps, "timesteps.slt");

@@ -20,6 +20,12 @@ pub const DOC_STATISTICS: DocSection = DocSection {
     description: Some("Describe the distribution of weights."),
 };
 
+pub const DOC_DIFFUSION: DocSection = DocSection {
+    include: true,
+    label: "Diffusion Functions",
+    description: Some("Timestep groups and their quantization parameters."),
+};
+
 pub fn scheme_list() -> &'static str {
     "Storage scheme: 'asym' (default: scale and offset per group, clipping search), 'sym' \
      (signed scale only), 'asym_minmax' / 'sym_minmax' (no search), or llama.cpp's 'q4_0', \

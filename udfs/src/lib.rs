@@ -31,6 +31,7 @@ pub mod sqnr_db;
 pub mod stored_bytes;
 pub mod tensor_cosine;
 pub mod tensor_mse;
+pub mod timestep_group;
 pub mod weight_stats;
 pub mod weight_stats_agg;
 
@@ -76,6 +77,10 @@ pub mod udfs {
     scalar!(quant_error_udf, crate::quant_error::QuantError::default());
     scalar!(error_sums_udf, crate::error_sums::ErrorSums::default());
     scalar!(
+        timestep_group_udf,
+        crate::timestep_group::TimestepGroup::default()
+    );
+    scalar!(
         stored_bytes_udf,
         crate::stored_bytes::StoredBytes::default()
     );
@@ -109,6 +114,7 @@ pub mod udfs {
             error_sums_udf(),
             stored_bytes_udf(),
             weight_stats_udf(),
+            timestep_group_udf(),
         ]
     }
 

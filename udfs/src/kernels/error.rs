@@ -55,6 +55,10 @@ pub enum KernelError {
 
     #[error("corrupt quantized value: {0}")]
     Corrupt(String),
+
+    /// A timestep schedule or spacing that does not make sense (the message says which part).
+    #[error("{0}")]
+    Schedule(String),
 }
 
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
