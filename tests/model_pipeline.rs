@@ -686,3 +686,24 @@ async fn layer_filters_reach_the_scan() {
         "{text}"
     );
 }
+
+#[test]
+fn rows_over_two_gib_are_refused() {
+    // A sparse file: one F32 tensor of shape [1, 600 000 000] (2.4 GB of zeros on no disk).
+    let dir = scratch("huge-row");
+    let header = r#"{"w":{"dtype":"F32","shape":[1,600000000],"data_offsets":[0,2400000000]}}"#;
+    let path = dir.join("huge.safetensors");
+    let mut f = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    f.set_len(8 + header.len() as u64 + 2_400_000_000).unwrap();
+    drop(f);
+    let o = arrowquant(&["quantize", "huge.safetensors", "-o", "out"], &dir);
+    assert_fails_with(
+        &o,
+        "tensor 'w' (shape [1, 600000000]): rows of 600000000 values are over the 2 GiB",
+    );
+    assert!(!dir.join("out").exists());
+    std::fs::remove_file(&path).unwrap();
+}

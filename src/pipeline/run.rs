@@ -113,7 +113,11 @@ pub async fn quantize_model(
     let mut errors = match run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await
     {
         Ok(errors) => errors,
-        Err(e) => return Err(locate_failure(&model, &plans).unwrap_or(e)),
+        // A row the quantizer refused: find which tensor and row it was.
+        Err(e) if e.find_root().to_string().contains("quantize: row ") => {
+            return Err(locate_failure(&model, &plans).unwrap_or(e));
+        }
+        Err(e) => return Err(e),
     };
     writer.finish()?;
 

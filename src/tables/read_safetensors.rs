@@ -83,6 +83,25 @@ impl SafetensorsTable {
     }
 }
 
+/// Arrow list and binary rows use 32-bit offsets: a row (one index of a tensor's first
+/// dimension) must stay under 2 GiB of values and bytes.
+fn check_row_sizes(model: &Model, tensors: &[usize]) -> Result<()> {
+    const LIMIT: usize = i32::MAX as usize;
+    for &i in tensors {
+        let t = &model.tensors[i];
+        let (_, per_row) = crate::model::row_layout(&t.meta.shape);
+        let bytes = (per_row * t.meta.dtype.bitsize()).div_ceil(8);
+        if per_row.saturating_mul(4) > LIMIT || bytes > LIMIT {
+            return Err(datafusion::common::DataFusionError::Plan(format!(
+                "tensor '{}' (shape {:?}): rows of {per_row} values are over the 2 GiB a row \
+                 can hold",
+                t.layer, t.meta.shape
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A filter the scan can apply itself: one that reads only `layer` and `dtype`.
 fn is_tensor_filter(filter: &Expr) -> bool {
     let columns = filter.column_refs();
@@ -133,6 +152,7 @@ impl TableProvider for SafetensorsTable {
             .cloned()
             .collect();
         let tensors = self.selected_tensors(state, &pushed)?;
+        check_row_sizes(&self.model, &tensors)?;
         let options = state.config_options();
         let units = plan_units(&self.model, &tensors, options.execution.batch_size.get());
         let parts = split_units(&self.model, units, options.execution.target_partitions);
