@@ -456,10 +456,3 @@ fn manifest<'a>(options: &'a RunOptions, model: &Model, summary: &'a RunSummary)
         outputs: ["weights.parquet", "report.parquet"],
     }
 }
-
-/// Plans of a model without running them (for `inspect`-style previews).
-pub fn preview(model: &Model, config: &QuantConfig) -> (Detection, Vec<TensorPlan>) {
-    let d = detect(model);
-    let p = plan(model, config, d.modality);
-    (d, p)
-}

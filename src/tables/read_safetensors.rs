@@ -44,10 +44,6 @@ impl SafetensorsTable {
         }
     }
 
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
-    }
-
     /// Tensors passing every pushed-down filter, evaluated on a table of (layer, dtype).
     fn selected_tensors(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<usize>> {
         let all: Vec<usize> = (0..self.model.tensors.len()).collect();

@@ -253,15 +253,20 @@ fn widen(bytes: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> ScalarBuffe
         .into()
 }
 
-/// F16 → f32 through `half`'s slice conversion (F16C when the CPU has it).
+/// F16 → f32 through `half`'s slice conversion (F16C when the CPU has it), a small stack block
+/// at a time so no second copy of the row is allocated.
 fn widen_f16(bytes: &[u8]) -> ScalarBuffer<f32> {
     use half::slice::HalfFloatSliceExt;
-    let halves: Vec<f16> = bytes
-        .chunks_exact(2)
-        .map(|b| f16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let mut out = vec![0f32; halves.len()];
-    halves.convert_to_f32_slice(&mut out);
+    const BLOCK: usize = 256;
+    let mut out = vec![0f32; bytes.len() / 2];
+    let mut halves = [f16::ZERO; BLOCK];
+    for (chunk, dst) in bytes.chunks(2 * BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let n = dst.len();
+        for (h, b) in halves[..n].iter_mut().zip(chunk.chunks_exact(2)) {
+            *h = f16::from_le_bytes([b[0], b[1]]);
+        }
+        halves[..n].convert_to_f32_slice(dst);
+    }
     out.into()
 }
 
