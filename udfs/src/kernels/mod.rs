@@ -12,6 +12,7 @@ pub mod quantized;
 pub mod scheme;
 pub mod sketch;
 pub mod stats;
+pub mod thermo;
 pub mod timesteps;
 
 pub use error::KernelError;
