@@ -20,6 +20,9 @@ pub fn markdown_table() -> String {
     for udaf in udfs::aggregate_udfs() {
         out.push_str(&row("aggregate", udaf.documentation()));
     }
+    for udwf in udfs::window_udfs() {
+        out.push_str(&row("window", udwf.documentation()));
+    }
     for (syntax, description) in crate::tables::TABLE_FUNCTION_DOCS {
         out.push_str(&format!("| `{syntax}` | table | {description} |\n"));
     }

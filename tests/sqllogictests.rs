@@ -135,3 +135,5 @@ slt!(aggregates, "aggregates.slt");
 slt!(catalogue, "catalogue.slt");
 slt!(safetensors, "safetensors.slt");
 slt!(timesteps, "timesteps.slt");
+slt!(thermo, "thermo.slt");
+slt!(spatial, "spatial.slt");

@@ -78,6 +78,15 @@ pub fn coerce_integer(function: &str, argument: &str, dt: &DataType) -> Result<D
     }
 }
 
+/// Numeric arguments are planned as Float64.
+pub fn coerce_float(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+    if dt.is_numeric() || matches!(dt, DataType::Null) {
+        Ok(DataType::Float64)
+    } else {
+        plan_err!("{function}: argument '{argument}' must be a number, got {dt}")
+    }
+}
+
 /// String arguments are planned as Utf8.
 pub fn coerce_string(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
     match dt {
@@ -405,6 +414,17 @@ impl<'a> QuantizedColumn<'a> {
             scheme,
         }))
     }
+}
+
+/// A builder of `List<Float32>` rows with the list field every function returns.
+pub fn float32_list_builder(
+    rows: usize,
+) -> datafusion::arrow::array::ListBuilder<datafusion::arrow::array::Float32Builder> {
+    datafusion::arrow::array::ListBuilder::with_capacity(
+        datafusion::arrow::array::Float32Builder::new(),
+        rows,
+    )
+    .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
 
 #[cfg(test)]

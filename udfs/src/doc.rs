@@ -31,3 +31,15 @@ pub fn scheme_list() -> &'static str {
      (signed scale only), 'asym_minmax' / 'sym_minmax' (no search), or llama.cpp's 'q4_0', \
      'q4_1', 'q5_0', 'q5_1', 'q8_0' (bit-exact blocks of 32)."
 }
+
+pub const DOC_THERMODYNAMIC: DocSection = DocSection {
+    include: true,
+    label: "Thermodynamic Constraint Functions",
+    description: Some("Window functions over a layer's chain of timestep groups."),
+};
+
+pub const DOC_SPATIAL: DocSection = DocSection {
+    include: true,
+    label: "Spatial Functions",
+    description: Some("Per-channel equalisation and outlier smoothing."),
+};

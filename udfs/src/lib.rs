@@ -17,21 +17,32 @@ pub mod kernels;
 mod pair_aggregate;
 mod pair_metric;
 mod quant_args;
+mod window;
 
+pub mod clip_outliers;
+pub mod column_absmax;
 pub mod compression_ratio;
 pub mod cosine_similarity;
 pub mod dequantize;
+pub mod equalize;
 pub mod error_sums;
+pub mod markov_smoothness;
+pub mod markov_violation;
 pub mod max_abs_error;
 pub mod mse;
 pub mod quant_error;
+pub mod quant_mse;
 pub mod quant_params;
 pub mod quantize;
+pub mod smooth_scales;
 pub mod sqnr_db;
 pub mod stored_bytes;
 pub mod tensor_cosine;
 pub mod tensor_mse;
+pub mod thermo_optimize;
+pub mod thermo_smooth;
 pub mod timestep_group;
+pub mod timestep_group_adaptive;
 pub mod weight_stats;
 pub mod weight_stats_agg;
 
@@ -39,7 +50,7 @@ pub mod weight_stats_agg;
 pub mod udfs {
     use std::sync::{Arc, LazyLock};
 
-    use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+    use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
     macro_rules! scalar {
         ($name:ident, $make:expr) => {
@@ -56,6 +67,16 @@ pub mod udfs {
             pub fn $name() -> Arc<AggregateUDF> {
                 static INSTANCE: LazyLock<Arc<AggregateUDF>> =
                     LazyLock::new(|| Arc::new(AggregateUDF::new_from_impl($make)));
+                Arc::clone(&INSTANCE)
+            }
+        };
+    }
+
+    macro_rules! window {
+        ($name:ident, $make:expr) => {
+            pub fn $name() -> Arc<WindowUDF> {
+                static INSTANCE: LazyLock<Arc<WindowUDF>> =
+                    LazyLock::new(|| Arc::new(WindowUDF::new_from_impl($make)));
                 Arc::clone(&INSTANCE)
             }
         };
@@ -80,6 +101,16 @@ pub mod udfs {
         timestep_group_udf,
         crate::timestep_group::TimestepGroup::default()
     );
+    scalar!(quant_mse_udf, crate::quant_mse::QuantMse::default());
+    scalar!(
+        smooth_scales_udf,
+        crate::smooth_scales::SmoothScales::default()
+    );
+    scalar!(equalize_udf, crate::equalize::Equalize::default());
+    scalar!(
+        clip_outliers_udf,
+        crate::clip_outliers::ClipOutliers::default()
+    );
     scalar!(
         stored_bytes_udf,
         crate::stored_bytes::StoredBytes::default()
@@ -96,8 +127,33 @@ pub mod udfs {
         crate::quant_params::QuantParams::default()
     );
     aggregate!(
+        column_absmax_udaf,
+        crate::column_absmax::ColumnAbsmax::default()
+    );
+    aggregate!(
         weight_stats_agg_udaf,
         crate::weight_stats_agg::WeightStatsAgg::default()
+    );
+
+    window!(
+        markov_smoothness_udwf,
+        crate::markov_smoothness::MarkovSmoothness::default()
+    );
+    window!(
+        markov_violation_udwf,
+        crate::markov_violation::MarkovViolation::default()
+    );
+    window!(
+        thermo_smooth_udwf,
+        crate::thermo_smooth::ThermoSmooth::default()
+    );
+    window!(
+        thermo_optimize_udwf,
+        crate::thermo_optimize::ThermoOptimize::default()
+    );
+    window!(
+        timestep_group_adaptive_udwf,
+        crate::timestep_group_adaptive::TimestepGroupAdaptive::default()
     );
 
     /// Every scalar function.
@@ -115,6 +171,21 @@ pub mod udfs {
             stored_bytes_udf(),
             weight_stats_udf(),
             timestep_group_udf(),
+            quant_mse_udf(),
+            smooth_scales_udf(),
+            equalize_udf(),
+            clip_outliers_udf(),
+        ]
+    }
+
+    /// Every window function.
+    pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
+        vec![
+            timestep_group_adaptive_udwf(),
+            markov_smoothness_udwf(),
+            markov_violation_udwf(),
+            thermo_smooth_udwf(),
+            thermo_optimize_udwf(),
         ]
     }
 
@@ -125,6 +196,7 @@ pub mod udfs {
             tensor_mse_udaf(),
             quant_params_udaf(),
             weight_stats_agg_udaf(),
+            column_absmax_udaf(),
         ]
     }
 }
@@ -185,6 +257,9 @@ pub fn register_all(ctx: &SessionContext) {
     for udaf in udfs::aggregate_udfs() {
         ctx.register_udaf(udaf.as_ref().clone());
     }
+    for udwf in udfs::window_udfs() {
+        ctx.register_udwf(udwf.as_ref().clone());
+    }
 }
 
 /// Registers every ArrowQuant function into any registry (a `SessionState`, a `TaskContext`).
@@ -194,6 +269,9 @@ pub fn register_all_into(registry: &mut dyn FunctionRegistry) -> Result<()> {
     }
     for udaf in udfs::aggregate_udfs() {
         registry.register_udaf(Arc::clone(&udaf))?;
+    }
+    for udwf in udfs::window_udfs() {
+        registry.register_udwf(Arc::clone(&udwf))?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod packing;
 pub mod quantized;
 pub mod scheme;
 pub mod sketch;
+pub mod spatial;
 pub mod stats;
 pub mod thermo;
 pub mod timesteps;

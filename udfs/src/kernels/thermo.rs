@@ -141,11 +141,13 @@ pub fn smooth_steps(points: &[(f64, f64)], method: SmoothMethod) -> Result<Vec<f
                 y0 + (y1 - y0) * ramp
             }
             SmoothMethod::Cubic => {
-                let (m0, m1) = (second_derivatives[interval], second_derivatives[interval + 1]);
+                let (m0, m1) = (
+                    second_derivatives[interval],
+                    second_derivatives[interval + 1],
+                );
                 let a = 1.0 - u;
-                let cubic = a * y0
-                    + u * y1
-                    + ((a * a * a - a) * m0 + (u * u * u - u) * m1) * h * h / 6.0;
+                let cubic =
+                    a * y0 + u * y1 + ((a * a * a - a) * m0 + (u * u * u - u) * m1) * h * h / 6.0;
                 cubic.clamp(lowest, highest)
             }
         };
@@ -216,8 +218,8 @@ pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
     // last run begins.
     let mut best = vec![vec![f64::INFINITY; n + 1]; groups];
     let mut start = vec![vec![0usize; n + 1]; groups];
-    for i in 1..=n {
-        best[0][i] = cost(0, i);
+    for (i, first) in best[0].iter_mut().enumerate().skip(1) {
+        *first = cost(0, i);
     }
     for g in 1..groups {
         for i in g + 1..=n {
@@ -259,7 +261,12 @@ pub fn range_mse(values: &[f32], choice: RangeChoice, levels: u32) -> f64 {
 }
 
 /// The MSE and, when asked, the entropy of the codes (bits per value).
-fn range_mse_entropy(values: &[f32], choice: RangeChoice, levels: u32, entropy: bool) -> (f64, f64) {
+fn range_mse_entropy(
+    values: &[f32],
+    choice: RangeChoice,
+    levels: u32,
+    entropy: bool,
+) -> (f64, f64) {
     if values.is_empty() {
         return (0.0, 0.0);
     }
@@ -268,7 +275,9 @@ fn range_mse_entropy(values: &[f32], choice: RangeChoice, levels: u32, entropy: 
     let mut histogram = [0u32; 256];
     let mut err = 0.0;
     for &v in values {
-        let code = ((f64::from(v) - choice.offset) * inverse).round().clamp(0.0, top);
+        let code = ((f64::from(v) - choice.offset) * inverse)
+            .round()
+            .clamp(0.0, top);
         let d = f64::from(v) - (choice.offset + code * choice.scale);
         err += d * d;
         if entropy {
@@ -356,9 +365,11 @@ const HIGH_STEPS: usize = 24;
 /// of clipping, then (added by the caller) the best scale of every other group re-centred on this
 /// group's data, so that the chain can hold one scale across a boundary.
 fn grid_candidates(values: &[f32], levels: u32) -> Vec<RangeChoice> {
-    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(f64::from(v)), hi.max(f64::from(v)))
-    });
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(f64::from(v)), hi.max(f64::from(v)))
+        });
     let top = f64::from(levels);
     let width = (hi - lo).max(f64::from(f32::EPSILON) * hi.abs().max(lo.abs()).max(1e-30));
     let centre = 0.0f64.clamp(lo, hi);
@@ -380,8 +391,12 @@ fn grid_candidates(values: &[f32], levels: u32) -> Vec<RangeChoice> {
 
 /// Group g's weighted objective terms for a candidate.
 fn evaluate(values: &[f32], choice: RangeChoice, weights: &ChainWeights) -> Candidate {
-    let (mse, entropy) =
-        range_mse_entropy(values, choice, weights.levels(), weights.lambda_entropy > 0.0);
+    let (mse, entropy) = range_mse_entropy(
+        values,
+        choice,
+        weights.levels(),
+        weights.lambda_entropy > 0.0,
+    );
     Candidate {
         choice,
         mse,
@@ -406,9 +421,12 @@ impl Chain {
     fn new(groups: &[&[f32]], weights: ChainWeights) -> Result<Self> {
         for (g, values) in groups.iter().enumerate() {
             if values.is_empty() {
-                return Err(schedule_error(format!("group at position {g} has no values")));
+                return Err(schedule_error(format!(
+                    "group at position {g} has no values"
+                )));
             }
-            check_finite(values).map_err(|e| schedule_error(format!("group at position {g}: {e}")))?;
+            check_finite(values)
+                .map_err(|e| schedule_error(format!("group at position {g}: {e}")))?;
         }
         let levels = weights.levels();
         let mut candidates: Vec<Vec<Candidate>> = groups
@@ -422,7 +440,11 @@ impl Chain {
             .collect();
         let best: Vec<Candidate> = candidates
             .iter()
-            .map(|cs| *cs.iter().min_by(|a, b| a.mse.total_cmp(&b.mse)).expect("grid is not empty"))
+            .map(|cs| {
+                *cs.iter()
+                    .min_by(|a, b| a.mse.total_cmp(&b.mse))
+                    .expect("grid is not empty")
+            })
             .collect();
         // Every group may also take any other group's best scale, centred where its own best
         // range is centred.
@@ -444,8 +466,8 @@ impl Chain {
             .iter()
             .zip(groups)
             .map(|(b, values)| {
-                let mean_square = values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>()
-                    / values.len() as f64;
+                let mean_square =
+                    values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / values.len() as f64;
                 1.0 / b.mse.max(mean_square * 1e-12).max(f64::MIN_POSITIVE)
             })
             .collect();
@@ -520,12 +542,16 @@ impl Chain {
         }
     }
 
+    #[cfg(test)]
     fn objective_of(&self, picks: &[usize]) -> f64 {
         let mut total = 0.0;
         for (g, &k) in picks.iter().enumerate() {
             total += self.unary(g, &self.candidates[g][k]);
             if g > 0 {
-                total += self.pair(&self.candidates[g - 1][picks[g - 1]], &self.candidates[g][k]);
+                total += self.pair(
+                    &self.candidates[g - 1][picks[g - 1]],
+                    &self.candidates[g][k],
+                );
             }
         }
         total
@@ -638,7 +664,10 @@ mod tests {
             adaptive_segments(&stats, 3).unwrap(),
             vec![0, 0, 0, 1, 1, 1, 1, 2, 2]
         );
-        assert_eq!(adaptive_segments(&stats, 9).unwrap(), (0..9).collect::<Vec<_>>());
+        assert_eq!(
+            adaptive_segments(&stats, 9).unwrap(),
+            (0..9).collect::<Vec<_>>()
+        );
         assert_eq!(adaptive_segments(&stats, 1).unwrap(), vec![0; 9]);
         assert!(adaptive_segments(&stats, 0).is_err());
         assert!(adaptive_segments(&stats, 10).is_err());
@@ -753,7 +782,9 @@ mod tests {
         // A chain of one group: its best range, objective 1 (relative MSE) with no other terms.
         let one = optimize_chain(&slices[..1], ChainWeights::new(4, 1.0, 0.0).unwrap()).unwrap();
         assert!((one.objective - 1.0).abs() < 1e-12);
-        assert!(optimize_chain(&[&[1.0, f32::NAN]], ChainWeights::new(4, 1.0, 0.0).unwrap()).is_err());
+        assert!(
+            optimize_chain(&[&[1.0, f32::NAN]], ChainWeights::new(4, 1.0, 0.0).unwrap()).is_err()
+        );
         assert!(optimize_chain(&[&[]], ChainWeights::new(4, 1.0, 0.0).unwrap()).is_err());
     }
 }

@@ -1,0 +1,120 @@
+//! `clip_outliers(weights [, k_sigma])`: soft clipping of the values beyond k σ of a row.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+    Volatility,
+};
+
+use crate::common::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
+    literal, row_error,
+};
+use crate::doc::DOC_SPATIAL;
+use crate::kernels::spatial::clip_outliers;
+
+pub const DEFAULT_K_SIGMA: f64 = 3.0;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ClipOutliers {
+    signature: Signature,
+}
+
+impl Default for ClipOutliers {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_SPATIAL,
+        "Outlier smoothing: values further than k_sigma standard deviations from the row's \
+         mean are pulled in, their excess e beyond k σ becoming σ·ln(1 + e/σ) (continuous, \
+         order-preserving, slope 1 at the threshold); values within k σ are unchanged. A \
+         tighter range for the quantizer at the cost of the outliers' exact values. NaN/±Inf \
+         are errors; NULL rows give NULL.",
+        "clip_outliers(weights [, k_sigma])",
+    )
+    .with_sql_example("```sql\n> SELECT clip_outliers(weights, 3) FROM layers;\n```")
+    .with_argument("weights", "A row: list of floats.")
+    .with_argument(
+        "k_sigma",
+        "Threshold in standard deviations, a constant > 0 (default 3).",
+    )
+    .with_related_udf("weight_stats")
+    .build()
+});
+
+fn k_sigma_of(value: Option<&ScalarValue>) -> Result<f64> {
+    match value.map(|v| v.cast_to(&DataType::Float64)).transpose()? {
+        None => Ok(DEFAULT_K_SIGMA),
+        Some(ScalarValue::Float64(Some(k))) if k.is_finite() && k > 0.0 => Ok(k),
+        Some(other) => {
+            plan_err!("clip_outliers: argument 'k_sigma' must be a constant > 0, got {other}")
+        }
+    }
+}
+
+impl ScalarUDFImpl for ClipOutliers {
+    fn name(&self) -> &str {
+        "clip_outliers"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        check_arity(self.name(), "(weights [, k_sigma])", arg_types.len(), 1, 2)?;
+        let mut out = vec![coerce_float_list(self.name(), "weights", &arg_types[0])?];
+        if let Some(dt) = arg_types.get(1) {
+            out.push(coerce_float(self.name(), "k_sigma", dt)?);
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(float32_list())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        // Checked here when it is a literal; a cast literal is folded and checked when run.
+        k_sigma_of(literal(args.scalar_arguments, 1))?;
+        Ok(Arc::new(Field::new(self.name(), float32_list(), true)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let k_sigma = match args.args.get(1) {
+            Some(ColumnarValue::Scalar(s)) => k_sigma_of(Some(s))?,
+            Some(_) => return plan_err!("clip_outliers: argument 'k_sigma' must be a constant"),
+            None => DEFAULT_K_SIGMA,
+        };
+        let rows = args.number_rows;
+        let weights = args.args[0].to_array(rows)?;
+        let weights = FloatRows::new(&weights, self.name(), "weights")?;
+        let mut out = float32_list_builder(rows);
+        let mut clipped = Vec::new();
+        for row in 0..rows {
+            match weights.row(row) {
+                Some(w) => {
+                    clip_outliers(w, k_sigma, &mut clipped)
+                        .map_err(|e| row_error(self.name(), row, e))?;
+                    out.values().append_slice(&clipped);
+                    out.append(true);
+                }
+                None => out.append(false),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}

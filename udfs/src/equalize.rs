@@ -1,0 +1,93 @@
+//! `equalize(weights, factors)`: multiply each input channel of a weight row by its factor.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::{
+    FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error,
+};
+use crate::doc::DOC_SPATIAL;
+use crate::kernels::spatial::equalize;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Equalize {
+    signature: Signature,
+}
+
+impl Default for Equalize {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_SPATIAL,
+        "Per-channel equalisation: the weight row cut into as many channels as there are \
+         factors (consecutive runs of equal length, e.g. in_channels × kh × kw values of a \
+         conv row), each channel multiplied by its factor (smooth_scales for SmoothQuant). \
+         Factors must be positive and finite and divide the row evenly; NULL rows give NULL.",
+        "equalize(weights, factors)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT equalize([1.0, 2.0, 3.0, 4.0], [2.0, 0.5]);\n[2.0, 4.0, 1.5, 2.0]\n```",
+    )
+    .with_argument("weights", "A weight row: list of floats.")
+    .with_argument("factors", "One positive factor per input channel.")
+    .with_related_udf("smooth_scales")
+    .build()
+});
+
+impl ScalarUDFImpl for Equalize {
+    fn name(&self) -> &str {
+        "equalize"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        check_arity(self.name(), "(weights, factors)", arg_types.len(), 2, 2)?;
+        Ok(vec![
+            coerce_float_list(self.name(), "weights", &arg_types[0])?,
+            coerce_float_list(self.name(), "factors", &arg_types[1])?,
+        ])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(float32_list())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let weights = args.args[0].to_array(rows)?;
+        let factors = args.args[1].to_array(rows)?;
+        let weights = FloatRows::new(&weights, self.name(), "weights")?;
+        let factors = FloatRows::new(&factors, self.name(), "factors")?;
+        let mut out = float32_list_builder(rows);
+        let mut scaled = Vec::new();
+        for row in 0..rows {
+            match (weights.row(row), factors.row(row)) {
+                (Some(w), Some(f)) => {
+                    equalize(w, f, &mut scaled).map_err(|e| row_error(self.name(), row, e))?;
+                    out.values().append_slice(&scaled);
+                    out.append(true);
+                }
+                _ => out.append(false),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}

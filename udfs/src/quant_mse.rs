@@ -1,0 +1,118 @@
+//! `quant_mse(values, scale, offset, bits)`: the error of given quantization parameters on a
+//! row, e.g. one timestep's activations under its group's range.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::Float64Builder;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::common::{
+    FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error,
+};
+use crate::doc::DOC_DIFFUSION;
+use crate::kernels::error::check_finite;
+use crate::kernels::thermo::{RangeChoice, check_scale, range_mse};
+use crate::window::float_values;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct QuantMse {
+    signature: Signature,
+}
+
+impl Default for QuantMse {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_DIFFUSION,
+        "Mean squared error of a row rounded to the grid offset + scale · k, k = 0 … 2^bits − 1 \
+         (values beyond the grid clamp to its ends): how well given parameters — a timestep \
+         group's activation range, a smoothed or optimised one — fit these values. NULL \
+         arguments give NULL; a non-positive scale, bits outside 2…8 or NaN values are errors.",
+        "quant_mse(values, scale, offset, bits)",
+    )
+    .with_sql_example("```sql\n> SELECT quant_mse([0.0, 0.5, 1.0, 1.5], 0.5, 0.0, 2);\n0.0\n```")
+    .with_argument("values", "List of floats.")
+    .with_argument("scale", "Step between codes, > 0.")
+    .with_argument("offset", "Value of code 0.")
+    .with_argument("bits", "Code width, 2 to 8.")
+    .with_related_udf("quant_params")
+    .build()
+});
+
+impl ScalarUDFImpl for QuantMse {
+    fn name(&self) -> &str {
+        "quant_mse"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        check_arity(
+            self.name(),
+            "(values, scale, offset, bits)",
+            arg_types.len(),
+            4,
+            4,
+        )?;
+        Ok(vec![
+            coerce_float_list(self.name(), "values", &arg_types[0])?,
+            coerce_float(self.name(), "scale", &arg_types[1])?,
+            coerce_float(self.name(), "offset", &arg_types[2])?,
+            coerce_integer(self.name(), "bits", &arg_types[3])?,
+        ])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let values = args.args[0].to_array(rows)?;
+        let values = FloatRows::new(&values, self.name(), "values")?;
+        let scale = float_values(&args.args[1].to_array(rows)?)?;
+        let offset = float_values(&args.args[2].to_array(rows)?)?;
+        let bits = IntArg::new(&args.args[3])?;
+        let mut out = Float64Builder::with_capacity(rows);
+        for row in 0..rows {
+            let (Some(v), Some(scale), Some(offset), Some(bits)) =
+                (values.row(row), scale[row], offset[row], bits.get(row))
+            else {
+                out.append_null();
+                continue;
+            };
+            let fail = |e| row_error(self.name(), row, e);
+            if !(2..=8).contains(&bits) {
+                return Err(fail(format!("bits must be between 2 and 8, got {bits}")));
+            }
+            check_scale(0, scale)
+                .map_err(|_| fail(format!("scale must be positive and finite, got {scale}")))?;
+            if !offset.is_finite() {
+                return Err(fail(format!("offset must be finite, got {offset}")));
+            }
+            check_finite(v).map_err(|e| fail(e.to_string()))?;
+            out.append_value(range_mse(
+                v,
+                RangeChoice { scale, offset },
+                (1u32 << bits) - 1,
+            ));
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}

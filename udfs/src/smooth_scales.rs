@@ -1,0 +1,143 @@
+//! `smooth_scales(act_absmax, weight_absmax [, alpha])`: SmoothQuant's per-channel migration
+//! factors.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+    Volatility,
+};
+
+use crate::common::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
+    literal, row_error,
+};
+use crate::doc::DOC_SPATIAL;
+use crate::kernels::spatial::smooth_scales;
+
+pub const DEFAULT_ALPHA: f64 = 0.5;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SmoothScales {
+    signature: Signature,
+}
+
+impl Default for SmoothScales {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_SPATIAL,
+        "SmoothQuant migration factors per input channel: s_j = act_absmax_j^alpha / \
+         weight_absmax_j^(1 − alpha). Dividing the activations by s and multiplying the \
+         weights' input channels by s (equalize) leaves the layer's output unchanged while \
+         moving activation outliers into the weights. Channels with a zero maximum get 1. \
+         Lists of different lengths and NaN/±Inf are errors; NULL rows give NULL.",
+        "smooth_scales(act_absmax, weight_absmax [, alpha])",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT smooth_scales([16.0, 1.0], [1.0, 4.0], 0.5);\n[4.0, 0.5]\n```",
+    )
+    .with_argument(
+        "act_absmax",
+        "Activation absolute maxima per input channel.",
+    )
+    .with_argument(
+        "weight_absmax",
+        "Weight absolute maxima per input channel (column_absmax).",
+    )
+    .with_argument(
+        "alpha",
+        "Migration strength, a constant in [0, 1] (default 0.5).",
+    )
+    .with_related_udf("equalize")
+    .build()
+});
+
+fn alpha_of(value: Option<&ScalarValue>) -> Result<f64> {
+    match value.map(|v| v.cast_to(&DataType::Float64)).transpose()? {
+        None => Ok(DEFAULT_ALPHA),
+        Some(ScalarValue::Float64(Some(a))) if (0.0..=1.0).contains(&a) => Ok(a),
+        Some(other) => {
+            plan_err!("smooth_scales: argument 'alpha' must be a constant in [0, 1], got {other}")
+        }
+    }
+}
+
+impl ScalarUDFImpl for SmoothScales {
+    fn name(&self) -> &str {
+        "smooth_scales"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let forms = "(act_absmax, weight_absmax [, alpha])";
+        check_arity(self.name(), forms, arg_types.len(), 2, 3)?;
+        let mut out = vec![
+            coerce_float_list(self.name(), "act_absmax", &arg_types[0])?,
+            coerce_float_list(self.name(), "weight_absmax", &arg_types[1])?,
+        ];
+        if let Some(dt) = arg_types.get(2) {
+            out.push(coerce_float(self.name(), "alpha", dt)?);
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(float32_list())
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        // Checked here when it is a literal; a cast literal is folded and checked when run.
+        alpha_of(literal(args.scalar_arguments, 2))?;
+        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
+            self.name(),
+            float32_list(),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let alpha = match args.args.get(2) {
+            Some(ColumnarValue::Scalar(s)) => alpha_of(Some(s))?,
+            Some(_) => return plan_err!("smooth_scales: argument 'alpha' must be a constant"),
+            None => DEFAULT_ALPHA,
+        };
+        let rows = args.number_rows;
+        let act = args.args[0].to_array(rows)?;
+        let weight = args.args[1].to_array(rows)?;
+        let act = FloatRows::new(&act, self.name(), "act_absmax")?;
+        let weight = FloatRows::new(&weight, self.name(), "weight_absmax")?;
+        let mut out = float32_list_builder(rows);
+        let mut scales = Vec::new();
+        for row in 0..rows {
+            match (act.row(row), weight.row(row)) {
+                (Some(a), Some(w)) => {
+                    smooth_scales(a, w, alpha, &mut scales)
+                        .map_err(|e| row_error(self.name(), row, e))?;
+                    out.values().append_slice(&scales);
+                    out.append(true);
+                }
+                _ => out.append(false),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}

@@ -1,0 +1,198 @@
+//! `thermo_optimize(state, bits [, lambda_markov [, lambda_entropy]]) OVER (PARTITION BY layer
+//! ORDER BY tg)`: Phase 3 of the thermodynamic constraint system, every group's range chosen
+//! jointly.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, StructArray};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
+};
+use datafusion_functions_window_common::field::WindowUDFFieldArgs;
+use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
+
+use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
+use crate::doc::DOC_THERMODYNAMIC;
+use crate::kernels::thermo::{ChainWeights, optimize_chain};
+use crate::window::{constant, constant_f64, partition_error, window_arg_error};
+
+pub const DEFAULT_LAMBDA_MARKOV: f64 = 1.0;
+pub const DEFAULT_LAMBDA_ENTROPY: f64 = 0.01;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ThermoOptimize {
+    signature: Signature,
+}
+
+impl Default for ThermoOptimize {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_THERMODYNAMIC,
+        "Transition optimisation: one clipping range per timestep group (the rows of the \
+         ordered partition), chosen jointly to minimise Σ mse_g / best_mse_g + lambda_markov · \
+         Σ ((s_{g+1} − s_g) / s_g)² + lambda_entropy · Σ H_g / bits, where mse_g is the group's \
+         MSE at bits-bit codes, best_mse_g the least MSE the group reaches alone (so the first \
+         term is 1 per group at its own optimum), s_g its scale and H_g the entropy of its \
+         codes in bits. Candidates per group: 192 clipping ranges (fractions of its extent on \
+         either side of zero) plus every other group's best scale centred on this group's \
+         data; the minimum over all combinations is found exactly by dynamic programming \
+         (O(groups · candidates²)). Returns {scale, offset (the value of code 0), clip_min, \
+         clip_max, mse, objective (of the whole partition, on every row)}. NULL or empty \
+         states and NaN values are errors; lambdas must be constants ≥ 0.",
+        "thermo_optimize(state, bits [, lambda_markov [, lambda_entropy]]) OVER (PARTITION BY layer ORDER BY tg)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT layer, tg, thermo_optimize(vals, 8, 1.0, 0.01) OVER (PARTITION BY layer ORDER BY tg) AS p\n  FROM (SELECT layer, tg, flatten(array_agg(values)) AS vals FROM calibration GROUP BY layer, tg);\n```",
+    )
+    .with_argument("state", "The group's values: a list of floats (e.g. flatten(array_agg(values))).")
+    .with_argument("bits", "Code width, 2 to 8 (a constant).")
+    .with_argument("lambda_markov", "Weight of the transition term, a constant ≥ 0 (default 1).")
+    .with_argument("lambda_entropy", "Weight of the code entropy term, a constant ≥ 0 (default 0.01).")
+    .with_related_udf("markov_violation")
+    .build()
+});
+
+fn fields() -> Fields {
+    let f = |n: &str, t: DataType| Field::new(n, t, true);
+    Fields::from(vec![
+        f("scale", DataType::Float32),
+        f("offset", DataType::Float32),
+        f("clip_min", DataType::Float32),
+        f("clip_max", DataType::Float32),
+        f("mse", DataType::Float64),
+        f("objective", DataType::Float64),
+    ])
+}
+
+impl WindowUDFImpl for ThermoOptimize {
+    fn name(&self) -> &str {
+        "thermo_optimize"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let forms = "(state, bits [, lambda_markov [, lambda_entropy]])";
+        check_arity(self.name(), forms, arg_types.len(), 2, 4)?;
+        let mut out = vec![
+            coerce_float_list(self.name(), "state", &arg_types[0])?,
+            coerce_integer(self.name(), "bits", &arg_types[1])?,
+        ];
+        for (name, dt) in ["lambda_markov", "lambda_entropy"]
+            .iter()
+            .zip(&arg_types[2..])
+        {
+            out.push(coerce_float(self.name(), name, dt)?);
+        }
+        Ok(out)
+    }
+
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        let bits = match constant(&args, self.name(), "bits", 1)? {
+            Some(ScalarValue::Int64(Some(b))) => b,
+            other => {
+                return plan_err!(
+                    "{}: argument 'bits' must be an integer, got {other:?}",
+                    self.name()
+                );
+            }
+        };
+        let markov = constant_f64(
+            &args,
+            self.name(),
+            "lambda_markov",
+            2,
+            DEFAULT_LAMBDA_MARKOV,
+        )?;
+        let entropy = constant_f64(
+            &args,
+            self.name(),
+            "lambda_entropy",
+            3,
+            DEFAULT_LAMBDA_ENTROPY,
+        )?;
+        let weights = ChainWeights::new(bits, markov, entropy).map_err(|e| {
+            let argument = if (2..=8).contains(&bits) {
+                "lambda"
+            } else {
+                "bits"
+            };
+            window_arg_error(self.name(), argument, &e)
+        })?;
+        Ok(Box::new(OptimizeEvaluator { weights }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Struct(fields()),
+            true,
+        )))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}
+
+#[derive(Debug)]
+struct OptimizeEvaluator {
+    weights: ChainWeights,
+}
+
+impl PartitionEvaluator for OptimizeEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = "thermo_optimize";
+        let rows = FloatRows::new(&values[0], name, "state")?;
+        let groups = (0..num_rows)
+            .map(|g| {
+                rows.row(g).ok_or_else(|| {
+                    partition_error(
+                        name,
+                        format!("state at position {g} of the partition is NULL"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<&[f32]>>>()?;
+        let solution =
+            optimize_chain(&groups, self.weights).map_err(|e| partition_error(name, e))?;
+        let levels = f64::from((1u32 << self.weights.bits) - 1);
+        let column = |f: &dyn Fn(usize) -> f64| -> ArrayRef {
+            Arc::new(Float32Array::from_iter_values(
+                (0..num_rows).map(|g| f(g) as f32),
+            ))
+        };
+        let chosen = &solution.groups;
+        let arrays: Vec<ArrayRef> = vec![
+            column(&|g| chosen[g].choice.scale),
+            column(&|g| chosen[g].choice.offset),
+            column(&|g| chosen[g].choice.offset),
+            column(&|g| chosen[g].choice.clip_max(levels)),
+            Arc::new(Float64Array::from_iter_values(chosen.iter().map(|g| g.mse))),
+            Arc::new(Float64Array::from_iter_values(std::iter::repeat_n(
+                solution.objective,
+                num_rows,
+            ))),
+        ];
+        Ok(Arc::new(StructArray::try_new(
+            fields(),
+            arrays,
+            None::<NullBuffer>,
+        )?))
+    }
+}
