@@ -39,6 +39,7 @@ pub mod sqnr_db;
 pub mod stored_bytes;
 pub mod tensor_cosine;
 pub mod tensor_mse;
+pub mod thermo_objective;
 pub mod thermo_optimize;
 pub mod thermo_smooth;
 pub mod timestep_group;
@@ -152,6 +153,10 @@ pub mod udfs {
         crate::thermo_optimize::ThermoOptimize::default()
     );
     window!(
+        thermo_objective_udwf,
+        crate::thermo_objective::ThermoObjective::default()
+    );
+    window!(
         timestep_group_adaptive_udwf,
         crate::timestep_group_adaptive::TimestepGroupAdaptive::default()
     );
@@ -186,6 +191,7 @@ pub mod udfs {
             markov_violation_udwf(),
             thermo_smooth_udwf(),
             thermo_optimize_udwf(),
+            thermo_objective_udwf(),
         ]
     }
 

@@ -1,0 +1,167 @@
+//! `thermo_objective(state, scale, offset, bits [, lambda_markov [, lambda_entropy]]) OVER
+//! (PARTITION BY layer ORDER BY tg)`: the transition objective of given per-group ranges, to
+//! compare any schedule with the one `thermo_optimize` finds.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{ArrayRef, Float64Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
+};
+use datafusion_functions_window_common::field::WindowUDFFieldArgs;
+use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
+
+use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
+use crate::doc::DOC_THERMODYNAMIC;
+use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_scale};
+use crate::thermo_optimize::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
+use crate::window::{constant, constant_f64, float_values, partition_error, window_arg_error};
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ThermoObjective {
+    signature: Signature,
+}
+
+impl Default for ThermoObjective {
+    fn default() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_THERMODYNAMIC,
+        "The objective thermo_optimize minimises, for the given range of every group (scale, \
+         and offset = the value of code 0): Σ mse_g / best_mse_g + lambda_markov · Σ ((s_{g+1} \
+         − s_g) / s_g)² + lambda_entropy · Σ H_g / bits, the same value on every row of the \
+         partition. Compares any schedule (static, per-group quant_params, smoothed) with the \
+         optimised one under one measure. NULL or empty states, NULL or non-positive scales, \
+         NaN values and negative lambdas are errors.",
+        "thermo_objective(state, scale, offset, bits [, lambda_markov [, lambda_entropy]]) OVER (PARTITION BY layer ORDER BY tg)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT layer, thermo_objective(vals, p['scale'], p['offset'], 8) OVER (PARTITION BY layer ORDER BY tg)\n  FROM group_params;\n```",
+    )
+    .with_argument("state", "The group's values: a list of floats.")
+    .with_argument("scale", "The group's scale, > 0.")
+    .with_argument("offset", "The value of the group's code 0.")
+    .with_argument("bits", "Code width, 2 to 8 (a constant).")
+    .with_argument("lambda_markov", "Weight of the transition term, a constant ≥ 0 (default 1).")
+    .with_argument("lambda_entropy", "Weight of the code entropy term, a constant ≥ 0 (default 0.01).")
+    .with_related_udf("thermo_optimize")
+    .build()
+});
+
+impl WindowUDFImpl for ThermoObjective {
+    fn name(&self) -> &str {
+        "thermo_objective"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let forms = "(state, scale, offset, bits [, lambda_markov [, lambda_entropy]])";
+        check_arity(self.name(), forms, arg_types.len(), 4, 6)?;
+        let mut out = vec![
+            coerce_float_list(self.name(), "state", &arg_types[0])?,
+            coerce_float(self.name(), "scale", &arg_types[1])?,
+            coerce_float(self.name(), "offset", &arg_types[2])?,
+            coerce_integer(self.name(), "bits", &arg_types[3])?,
+        ];
+        for (name, dt) in ["lambda_markov", "lambda_entropy"]
+            .iter()
+            .zip(&arg_types[4..])
+        {
+            out.push(coerce_float(self.name(), name, dt)?);
+        }
+        Ok(out)
+    }
+
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        let bits = match constant(&args, self.name(), "bits", 3)? {
+            Some(ScalarValue::Int64(Some(b))) => b,
+            other => {
+                return plan_err!(
+                    "{}: argument 'bits' must be an integer, got {other:?}",
+                    self.name()
+                );
+            }
+        };
+        let markov = constant_f64(
+            &args,
+            self.name(),
+            "lambda_markov",
+            4,
+            DEFAULT_LAMBDA_MARKOV,
+        )?;
+        let entropy = constant_f64(
+            &args,
+            self.name(),
+            "lambda_entropy",
+            5,
+            DEFAULT_LAMBDA_ENTROPY,
+        )?;
+        let weights = ChainWeights::new(bits, markov, entropy).map_err(|e| {
+            let argument = if (2..=8).contains(&bits) {
+                "lambda"
+            } else {
+                "bits"
+            };
+            window_arg_error(self.name(), argument, &e)
+        })?;
+        Ok(Box::new(ObjectiveEvaluator { weights }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}
+
+#[derive(Debug)]
+struct ObjectiveEvaluator {
+    weights: ChainWeights,
+}
+
+impl PartitionEvaluator for ObjectiveEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = "thermo_objective";
+        let rows = FloatRows::new(&values[0], name, "state")?;
+        let scales = float_values(&values[1])?;
+        let offsets = float_values(&values[2])?;
+        let mut groups = Vec::with_capacity(num_rows);
+        let mut choices = Vec::with_capacity(num_rows);
+        for g in 0..num_rows {
+            let missing = |what: &str| {
+                partition_error(
+                    name,
+                    format!("{what} at position {g} of the partition is NULL"),
+                )
+            };
+            groups.push(rows.row(g).ok_or_else(|| missing("state"))?);
+            let scale = scales[g].ok_or_else(|| missing("scale"))?;
+            let offset = offsets[g].ok_or_else(|| missing("offset"))?;
+            check_scale(g, scale).map_err(|e| partition_error(name, e))?;
+            choices.push(RangeChoice { scale, offset });
+        }
+        let objective = chain_objective(&groups, &choices, self.weights)
+            .map_err(|e| partition_error(name, e))?;
+        Ok(Arc::new(Float64Array::from(vec![objective; num_rows])))
+    }
+}
