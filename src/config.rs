@@ -52,6 +52,13 @@ impl Profile {
             Profile::Local => (4, "64", 0.99),
             Profile::Cloud => (8, "64", 0.9999),
         };
+        // Activations (used with a calibration set): the edge profile's 4-bit activations gain
+        // most from adaptive groups and the transition optimisation (examples/sql/time_aware.sql).
+        let (activation_bits, timestep_groups, grouping, optimize) = match self {
+            Profile::Edge => (4, 10, "adaptive", true),
+            Profile::Local => (8, 10, "uniform", false),
+            Profile::Cloud => (8, 20, "adaptive", false),
+        };
         QuantConfig {
             profile: self,
             bit_width,
@@ -60,6 +67,15 @@ impl Profile {
             min_cosine,
             sensitive_bit_width: 8,
             fallback: true,
+            calibration: None,
+            activation_bits,
+            timestep_groups,
+            num_timesteps: 1000,
+            grouping: grouping.to_string(),
+            smoothing: "none".to_string(),
+            optimize,
+            lambda_markov: 1.0,
+            lambda_entropy: 0.01,
         }
     }
 }
@@ -87,6 +103,25 @@ pub struct QuantConfig {
     pub sensitive_bit_width: u8,
     /// Redo tensors under `min_cosine` at the next wider setting.
     pub fallback: bool,
+    /// Recorded activations (layer, timestep, values) to calibrate per-timestep-group ranges
+    /// from; no activation parameters without one.
+    pub calibration: Option<String>,
+    /// Code width of activations.
+    pub activation_bits: u8,
+    /// Timestep groups per layer.
+    pub timestep_groups: u32,
+    /// Length of the denoiser's schedule (timesteps 0 … num_timesteps − 1).
+    pub num_timesteps: u32,
+    /// `uniform`, `log` or `adaptive` timestep groups.
+    pub grouping: String,
+    /// Boundary smoothing: `none`, `linear`, `cubic` or `sigmoid`.
+    pub smoothing: String,
+    /// Choose the groups' ranges jointly (thermo_optimize) instead of one by one.
+    pub optimize: bool,
+    /// Weight of the transition term of the optimisation.
+    pub lambda_markov: f64,
+    /// Weight of the entropy term of the optimisation.
+    pub lambda_entropy: f64,
 }
 
 impl Default for QuantConfig {
@@ -96,7 +131,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 7] = [
+pub const KEYS: [&str; 16] = [
     "profile",
     "bit_width",
     "group_size",
@@ -104,6 +139,15 @@ pub const KEYS: [&str; 7] = [
     "min_cosine",
     "sensitive_bit_width",
     "fallback",
+    "calibration",
+    "activation_bits",
+    "timestep_groups",
+    "num_timesteps",
+    "grouping",
+    "smoothing",
+    "optimize",
+    "lambda_markov",
+    "lambda_entropy",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -267,31 +311,54 @@ impl QuantConfig {
                 self.scheme = text.trim().to_ascii_lowercase();
             }
             "min_cosine" => {
-                let x = match value {
-                    Value::Int(i) => *i as f64,
-                    Value::Float(x) => *x,
-                    Value::Text(t) => t
-                        .trim()
-                        .parse::<f64>()
-                        .map_err(|_| bad(format!("'{t}' is not a number")))?,
-                    Value::Bool(b) => return Err(bad(format!("{b} is not a number"))),
-                };
+                let x = parse_number(value).map_err(bad)?;
                 if !(x > 0.0 && x <= 1.0) {
                     return Err(bad(format!("{x} is not in (0, 1]")));
                 }
                 self.min_cosine = x;
             }
-            "fallback" => {
-                self.fallback = match value {
-                    Value::Bool(b) => *b,
-                    Value::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
-                        "1" | "true" | "yes" | "on" => true,
-                        "0" | "false" | "no" | "off" => false,
-                        _ => return Err(bad(format!("'{t}' is not true or false"))),
-                    },
-                    other => return Err(bad(format!("{other} is not true or false"))),
+            "lambda_markov" | "lambda_entropy" => {
+                let x = parse_number(value).map_err(bad)?;
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(bad(format!("{x} is not a number ≥ 0")));
+                }
+                if key == "lambda_markov" {
+                    self.lambda_markov = x;
+                } else {
+                    self.lambda_entropy = x;
                 }
             }
+            "calibration" => {
+                let path = value.to_string();
+                self.calibration = (!path.trim().is_empty()).then_some(path);
+            }
+            "activation_bits" => {
+                let bits = parse_count(value).map_err(bad)?;
+                if !(2..=8).contains(&bits) {
+                    return Err(bad(format!("{bits} bits is not supported (2 to 8)")));
+                }
+                self.activation_bits = bits as u8;
+            }
+            "timestep_groups" | "num_timesteps" => {
+                let n = parse_count(value).map_err(bad)?;
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(bad(format!("{n} is not between 1 and 1000000")));
+                }
+                if key == "timestep_groups" {
+                    self.timestep_groups = n as u32;
+                } else {
+                    self.num_timesteps = n as u32;
+                }
+            }
+            "grouping" => {
+                self.grouping = parse_choice(value, &["uniform", "log", "adaptive"]).map_err(bad)?
+            }
+            "smoothing" => {
+                self.smoothing = parse_choice(value, &["none", "linear", "cubic", "sigmoid"])
+                    .map_err(bad)?
+            }
+            "optimize" => self.optimize = parse_bool(value).map_err(bad)?,
+            "fallback" => self.fallback = parse_bool(value).map_err(bad)?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.to_string(),
@@ -318,6 +385,16 @@ impl QuantConfig {
                 reason: e.to_string(),
             }
         })?;
+        if self.timestep_groups > self.num_timesteps {
+            return Err(ConfigError::BadValue {
+                origin: origin.to_string(),
+                key: "timestep_groups".to_string(),
+                reason: format!(
+                    "{} groups for a schedule of {} timesteps (num_timesteps)",
+                    self.timestep_groups, self.num_timesteps
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -328,6 +405,50 @@ fn parse_profile(origin: &str, value: &Value) -> Result<Profile, ConfigError> {
         key: "profile".to_string(),
         reason: format!("unknown profile '{value}' (expected {})", Profile::NAMES),
     })
+}
+
+fn parse_number(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Int(i) => Ok(*i as f64),
+        Value::Float(x) => Ok(*x),
+        Value::Text(t) => t
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("'{t}' is not a number")),
+        Value::Bool(b) => Err(format!("{b} is not a number")),
+    }
+}
+
+fn parse_count(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Int(i) => Ok(*i),
+        Value::Text(t) => t
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("'{t}' is not a whole number")),
+        other => Err(format!("{other} is not a whole number")),
+    }
+}
+
+fn parse_bool(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!("'{t}' is not true or false")),
+        },
+        other => Err(format!("{other} is not true or false")),
+    }
+}
+
+fn parse_choice(value: &Value, choices: &[&str]) -> Result<String, String> {
+    let text = value.to_string().trim().to_ascii_lowercase();
+    if choices.contains(&text.as_str()) {
+        Ok(text)
+    } else {
+        Err(format!("unknown value '{value}' (expected {})", choices.join(", ")))
+    }
 }
 
 fn parse_bits(value: &Value) -> Result<u8, String> {

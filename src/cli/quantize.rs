@@ -42,6 +42,28 @@ pub struct QuantizeArgs {
     /// Keep tensors under the threshold as they are instead of redoing them.
     #[arg(long)]
     pub no_fallback: bool,
+    /// Recorded activations (Parquet: layer, timestep, values) to calibrate activation ranges
+    /// per timestep group from; writes activation_params.parquet.
+    #[arg(long, value_name = "ACTS.parquet")]
+    pub calibration: Option<PathBuf>,
+    /// Code width of activations (2 to 8).
+    #[arg(long, value_name = "B")]
+    pub activation_bits: Option<i64>,
+    /// Timestep groups per layer.
+    #[arg(long, value_name = "N")]
+    pub timestep_groups: Option<i64>,
+    /// Length of the denoiser's schedule.
+    #[arg(long, value_name = "T")]
+    pub num_timesteps: Option<i64>,
+    /// How timesteps are grouped: uniform, log or adaptive.
+    #[arg(long, value_name = "G")]
+    pub grouping: Option<String>,
+    /// Boundary smoothing of the group ranges: none, linear, cubic or sigmoid.
+    #[arg(long, value_name = "M")]
+    pub smoothing: Option<String>,
+    /// Choose each layer's group ranges jointly (transition optimisation).
+    #[arg(long)]
+    pub optimize: bool,
     /// A YAML configuration file (keys as ARROW_QUANT_* without the prefix, lower case).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -81,6 +103,27 @@ impl QuantizeArgs {
         if self.no_fallback {
             s.set("fallback", Value::Bool(false));
         }
+        if let Some(path) = &self.calibration {
+            s.set("calibration", Value::Text(path.display().to_string()));
+        }
+        if let Some(b) = self.activation_bits {
+            s.set("activation_bits", Value::Int(b));
+        }
+        if let Some(n) = self.timestep_groups {
+            s.set("timestep_groups", Value::Int(n));
+        }
+        if let Some(n) = self.num_timesteps {
+            s.set("num_timesteps", Value::Int(n));
+        }
+        if let Some(g) = &self.grouping {
+            s.set("grouping", Value::Text(g.clone()));
+        }
+        if let Some(m) = &self.smoothing {
+            s.set("smoothing", Value::Text(m.clone()));
+        }
+        if self.optimize {
+            s.set("optimize", Value::Bool(true));
+        }
         s
     }
 
@@ -111,7 +154,7 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
         PathBuf::from(format!("{name}-{}", config.profile))
     });
     if args.print_sql {
-        for (what, sql) in plans(&model) {
+        for (what, sql) in plans(&model, &config) {
             println!("-- {what}\n{sql};\n");
         }
     }
@@ -210,11 +253,47 @@ fn rounded(column: &ArrayRef, digits: usize) -> ArrayRef {
 /// The closing lines of a run.
 pub fn summary_text(s: &RunSummary) -> String {
     let mb = |b: u64| b as f64 / 1e6;
+    let activations = match &s.activations {
+        None => String::new(),
+        Some(a) => {
+            let mut steps = Vec::new();
+            if a.optimized {
+                steps.push("optimised".to_string());
+            }
+            if a.smoothing != "none" {
+                steps.push(format!("{} smoothing", a.smoothing));
+            }
+            let after = if steps.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " -> {:.4e} {}",
+                    a.mse_after,
+                    steps.join(" + ")
+                )
+            };
+            format!(
+                "activations: {} layers x {} {} groups at {} bits from {} records: \
+                 mean MSE {:.4e} static -> {:.4e} grouped{after}\n\
+                 markov violations: {} before, {} after\n",
+                a.layers,
+                a.groups / a.layers.max(1),
+                a.grouping,
+                a.bits,
+                a.records,
+                a.static_mse,
+                a.mse_before,
+                a.markov_violations_before,
+                a.markov_violations_after,
+            )
+        }
+    };
     format!(
         "model: {} ({})\n\
          tensors: {} ({} quantized, {} kept, {} redone wider)\n\
          size: {:.2} MB -> {:.2} MB ({:.2}x)\n\
          cosine: min {:.6}, mean {:.6}\n\
+         {activations}\
          time: {:.2} s ({:.0} MB/s)\n\
          output: {}\n",
         s.modality.modality,

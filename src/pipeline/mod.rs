@@ -1,6 +1,7 @@
 //! The model pipeline (the seed's `DiffusionOrchestrator`): modality detection, the strategy
 //! table, the quantization and report queries, and the output directory.
 
+pub mod activations;
 pub mod modality;
 pub mod output;
 pub mod plan;

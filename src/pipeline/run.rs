@@ -5,7 +5,8 @@
 //!    small per-row error sums.
 //! 3. Aggregate them per tensor (the report query); tensors under the profile's cosine
 //!    threshold are redone at the next wider setting and their rows replaced.
-//! 4. Write `report.parquet` and `manifest.json`, then rename the directory into place.
+//! 4. With a calibration set, calibrate activation ranges per timestep group (activations.rs).
+//! 5. Write `report.parquet` and `manifest.json`, then rename the directory into place.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::activations::{ActivationSummary, calibrate};
 use super::modality::{Detection, detect};
 use super::output::{PartialDir, TableWriter, write_table, write_text};
 use super::plan::{REPORT_SQL, quantize_sql};
@@ -63,20 +65,33 @@ pub struct RunSummary {
     pub mean_cosine: f64,
     pub seconds: f64,
     pub mb_per_second: f64,
+    /// Activation calibration, when a calibration set was given.
+    pub activations: Option<ActivationSummary>,
     #[serde(skip)]
     pub report: Vec<RecordBatch>,
 }
 
 /// The SQL a run executes, for `--print-sql`.
-pub fn plans(model: &Path) -> Vec<(&'static str, String)> {
+pub fn plans(model: &Path, config: &QuantConfig) -> Vec<(&'static str, String)> {
     let source = model.display().to_string();
-    vec![
+    let mut out = Vec::new();
+    if config.calibration.is_some() {
+        for statement in super::activations::calibration_sql(config) {
+            out.push(("activation calibration", statement));
+        }
+        out.push((
+            "activation_params.parquet",
+            super::activations::params_sql(config),
+        ));
+    }
+    out.extend([
         (
             "quantize (streamed into weights.parquet)",
             quantize_sql(&source, None),
         ),
         ("report (report.parquet)", REPORT_SQL.to_string()),
-    ]
+    ]);
+    out
 }
 
 /// Quantizes a model into `options.output`.
@@ -97,6 +112,9 @@ pub async fn quantize_model(
             plans.len()
         )));
     }
+
+    // Small and quick: a bad calibration set fails before the long pass.
+    let activations = calibrate(&crate::session::context(), &options.config, &out).await?;
 
     let ctx = crate::session::pipeline_context();
     ctx.register_batch("tensors", info_batch(&model)?)?;
@@ -182,7 +200,10 @@ pub async fn quantize_model(
         .map(|b| b.schema())
         .unwrap_or_else(|| Arc::new(Schema::empty()));
     write_table(&out.file("report.parquet"), &report, report_schema)?;
-    let summary = summarize(&report, &options.output, modality, fallbacks, started);
+    let summary = RunSummary {
+        activations,
+        ..summarize(&report, &options.output, modality, fallbacks, started)
+    };
     let manifest = manifest(options, &model, &summary);
     write_text(
         &out.file("manifest.json"),
@@ -413,6 +434,7 @@ fn summarize(
         },
         seconds,
         mb_per_second: before as f64 / 1e6 / seconds.max(1e-9),
+        activations: None,
         report: Vec::new(),
     }
 }
@@ -426,7 +448,7 @@ struct Manifest<'a> {
     modality: &'a Detection,
     versions: Versions,
     summary: &'a RunSummary,
-    outputs: [&'static str; 2],
+    outputs: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -453,6 +475,10 @@ fn manifest<'a>(options: &'a RunOptions, model: &Model, summary: &'a RunSummary)
             datafusion: datafusion::DATAFUSION_VERSION,
         },
         summary,
-        outputs: ["weights.parquet", "report.parquet"],
+        outputs: ["weights.parquet", "report.parquet"]
+            .into_iter()
+            .map(String::from)
+            .chain(summary.activations.iter().flat_map(|a| a.files.clone()))
+            .collect(),
     }
 }
