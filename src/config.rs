@@ -354,8 +354,8 @@ impl QuantConfig {
                 self.grouping = parse_choice(value, &["uniform", "log", "adaptive"]).map_err(bad)?
             }
             "smoothing" => {
-                self.smoothing = parse_choice(value, &["none", "linear", "cubic", "sigmoid"])
-                    .map_err(bad)?
+                self.smoothing =
+                    parse_choice(value, &["none", "linear", "cubic", "sigmoid"]).map_err(bad)?
             }
             "optimize" => self.optimize = parse_bool(value).map_err(bad)?,
             "fallback" => self.fallback = parse_bool(value).map_err(bad)?,
@@ -447,7 +447,10 @@ fn parse_choice(value: &Value, choices: &[&str]) -> Result<String, String> {
     if choices.contains(&text.as_str()) {
         Ok(text)
     } else {
-        Err(format!("unknown value '{value}' (expected {})", choices.join(", ")))
+        Err(format!(
+            "unknown value '{value}' (expected {})",
+            choices.join(", ")
+        ))
     }
 }
 

@@ -266,11 +266,7 @@ pub fn summary_text(s: &RunSummary) -> String {
             let after = if steps.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " -> {:.4e} {}",
-                    a.mse_after,
-                    steps.join(" + ")
-                )
+                format!(" -> {:.4e} {}", a.mse_after, steps.join(" + "))
             };
             format!(
                 "activations: {} layers x {} {} groups at {} bits from {} records: \

@@ -151,7 +151,11 @@ async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
     }
     ctx.register_parquet("calibration", path, ParquetReadOptions::default())
         .await
-        .map_err(|e| plan_error(format!("calibration {path}: not a readable Parquet file: {e}")))?;
+        .map_err(|e| {
+            plan_error(format!(
+                "calibration {path}: not a readable Parquet file: {e}"
+            ))
+        })?;
     let schema = ctx.table("calibration").await?.schema().as_arrow().clone();
     let expect = "expected columns layer (string), timestep (integer), values (list of floats)";
     let column = |name: &str| {
@@ -184,7 +188,11 @@ async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
 
 /// Checks what the SQL would otherwise refuse with less context: timesteps out of range,
 /// non-finite activations, layers with fewer recorded timesteps than groups.
-async fn check_calibration(ctx: &SessionContext, config: &QuantConfig, path: &str) -> Result<usize> {
+async fn check_calibration(
+    ctx: &SessionContext,
+    config: &QuantConfig,
+    path: &str,
+) -> Result<usize> {
     let bad = |sql: &str| {
         let sql = sql.to_string();
         async move {
@@ -201,7 +209,11 @@ async fn check_calibration(ctx: &SessionContext, config: &QuantConfig, path: &st
     {
         let layer = string_at(b.column(0));
         let t = b.column(1).as_primitive::<Int64Type>();
-        let t = if t.is_null(0) { "NULL".to_string() } else { t.value(0).to_string() };
+        let t = if t.is_null(0) {
+            "NULL".to_string()
+        } else {
+            t.value(0).to_string()
+        };
         return Err(plan_error(format!(
             "calibration {path}: layer '{layer}': timestep {t} is outside [0, {n}) (num_timesteps = {n})"
         )));
@@ -299,14 +311,27 @@ pub async fn calibrate(
     check_groups(ctx, config, path).await?;
 
     let params = query(ctx, &params_sql(config)).await?;
-    let schema = ctx.sql(&params_sql(config)).await?.schema().as_arrow().clone();
-    write_table(&out.file("activation_params.parquet"), &params, schema.into())?;
+    let schema = ctx
+        .sql(&params_sql(config))
+        .await?
+        .schema()
+        .as_arrow()
+        .clone();
+    write_table(
+        &out.file("activation_params.parquet"),
+        &params,
+        schema.into(),
+    )?;
     let mut files = vec!["activation_params.parquet".to_string()];
     if config.smoothing != "none" {
         let sql = schedule_sql(config);
         let schedule = query(ctx, &sql).await?;
         let schema = ctx.sql(&sql).await?.schema().as_arrow().clone();
-        write_table(&out.file("activation_schedule.parquet"), &schedule, schema.into())?;
+        write_table(
+            &out.file("activation_schedule.parquet"),
+            &schedule,
+            schema.into(),
+        )?;
         files.push("activation_schedule.parquet".to_string());
     }
 
@@ -314,7 +339,11 @@ pub async fn calibrate(
     let (static_mse, _) = measure(ctx, "static_schedule", bits).await?;
     let (mse_before, violations_before) = measure(ctx, "schedule_before", bits).await?;
     let (mse_after, violations_after) = measure(ctx, "schedule_after", bits).await?;
-    let counts = query(ctx, "SELECT count(DISTINCT layer), count(*) FROM group_params").await?;
+    let counts = query(
+        ctx,
+        "SELECT count(DISTINCT layer), count(*) FROM group_params",
+    )
+    .await?;
     Ok(Some(ActivationSummary {
         calibration: path.to_string(),
         layers: counts[0].column(0).as_primitive::<Int64Type>().value(0) as usize,

@@ -78,14 +78,19 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 pub fn arrowquant(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arrowquant"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("ARROW_QUANT_PROFILE")
-        .env_remove("ARROW_QUANT_BIT_WIDTH")
-        .env_remove("ARROW_QUANT_GROUP_SIZE")
-        .output()
-        .expect("the binary runs")
+    command(args, cwd).output().expect("the binary runs")
+}
+
+/// The binary with `args` in `cwd`, free of the caller's `ARROW_QUANT_*` settings.
+pub fn command(args: &[&str], cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_arrowquant"));
+    command.args(args).current_dir(cwd);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ARROW_QUANT_") {
+            command.env_remove(key);
+        }
+    }
+    command
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -120,6 +125,11 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// The recorded calibration set of the bundled model.
+pub fn bundled_calibration() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/calibration/tiny-unet-ddpm.parquet")
 }
 
 /// The bundled example model.
