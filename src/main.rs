@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Quantize a whole model into weights.parquet, report.parquet and manifest.json.
-    Quantize(quantize::QuantizeArgs),
+    Quantize(Box<quantize::QuantizeArgs>),
     /// List a model's tensors with dtype, shape, bytes and statistics.
     Inspect(inspect::InspectArgs),
     /// Rebuild a quantized model as a safetensors file.
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Quantize(args) => interruptible(quantize::run(args)).await,
+            Command::Quantize(args) => interruptible(quantize::run(*args)).await,
             Command::Dequantize(args) => interruptible(dequantize::run(args)).await,
             Command::Inspect(args) => Some(inspect::run(args).await),
             // The shell handles Ctrl-C itself (it cancels the running query).
