@@ -487,6 +487,49 @@ mod tests {
                 QuantConfig::resolve(&env(&[("ARROW_QUANT_PROFILE", name)]), None, &none).unwrap();
             assert_eq!(c.bit_width, bits, "{name}");
         }
+        let edge = Profile::Edge.defaults();
+        assert_eq!(
+            (edge.activation_bits, edge.grouping.as_str(), edge.optimize),
+            (4, "adaptive", true)
+        );
+        assert_eq!(c.calibration, None);
+    }
+
+    #[test]
+    fn activation_keys_from_environment_and_yaml() {
+        let yaml = Settings::from_yaml(
+            "a.yaml",
+            "calibration: acts.parquet\ngrouping: LOG\nsmoothing: cubic\noptimize: true\nlambda_markov: 2\n",
+        )
+        .unwrap();
+        let c = QuantConfig::resolve(
+            &env(&[
+                ("ARROW_QUANT_TIMESTEP_GROUPS", "20"),
+                ("ARROW_QUANT_OPTIMIZE", "no"),
+            ]),
+            Some(&yaml),
+            &Settings::new("flags"),
+        )
+        .unwrap();
+        assert_eq!(c.calibration.as_deref(), Some("acts.parquet"));
+        assert_eq!(
+            (c.grouping.as_str(), c.smoothing.as_str()),
+            ("log", "cubic")
+        );
+        assert_eq!(
+            (c.timestep_groups, c.optimize, c.lambda_markov),
+            (20, true, 2.0)
+        );
+        let err = QuantConfig::resolve(
+            &env(&[("ARROW_QUANT_OPTIMIZE", "maybe")]),
+            None,
+            &Settings::new("flags"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment: key 'optimize': 'maybe' is not true or false"
+        );
     }
 
     #[test]
