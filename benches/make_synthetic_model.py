@@ -37,7 +37,11 @@ def main():
             for suffix, shape in (("weight", [ROWS, COLS]), ("bias", [ROWS])):
                 size = int(np.prod(shape)) * 4
                 key = f"layers.{i}.proj.{suffix}"
-                header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+                header[key] = {
+                    "dtype": "F32",
+                    "shape": shape,
+                    "data_offsets": [offset, offset + size],
+                }
                 weight_map[key] = name
                 offset += size
         text = json.dumps(header).encode()
@@ -46,14 +50,23 @@ def main():
             f.write(struct.pack("<Q", len(text)))
             f.write(text)
             for i in layers:
-                for _ in range(ROWS // 512):
-                    f.write(rng.standard_normal((512, COLS), dtype=np.float32).tobytes())
+                f.writelines(
+                    rng.standard_normal((512, COLS), dtype=np.float32).tobytes()
+                    for _ in range(ROWS // 512)
+                )
                 f.write((rng.standard_normal(ROWS, dtype=np.float32) * 0.01).tobytes())
-    index = {"metadata": {"total_size": count * (weight_bytes + ROWS * 4)}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": count * (weight_bytes + ROWS * 4)},
+        "weight_map": weight_map,
+    }
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-    (out / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
-    print(f"{out}: {count} weights of {ROWS}x{COLS} f32 in {len(shards)} shards, "
-          f"{count * (weight_bytes + ROWS * 4) / 1e9:.2f} GB")
+    (out / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
+    )
+    print(
+        f"{out}: {count} weights of {ROWS}x{COLS} f32 in {len(shards)} shards, "
+        f"{count * (weight_bytes + ROWS * 4) / 1e9:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

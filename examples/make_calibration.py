@@ -211,8 +211,10 @@ def main():
     table = table.sort_by([("layer", "ascending"), ("timestep", "ascending")])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, OUT, compression="zstd", row_group_size=8192)
-    print(f"{OUT}: {table.num_rows} records, {len(set(layers))} layers, "
-          f"{len(set(timesteps))} timesteps, {OUT.stat().st_size / 1e6:.2f} MB")
+    print(
+        f"{OUT}: {table.num_rows} records, {len(set(layers))} layers, "
+        f"{len(set(timesteps))} timesteps, {OUT.stat().st_size / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":

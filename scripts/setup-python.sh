@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Creates the local virtual environment (.venv) with the Python packages the repository's
-# scripts use: numpy and safetensors (examples/make_example_model.py, the benchmark's synthetic
-# models), pyarrow (examples/make_weights.py) and gguf (scripts/make_gguf_vectors.py).
+# Creates the local virtual environment (.venv) with the Python packages the repository uses:
+# numpy, safetensors and pyarrow (the example model, calibration set and benchmark models),
+# gguf (the GGUF reference vectors and the live comparison), datafusion 55 (the Python sessions
+# the package registers into), maturin (builds the package), pytest and ruff.
+# Idempotent: a second run only checks the pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet "numpy>=2,<3" "safetensors>=0.8,<0.9" "pyarrow>=17" "gguf==0.19.0"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip
+fi
+.venv/bin/pip install --quiet \
+  "numpy>=2,<3" "safetensors>=0.8,<0.9" "pyarrow>=17" "gguf==0.19.0" \
+  "datafusion>=55,<56" "maturin>=1.9,<2" "pytest>=8" "ruff>=0.6"
 echo ".venv ready: $(.venv/bin/python --version)"

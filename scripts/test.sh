@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, lints, and the whole test suite (unit, property,
-# kernel quality and sqllogictest files). Usage: scripts/test.sh
+# Runs every check and test: formatting and lints (Rust and Python), the Rust test suite (unit,
+# property, kernel quality, sqllogictest, CLI and pipeline), then the Python package built in the
+# dev profile into .venv and its pytest suite. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +11,19 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
-# One closing line for the whole suite, summed over every test binary.
+
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee -a "$log"
+
+echo "== python: .venv, ruff, the extension (dev profile), pytest"
+scripts/build-python.sh
+.venv/bin/ruff check python/ examples/ scripts/ benches/
+.venv/bin/ruff format --check python/ examples/ scripts/ benches/
+.venv/bin/python -m pytest -q python/tests 2>&1 | tee -a "$log"
+
+# One closing line for the whole suite, summed over every test binary and pytest.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     /^[0-9]+ (passed|failed)/ && / in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed,?$/) p += $(i-1); if ($i ~ /^failed,?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -11,11 +11,10 @@ use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
-use datafusion::physical_expr::expressions::Literal;
 
 use crate::common::{
-    FloatRows, check_arity, coerce_float_list, coerce_integer, float32_list, float32_list_builder,
-    row_error,
+    FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list,
+    float32_list_builder, row_error,
 };
 use crate::doc::DOC_SPATIAL;
 use crate::kernels::spatial::fold_absmax;
@@ -77,8 +76,8 @@ impl AggregateUDFImpl for ColumnAbsmax {
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let channels = match args.exprs.get(1) {
             None => None,
-            Some(expr) => match expr.downcast_ref::<Literal>().map(|l| l.value()) {
-                Some(ScalarValue::Int64(Some(c))) if *c >= 1 => Some(*c as usize),
+            Some(expr) => match constant_value(expr) {
+                Some(ScalarValue::Int64(Some(c))) if c >= 1 => Some(c as usize),
                 other => {
                     return plan_err!(
                         "column_absmax: argument 'channels' must be a constant ≥ 1, got {other:?}"

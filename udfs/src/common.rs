@@ -427,6 +427,27 @@ pub fn float32_list_builder(
     .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
 
+/// The value of a constant argument: a `Literal`, or, across `datafusion-ffi` where physical
+/// expressions arrive opaque, any expression that evaluates to a scalar without reading a
+/// column (a column reference fails its bounds check on a batch with no columns).
+pub fn constant_value(
+    expr: &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+) -> Option<ScalarValue> {
+    use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::physical_expr::expressions::Literal;
+    if let Some(literal) = expr.downcast_ref::<Literal>() {
+        return Some(literal.value().clone());
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(1));
+    let batch =
+        RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &options).ok()?;
+    match expr.evaluate(&batch) {
+        Ok(ColumnarValue::Scalar(value)) => Some(value),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,10 @@ use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
-use datafusion::physical_expr::expressions::Literal;
 
 use crate::common::{
-    FloatRows, check_arity, coerce_float_list, coerce_integer, coerce_string, row_error,
+    FloatRows, check_arity, coerce_float_list, coerce_integer, coerce_string, constant_value,
+    row_error,
 };
 use crate::doc::DOC_QUANTIZATION;
 use crate::kernels::error::check_finite;
@@ -68,11 +68,8 @@ fn fields() -> Fields {
     ])
 }
 
-fn constant<'a>(args: &'a AccumulatorArgs, index: usize) -> Option<&'a ScalarValue> {
-    args.exprs
-        .get(index)?
-        .downcast_ref::<Literal>()
-        .map(|l| l.value())
+fn constant(args: &AccumulatorArgs, index: usize) -> Option<ScalarValue> {
+    args.exprs.get(index).and_then(constant_value)
 }
 
 fn parse_bits(value: Option<&ScalarValue>) -> Result<u8> {
@@ -129,9 +126,9 @@ impl AggregateUDFImpl for QuantParams {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let bits = parse_bits(constant(&args, 1))?;
+        let bits = parse_bits(constant(&args, 1).as_ref())?;
         let symmetric = if args.exprs.len() > 2 {
-            parse_symmetric(constant(&args, 2))?
+            parse_symmetric(constant(&args, 2).as_ref())?
         } else {
             false
         };

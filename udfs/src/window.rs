@@ -5,9 +5,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
-use datafusion::physical_expr::expressions::Literal;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
+use crate::common::constant_value;
 use crate::kernels::KernelError;
 
 /// The constant value of argument `index`, or a plan error when it is not a constant.
@@ -20,8 +20,8 @@ pub fn constant(
     let Some(expr) = args.input_exprs().get(index) else {
         return Ok(None);
     };
-    match expr.downcast_ref::<Literal>() {
-        Some(literal) if !literal.value().is_null() => Ok(Some(literal.value().clone())),
+    match constant_value(expr) {
+        Some(value) if !value.is_null() => Ok(Some(value)),
         _ => plan_err!("{function}: argument '{argument}' must be a non-NULL constant"),
     }
 }

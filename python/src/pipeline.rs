@@ -1,0 +1,156 @@
+//! The model pipeline and the configuration for Python: the same `QuantConfig` resolution
+//! (flags > YAML > environment > profile) and the same SQL plans as the `arrowquant` CLI.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use arrowquant::config::{QuantConfig, Settings, Value};
+use arrowquant::pipeline::{Progress, RunOptions, quantize_model};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+
+use crate::errors::to_py;
+
+/// One runtime for every call; DataFusion partitions spread over its worker threads.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("arrow-quant-v2")
+        .build()
+        .expect("a tokio runtime")
+});
+
+/// A handle on the package's runtime.
+pub fn runtime_handle() -> tokio::runtime::Handle {
+    RUNTIME.handle().clone()
+}
+
+/// Python values as configuration values; anything else is a `TypeError` naming the key.
+fn settings_from_dict(origin: &str, values: Option<&Bound<'_, PyDict>>) -> PyResult<Settings> {
+    let mut settings = Settings::new(origin);
+    let Some(values) = values else {
+        return Ok(settings);
+    };
+    for (key, value) in values.iter() {
+        let key: String = key
+            .extract()
+            .map_err(|_| PyTypeError::new_err("configuration keys must be strings"))?;
+        if value.is_none() {
+            continue;
+        }
+        let value = if value.is_instance_of::<PyBool>() {
+            Value::Bool(value.extract()?)
+        } else if value.is_instance_of::<PyInt>() {
+            Value::Int(value.extract()?)
+        } else if value.is_instance_of::<PyFloat>() {
+            Value::Float(value.extract()?)
+        } else if value.is_instance_of::<PyString>() {
+            Value::Text(value.extract()?)
+        } else if let Ok(path) = value.extract::<PathBuf>() {
+            Value::Text(path.display().to_string())
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "configuration key '{key}': expected a bool, int, float or str, got {}",
+                value.get_type().name()?
+            )));
+        };
+        settings.set(&key, value);
+    }
+    Ok(settings)
+}
+
+fn config_error(e: arrowquant::config::ConfigError) -> PyErr {
+    match &e {
+        arrowquant::config::ConfigError::File { reason, .. } if reason.contains("No such file") => {
+            pyo3::exceptions::PyFileNotFoundError::new_err(e.to_string())
+        }
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// Resolves a configuration: `settings` (highest priority), then the YAML file, then the
+/// `ARROW_QUANT_*` environment, then the profile's defaults. Returns every key as JSON.
+#[pyfunction]
+#[pyo3(signature = (settings=None, yaml=None))]
+fn resolve_config(settings: Option<&Bound<'_, PyDict>>, yaml: Option<PathBuf>) -> PyResult<String> {
+    let explicit = settings_from_dict("config", settings)?;
+    let yaml = yaml
+        .as_deref()
+        .map(Settings::from_yaml_file)
+        .transpose()
+        .map_err(config_error)?;
+    let config = QuantConfig::resolve(
+        &Settings::from_env(std::env::vars()),
+        yaml.as_ref(),
+        &explicit,
+    )
+    .map_err(config_error)?;
+    Ok(serde_json::to_string(&config).expect("plain data serializes"))
+}
+
+/// Quantizes a model folder or file into `output`; returns the run summary as JSON.
+/// The GIL is released while the pipeline runs; `progress(fraction, message)` is called with
+/// it held.
+#[pyfunction]
+#[pyo3(signature = (model, output, settings=None, force=false, progress=None))]
+fn quantize(
+    py: Python<'_>,
+    model: PathBuf,
+    output: PathBuf,
+    settings: Option<&Bound<'_, PyDict>>,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let explicit = settings_from_dict("config", settings)?;
+    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
+        .map_err(config_error)?;
+    if !model.exists() {
+        return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+            "{}: no such file or directory",
+            model.display()
+        )));
+    }
+    let options = RunOptions {
+        model,
+        output,
+        config,
+        force,
+    };
+    let summary = py.detach(|| {
+        let state = std::sync::Mutex::new((String::new(), 0u64, 0u64));
+        let report = |p: Progress| {
+            let Some(callback) = &progress else { return };
+            let mut state = state.lock().expect("progress state");
+            match p {
+                Progress::Start { phase, bytes } => *state = (phase, bytes, 0),
+                Progress::Advance { bytes } => state.2 += bytes,
+            }
+            let fraction = if state.1 == 0 {
+                0.0
+            } else {
+                (state.2 as f64 / state.1 as f64).min(1.0)
+            };
+            let message = state.0.clone();
+            drop(state);
+            Python::attach(|py| {
+                // A failing callback must not stop the run; its error is shown once.
+                if let Err(e) = callback.call1(py, (fraction, message)) {
+                    e.print(py);
+                }
+            });
+        };
+        RUNTIME.block_on(quantize_model(&options, &report))
+    });
+    let summary = summary.map_err(to_py)?;
+    if let Some(callback) = &progress {
+        callback.call1(py, (1.0, "done"))?;
+    }
+    Ok(serde_json::to_string(&summary).expect("plain data serializes"))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(resolve_config, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+"""The seed's Python API: ArrowQuantV2 and DiffusionQuantConfig."""
+
+from __future__ import annotations
+
+import json
+
+import arrow_quant_v2 as aq
+import pyarrow.parquet as pq
+import pytest
+from arrow_quant_v2 import ArrowQuantV2, DiffusionQuantConfig, QuantizationError
+
+
+def test_profiles_environment_and_yaml(monkeypatch, tmp_path):
+    assert DiffusionQuantConfig.from_profile("edge").bit_width == 2
+    assert DiffusionQuantConfig.from_profile("cloud").bit_width == 8
+    # The seed's snippet: ARROW_QUANT_BIT_WIDTH=2 overrides the local profile.
+    monkeypatch.setenv("ARROW_QUANT_BIT_WIDTH", "2")
+    assert DiffusionQuantConfig.from_profile("local").bit_width == 2
+    monkeypatch.delenv("ARROW_QUANT_BIT_WIDTH")
+    path = tmp_path / "config.yaml"
+    path.write_text("profile: edge\ngroup_size: 64\nsmoothing: cubic\n")
+    config = DiffusionQuantConfig.from_yaml(path)
+    assert (config.profile, config.bit_width, config.group_size, config.smoothing) == (
+        "edge",
+        2,
+        "64",
+        "cubic",
+    )
+    # Explicit settings win over the file.
+    assert DiffusionQuantConfig.from_yaml(path, bit_width=4).bit_width == 4
+    assert config.replace(min_cosine=0.5).min_cosine == 0.5
+
+
+def test_config_errors_name_the_key(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'tiny'"):
+        DiffusionQuantConfig.from_profile("tiny")
+    with pytest.raises(ValueError, match="key 'bit_width': 7 bits is not supported"):
+        DiffusionQuantConfig.resolve(bit_width=7)
+    with pytest.raises(ValueError, match="unknown configuration key"):
+        DiffusionQuantConfig.resolve(bits=4)
+    with pytest.raises(TypeError, match="configuration key 'min_cosine'"):
+        DiffusionQuantConfig.resolve(min_cosine=[0.9])
+    monkeypatch.setenv("ARROW_QUANT_GROUPING", "spiral")
+    with pytest.raises(ValueError, match="environment: key 'grouping'"):
+        DiffusionQuantConfig.from_profile("local")
+    monkeypatch.delenv("ARROW_QUANT_GROUPING")
+    with pytest.raises(FileNotFoundError):
+        DiffusionQuantConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_quantize_diffusion_model(bundled_model, tmp_path):
+    calls = []
+    result = ArrowQuantV2().quantize_diffusion_model(
+        model_path=str(bundled_model),
+        output_path=str(tmp_path / "out"),
+        config=DiffusionQuantConfig.from_profile("local"),
+        progress_callback=lambda fraction, message: calls.append((fraction, message)),
+    )
+    assert result["tensors"] == 212 and result["quantized"] == 76
+    assert result["min_cosine"] >= 0.99
+    assert result["compression_ratio"] > 6
+    assert calls and calls[-1] == (1.0, "done")
+    assert all(0.0 <= f <= 1.0 for f, _ in calls)
+    assert pq.read_table(tmp_path / "out" / "report.parquet").num_rows == 212
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["profile"] == "local"
+
+
+def test_quantize_from_safetensors_with_calibration(bundled_model, calibration, tmp_path):
+    result = ArrowQuantV2().quantize_from_safetensors(
+        safetensors_path=bundled_model / "diffusion_pytorch_model.safetensors",
+        output_path=tmp_path / "out",
+        config={"profile": "cloud", "calibration": str(calibration), "optimize": True},
+    )
+    assert result["activations"]["layers"] == 76
+    assert (
+        result["activations"]["markov_violations_after"]
+        <= result["activations"]["markov_violations_before"]
+    )
+    params = pq.read_table(tmp_path / "out" / "activation_params.parquet")
+    assert params.num_rows == 76 * 20
+
+
+def test_bad_input_raises_python_exceptions(bundled_model, tmp_path):
+    quantizer = ArrowQuantV2()
+    with pytest.raises(FileNotFoundError):
+        quantizer.quantize_diffusion_model(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(TypeError, match="model_path must be a path"):
+        quantizer.quantize_diffusion_model(42, tmp_path / "out")
+    with pytest.raises(TypeError, match="config must be"):
+        quantizer.quantize_diffusion_model(bundled_model, tmp_path / "out", config=3)
+    with pytest.raises(ValueError, match="bit_width"):
+        quantizer.quantize_diffusion_model(bundled_model, tmp_path / "out", config={"bit_width": 9})
+    with pytest.raises(TypeError, match="progress_callback"):
+        quantizer.quantize_diffusion_model(bundled_model, tmp_path / "out", progress_callback=5)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(QuantizationError):
+        quantizer.quantize_from_safetensors(broken, tmp_path / "out2")
+    assert broken.read_bytes().startswith(b"\x10")
+    assert not (tmp_path / "out2").exists()
+    # An existing output is refused without force.
+    (tmp_path / "taken").mkdir()
+    with pytest.raises((ValueError, QuantizationError), match="exists"):
+        quantizer.quantize_diffusion_model(bundled_model, tmp_path / "taken")
+
+
+def test_version():
+    assert aq.__version__

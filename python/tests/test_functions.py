@@ -1,0 +1,174 @@
+"""Every ArrowQuant function from an ordinary DataFusion Python session (PyPI datafusion 55),
+registered through datafusion-ffi capsules."""
+
+from __future__ import annotations
+
+import math
+
+import arrow_quant_v2 as aq
+import datafusion
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datafusion import SessionContext, col, lit
+
+
+@pytest.fixture
+def ctx() -> SessionContext:
+    return aq.register(SessionContext())
+
+
+def one(ctx: SessionContext, sql: str):
+    batches = ctx.sql(sql).collect()
+    table = pa.Table.from_batches(batches)
+    assert table.num_rows == 1, table
+    return table.column(0)[0].as_py()
+
+
+def test_datafusion_major_version_matches():
+    assert datafusion.__version__.split(".")[0] == aq.DATAFUSION_VERSION.split(".")[0]
+
+
+def test_mission_query_over_parquet_written_by_pyarrow(ctx, tmp_path):
+    rng = [((i * 7919) % 1000) / 500.0 - 1.0 for i in range(256)]
+    table = pa.table(
+        {
+            "layer": ["a.weight"] * 4 + ["b.weight"] * 2,
+            "row": [0, 1, 2, 3, 0, 1],
+            "weights": pa.array(
+                [rng[i * 32 : i * 32 + 64] for i in range(6)], pa.list_(pa.float32())
+            ),
+        }
+    )
+    path = tmp_path / "layers.parquet"
+    pq.write_table(table, path)
+    ctx.register_parquet("layers", str(path))
+    out = pa.Table.from_batches(
+        ctx.sql(
+            "SELECT layer, row, quantize(weights, 4) AS q FROM layers ORDER BY layer, row"
+        ).collect()
+    )
+    assert out.num_rows == 6
+    q = out.column("q")[0].as_py()
+    assert q["bits"] == 4 and q["len"] == 64 and q["scheme"] == "asym"
+    cos = pa.Table.from_batches(
+        ctx.sql(
+            "SELECT layer, tensor_cosine(weights, dequantize(quantize(weights, 8))) AS c "
+            "FROM layers GROUP BY layer ORDER BY layer"
+        ).collect()
+    )
+    assert all(c > 0.9999 for c in cos.column("c").to_pylist())
+
+
+# One query per function: every registered function is called at least once.
+QUERIES = {
+    "quantize": "SELECT quantize([1.0, 2.0, 3.0, 4.0], 4, 'row')['bits']",
+    "dequantize": "SELECT dequantize(quantize([0.0, 1.0, 2.0, 3.0], 8, 'row'))[4]",
+    "cosine_similarity": "SELECT cosine_similarity([1.0, 0.0], [1.0, 0.0])",
+    "mse": "SELECT mse([1.0, 2.0], [1.0, 4.0])",
+    "sqnr_db": "SELECT round(sqnr_db([1.0, 1.0], [1.0, 0.9]), 2)",
+    "max_abs_error": "SELECT max_abs_error([1.0, 2.0], [1.5, 2.0])",
+    "compression_ratio": "SELECT compression_ratio(quantize(make_array(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0), 4, 'row')) > 1",
+    "quant_error": "SELECT quant_error([1.0, 2.0, 3.0, 4.0], 8, 'row')['cosine'] > 0.999",
+    "error_sums": "SELECT error_sums([1.0, 2.0], [1.0, 2.0])['err_sq']",
+    "stored_bytes": "SELECT stored_bytes(quantize([1.0, 2.0, 3.0, 4.0], 8, 'row'))",
+    "weight_stats": "SELECT weight_stats([1.0, -3.0])['absmax']",
+    "timestep_group": "SELECT timestep_group(999, 1000, 10)",
+    "quant_mse": "SELECT quant_mse([0.0, 0.5, 1.0, 1.5], 0.5, 0.0, 2)",
+    "smooth_scales": "SELECT smooth_scales([16.0], [1.0])[1]",
+    "equalize": "SELECT equalize([1.0, 2.0], [2.0])[2]",
+    "clip_outliers": "SELECT array_length(clip_outliers([1.0, 2.0, 3.0]))",
+    "tensor_cosine": "SELECT tensor_cosine(a, a) FROM (VALUES ([1.0, 2.0]), ([3.0, 4.0])) t(a)",
+    "tensor_mse": "SELECT tensor_mse(a, a) FROM (VALUES ([1.0, 2.0])) t(a)",
+    "quant_params": "SELECT quant_params(a, 8)['max'] FROM (VALUES ([1.0, 2.0]), ([3.0, 4.0])) t(a)",
+    "weight_stats_agg": "SELECT weight_stats_agg(a)['count'] FROM (VALUES ([1.0, 2.0]), ([3.0])) t(a)",
+    "column_absmax": "SELECT column_absmax(a)[1] FROM (VALUES ([1.0, 2.0]), ([-3.0, 0.0])) t(a)",
+    "timestep_group_adaptive": "SELECT max(g) FROM (SELECT timestep_group_adaptive(x, 2) OVER (ORDER BY t) AS g FROM (VALUES (0, 1.0), (1, 1.0), (2, 5.0)) v(t, x))",
+    "markov_smoothness": "SELECT max(s) FROM (SELECT markov_smoothness(x) OVER (ORDER BY t) AS s FROM (VALUES (0, 1.0), (1, 1.5)) v(t, x))",
+    "markov_violation": "SELECT bool_or(v) FROM (SELECT markov_violation(x) OVER (ORDER BY t) AS v FROM (VALUES (0, 1.0), (1, 1.5)) v(t, x))",
+    "thermo_smooth": "SELECT max(s) FROM (SELECT thermo_smooth(x, 'cubic') OVER (ORDER BY t) AS s FROM (VALUES (0, 1.0), (1, 2.0)) v(t, x))",
+    "thermo_optimize": "SELECT max(p['scale']) > 0 FROM (SELECT thermo_optimize(a, 4) OVER (ORDER BY t) AS p FROM (VALUES (0, [0.0, 1.0]), (1, [0.0, 2.0])) v(t, a))",
+    "thermo_objective": "SELECT max(o) > 0 FROM (SELECT thermo_objective(a, 0.1, 0.0, 4) OVER (ORDER BY t) AS o FROM (VALUES (0, [0.0, 1.0]), (1, [0.0, 2.0])) v(t, a))",
+    "read_safetensors": "SELECT count(*) FROM read_safetensors('{model}') WHERE layer = 'conv_in.weight'",
+    "safetensors_info": "SELECT count(*) FROM safetensors_info('{model}')",
+}
+
+EXPECTED = {
+    "quantize": 4,
+    "dequantize": 3.0,
+    "cosine_similarity": 1.0,
+    "mse": 2.0,
+    "sqnr_db": 23.01,
+    "max_abs_error": 0.5,
+    "compression_ratio": True,
+    "quant_error": True,
+    "error_sums": 0.0,
+    "stored_bytes": 8,
+    "weight_stats": 3.0,
+    "timestep_group": 9,
+    "quant_mse": 0.0,
+    "smooth_scales": 4.0,
+    "equalize": 4.0,
+    "clip_outliers": 3,
+    "tensor_cosine": 1.0,
+    "tensor_mse": 0.0,
+    "quant_params": 4.0,
+    "weight_stats_agg": 3,
+    "column_absmax": 3.0,
+    "timestep_group_adaptive": 1,
+    "markov_smoothness": 0.5,
+    "markov_violation": True,
+    "thermo_smooth": 2.0,
+    "thermo_optimize": True,
+    "thermo_objective": True,
+    "read_safetensors": 32,
+    "safetensors_info": 212,
+}
+
+
+def test_every_function_is_registered_and_covered():
+    names = [n for kind in aq.function_names().values() for n in kind]
+    assert sorted(names) == sorted(QUERIES), "a function without a test, or a test without one"
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+def test_each_function_from_python(ctx, bundled_model, name):
+    value = one(ctx, QUERIES[name].format(model=bundled_model))
+    expected = EXPECTED[name]
+    if isinstance(expected, float):
+        # Scales and offsets are stored as f16: rebuilt values are exact to about 1e-4.
+        assert math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-9), value
+    else:
+        assert value == expected
+
+
+def test_dataframe_api(ctx):
+    quantize = aq.scalar_function("quantize")
+    dequantize = aq.scalar_function("dequantize")
+    cosine = aq.scalar_function("cosine_similarity")
+    df = ctx.from_pydict({"w": [[0.5, -1.0, 2.0, 0.25]]})
+    out = df.select(cosine(col("w"), dequantize(quantize(col("w"), lit(8), lit("row")))).alias("c"))
+    assert out.to_pydict()["c"][0] > 0.9999
+    tensor_cosine = aq.aggregate_function("tensor_cosine")
+    agg = df.aggregate([], [tensor_cosine(col("w"), col("w")).alias("t")])
+    assert agg.to_pydict()["t"] == [1.0]
+
+
+def test_errors_cross_the_boundary(ctx):
+    with pytest.raises(Exception, match="quantize: argument 'bits'"):
+        ctx.sql("SELECT quantize([1.0], 7)").collect()
+    with pytest.raises(Exception, match="non-finite value NaN"):
+        ctx.sql("SELECT quantize(['NaN'::float, 1.0], 4, 'row')").collect()
+    with pytest.raises(Exception, match="markov_violation: argument 'threshold'"):
+        ctx.sql(
+            "SELECT markov_violation(x, -1.0) OVER (ORDER BY x) FROM (VALUES (1.0)) v(x)"
+        ).collect()
+    with pytest.raises(Exception, match="no such file|No such file"):
+        ctx.sql("SELECT * FROM read_safetensors('/nonexistent/model.safetensors')").collect()
+
+
+def test_unknown_names_and_wrong_context():
+    with pytest.raises(ValueError, match="no scalar function named 'quantise'"):
+        aq.scalar_function("quantise")
+    with pytest.raises(TypeError, match="datafusion.SessionContext"):
+        aq.register(object())
