@@ -10,6 +10,7 @@
 
 from ._native import DATAFUSION_VERSION, QuantizationError, __version__
 from .api import ArrowQuantV2
+from .async_api import AsyncArrowQuantV2
 from .config import DiffusionQuantConfig
 from .functions import (
     aggregate_function,
@@ -23,6 +24,7 @@ from .functions import (
 __all__ = [
     "DATAFUSION_VERSION",
     "ArrowQuantV2",
+    "AsyncArrowQuantV2",
     "DiffusionQuantConfig",
     "QuantizationError",
     "__version__",

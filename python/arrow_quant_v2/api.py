@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+
 from . import _native
 from .config import DiffusionQuantConfig
 
@@ -56,6 +58,9 @@ class ArrowQuantV2:
         """Quantizes a model folder (diffusers pipeline or model folder), a safetensors file or
         a sharded checkpoint. Returns the run's summary: tensors, sizes, compression ratio,
         cosine similarities, timings, and the activation calibration when configured."""
+        return self._quantize(model_path, output_path, config, progress_callback, force, None)
+
+    def _quantize(self, model_path, output_path, config, progress_callback, force, cancel):
         if progress_callback is not None and not callable(progress_callback):
             raise TypeError("progress_callback must be callable(fraction, message)")
         settings = _config_dict(config if config is not None else self.config)
@@ -65,6 +70,7 @@ class ArrowQuantV2:
             settings,
             force,
             progress_callback,
+            cancel,
         )
         return json.loads(summary)
 
@@ -80,3 +86,41 @@ class ArrowQuantV2:
         return self.quantize_diffusion_model(
             safetensors_path, output_path, config, progress_callback, force
         )
+
+    def quantize_batch_arrow(
+        self,
+        table: Any,
+        config: DiffusionQuantConfig | dict[str, Any] | None = None,
+        *,
+        bit_width: int | None = None,
+        group_size: int | str | None = None,
+        scheme: str | None = None,
+    ) -> pa.Table:
+        """Quantizes every layer of an Arrow table in one call, the GIL released and the layers
+        spread over the cores.
+
+        Input: any Arrow table or stream (``__arrow_c_stream__``: pyarrow, polars, DuckDB, ...;
+        read without a copy) with ``layer_name`` (string), ``weights`` (list of floats, one
+        layer per row) and optionally ``shape`` (list of integers).
+
+        Output, one row per layer in input order: the seed's ``layer_name``,
+        ``quantized_weights`` (list<int8>: signed codes, code − 2^(bits−1)), ``scale`` and
+        ``zero_point`` (when the layer is one group, i.e. ``group_size="row"``; NULL otherwise),
+        ``original_shape``, ``compression_ratio``, ``cosine_similarity``; then what group-wise
+        quantization needs: ``scales``, ``zero_points`` (nearest integer, in signed code units)
+        and ``offsets`` (exact: value = offset + (code + 2^(bits−1)) · scale) per group,
+        ``bits``, ``group_size``, ``scheme``. GGUF schemes keep their scales inside the blocks:
+        ``quantized_weights`` is NULL for them (use the SQL ``quantize`` for the block bytes).
+        """
+        settings = _config_dict(config if config is not None else self.config)
+        for key, value in (
+            ("bit_width", bit_width),
+            ("group_size", group_size),
+            ("scheme", scheme),
+        ):
+            if value is not None:
+                settings[key] = str(value) if key == "group_size" else value
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        stream = _native.quantize_batch(table, settings)
+        return pa.RecordBatchReader.from_stream(stream).read_all()

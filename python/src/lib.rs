@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod batch;
 mod errors;
 mod functions;
 mod pipeline;
@@ -16,6 +17,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DATAFUSION_VERSION", datafusion::DATAFUSION_VERSION)?;
     errors::register(m)?;
     functions::register(m)?;
+    batch::register(m)?;
     pipeline::register(m)?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use crate::errors::to_py;
 
 /// One runtime for every call; DataFusion partitions spread over its worker threads.
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+pub(crate) static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("arrow-quant-v2")
@@ -27,7 +27,10 @@ pub fn runtime_handle() -> tokio::runtime::Handle {
 }
 
 /// Python values as configuration values; anything else is a `TypeError` naming the key.
-fn settings_from_dict(origin: &str, values: Option<&Bound<'_, PyDict>>) -> PyResult<Settings> {
+pub(crate) fn settings_from_dict(
+    origin: &str,
+    values: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Settings> {
     let mut settings = Settings::new(origin);
     let Some(values) = values else {
         return Ok(settings);
@@ -60,7 +63,7 @@ fn settings_from_dict(origin: &str, values: Option<&Bound<'_, PyDict>>) -> PyRes
     Ok(settings)
 }
 
-fn config_error(e: arrowquant::config::ConfigError) -> PyErr {
+pub(crate) fn config_error(e: arrowquant::config::ConfigError) -> PyErr {
     match &e {
         arrowquant::config::ConfigError::File { reason, .. } if reason.contains("No such file") => {
             pyo3::exceptions::PyFileNotFoundError::new_err(e.to_string())
@@ -89,11 +92,37 @@ fn resolve_config(settings: Option<&Bound<'_, PyDict>>, yaml: Option<PathBuf>) -
     Ok(serde_json::to_string(&config).expect("plain data serializes"))
 }
 
+/// Cancels a running `quantize` from another thread (the async API's cancellation): the run
+/// stops at its next await point and its partial output is removed.
+#[pyclass(module = "arrow_quant_v2._native", frozen)]
+pub struct CancelToken {
+    sender: tokio::sync::watch::Sender<bool>,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> Self {
+        Self {
+            sender: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    fn cancel(&self) {
+        self.sender.send_replace(true);
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        *self.sender.borrow()
+    }
+}
+
 /// Quantizes a model folder or file into `output`; returns the run summary as JSON.
 /// The GIL is released while the pipeline runs; `progress(fraction, message)` is called with
 /// it held.
 #[pyfunction]
-#[pyo3(signature = (model, output, settings=None, force=false, progress=None))]
+#[pyo3(signature = (model, output, settings=None, force=false, progress=None, cancel=None))]
 fn quantize(
     py: Python<'_>,
     model: PathBuf,
@@ -101,7 +130,9 @@ fn quantize(
     settings: Option<&Bound<'_, PyDict>>,
     force: bool,
     progress: Option<Py<PyAny>>,
+    cancel: Option<PyRef<'_, CancelToken>>,
 ) -> PyResult<String> {
+    let mut cancelled = cancel.map(|c| c.sender.subscribe());
     let explicit = settings_from_dict("config", settings)?;
     let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
         .map_err(config_error)?;
@@ -140,7 +171,19 @@ fn quantize(
                 }
             });
         };
-        RUNTIME.block_on(quantize_model(&options, &report))
+        RUNTIME.block_on(async {
+            let work = quantize_model(&options, &report);
+            match cancelled.as_mut() {
+                None => work.await,
+                Some(receiver) => tokio::select! {
+                    biased;
+                    _ = receiver.wait_for(|c| *c) => Err(datafusion::common::DataFusionError::Execution(
+                        "cancelled".to_string(),
+                    )),
+                    result = work => result,
+                },
+            }
+        })
     });
     let summary = summary.map_err(to_py)?;
     if let Some(callback) = &progress {
@@ -150,6 +193,7 @@ fn quantize(
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<CancelToken>()?;
     m.add_function(wrap_pyfunction!(resolve_config, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     Ok(())
