@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-import arrow_quant_v2 as aq
 import pyarrow.parquet as pq
 import pytest
+
+import arrow_quant_v2 as aq
 from arrow_quant_v2 import ArrowQuantV2, DiffusionQuantConfig, QuantizationError
 
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from arrow_quant_v2 import AsyncArrowQuantV2
 
 

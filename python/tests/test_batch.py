@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from arrow_quant_v2 import ArrowQuantV2, QuantizationError
 
 

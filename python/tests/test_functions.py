@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
-import arrow_quant_v2 as aq
 import datafusion
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datafusion import SessionContext, col, lit
+
+import arrow_quant_v2 as aq
 
 
 @pytest.fixture
