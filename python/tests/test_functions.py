@@ -155,6 +155,21 @@ def test_dataframe_api(ctx):
     assert agg.to_pydict()["t"] == [1.0]
 
 
+def test_functions_one_by_one(bundled_model):
+    ctx = SessionContext()
+    ctx.register_udwf(aq.window_function("markov_violation"))
+    ctx.register_udtf(aq.table_function("safetensors_info", ctx))
+    assert one(ctx, f"SELECT count(*) FROM safetensors_info('{bundled_model}')") == 212
+    assert (
+        one(
+            ctx,
+            "SELECT count(*) FROM (SELECT markov_violation(x) OVER (ORDER BY x) AS v "
+            "FROM (VALUES (1.0), (2.0)) t(x)) WHERE v",
+        )
+        == 1
+    )
+
+
 def test_errors_cross_the_boundary(ctx):
     with pytest.raises(Exception, match="quantize: argument 'bits'"):
         ctx.sql("SELECT quantize([1.0], 7)").collect()
@@ -171,6 +186,12 @@ def test_errors_cross_the_boundary(ctx):
 def test_unknown_names_and_wrong_context():
     with pytest.raises(ValueError, match="no scalar function named 'quantise'"):
         aq.scalar_function("quantise")
+    with pytest.raises(ValueError, match="no aggregate function named 'quantize'"):
+        aq.aggregate_function("quantize")
+    with pytest.raises(ValueError, match="no window function named 'thermo'"):
+        aq.window_function("thermo")
+    with pytest.raises(ValueError, match="no table function named 'read_parquet'"):
+        aq.table_function("read_parquet", SessionContext())
     with pytest.raises(TypeError, match="datafusion.SessionContext"):
         aq.register(object())
 
