@@ -1,6 +1,8 @@
 """quantize_batch_arrow from Python: 100 layers of 4 MB (1,048,576 f32 Gaussian values each) in
 one call, medians of RUNS calls per setting, against a plain copy of the same 400 MB measured in
-the same run. `cargo bench --bench batch` drives the same work from Rust.
+the same run, and against the same work driven from Rust (`_native.bench_engine`: the table
+imported once, the engine timed inside Rust, no boundary crossing per run).
+`cargo bench --bench batch` runs the engine from a Rust benchmark binary too.
 
 Build the extension in release first, then run from the repository root:
 
@@ -18,7 +20,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from arrow_quant_v2 import ArrowQuantV2
+from arrow_quant_v2 import ArrowQuantV2, _native
 
 LAYERS = 100
 LAYER_VALUES = 1 << 20
@@ -59,8 +61,13 @@ def main():
             quantizer.quantize_batch_arrow, table, bit_width=bits, group_size=group, scheme=scheme
         )
         ms = median_ms(call)
+        settings = {"bit_width": bits, "group_size": str(group), "scheme": scheme}
+        rust = statistics.median(_native.bench_engine(table, settings, RUNS)) * 1e3
         cosine = min(out.column("cosine_similarity").to_pylist())
-        print(f"{name:22s} {ms:8.1f} ms  ({ms / copy:4.1f}x copy, min cosine {cosine:.5f})")
+        print(
+            f"{name:22s} python {ms:7.1f} ms  rust {rust:7.1f} ms  "
+            f"(python/rust {ms / rust:5.3f}, {ms / copy:4.1f}x copy, min cosine {cosine:.5f})"
+        )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float32Builder, Int8Builder, Int64Array, ListBuilder, RecordBatch,
-    StringArray, UInt8Array, UInt32Array,
+    ArrayRef, AsArray, Float32Builder, Int8Array, Int8Builder, Int64Array, ListArray, ListBuilder,
+    RecordBatch, StringArray, UInt8Array, UInt32Array,
 };
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
@@ -167,7 +168,15 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     };
     let (dot, a_sq, b_sq) = (field("dot"), field("a_sq"), field("b_sq"));
     let rows = batch.num_rows();
-    let mut codes_out = ListBuilder::new(Int8Builder::new());
+    // The codes (100 MB for 100 layers of 4 MB) go straight into one buffer.
+    let total: usize = (0..rows)
+        .filter_map(|r| quantized.get(r).ok().flatten())
+        .map(|r| r.len as usize)
+        .sum();
+    let mut codes: Vec<i8> = Vec::with_capacity(total);
+    let mut code_offsets: Vec<i32> = Vec::with_capacity(rows + 1);
+    code_offsets.push(0);
+    let mut code_valid: Vec<bool> = Vec::with_capacity(rows);
     let mut scale = Float32Builder::with_capacity(rows);
     let mut zero_point = Int8Builder::with_capacity(rows);
     let mut scales = ListBuilder::new(Float32Builder::new());
@@ -194,7 +203,7 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
         };
         if r.scheme.gguf().is_some() {
             // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL).
-            codes_out.append(false);
+            code_valid.push(false);
             scales.append(true);
             zero_points.append(true);
             offsets.append(true);
@@ -203,12 +212,9 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
         } else {
             packing::unpack(r.codes, r.bits, r.len as usize, &mut unpacked)
                 .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-            codes_out.values().extend(
-                unpacked
-                    .iter()
-                    .map(|&c| Some((i32::from(c) - centre) as i8)),
-            );
-            codes_out.append(true);
+            let shift = centre as u8;
+            codes.extend(unpacked.iter().map(|&c| c.wrapping_sub(shift) as i8));
+            code_valid.push(true);
             let group_scales: Vec<f32> = r.scales.iter().map(|s| s.to_f32()).collect();
             let group_offsets: Vec<f32> = if r.offsets.is_empty() {
                 // Symmetric: code `centre` is zero.
@@ -232,6 +238,9 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 zero_point.append_null();
             }
         }
+        code_offsets.push(i32::try_from(codes.len()).map_err(|_| {
+            DataFusionError::Execution("more than 2^31 codes in one batch".to_string())
+        })?);
         let denominator = (a_sq.value(row) * b_sq.value(row)).sqrt();
         cosine.append_value(if denominator > 0.0 {
             (dot.value(row) / denominator) as f32
@@ -244,7 +253,12 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::clone(batch.column_by_name("layer_name").expect("query column")),
-        Arc::new(codes_out.finish()),
+        Arc::new(ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Int8, true)),
+            OffsetBuffer::new(code_offsets.into()),
+            Arc::new(Int8Array::from(codes)),
+            Some(NullBuffer::from(code_valid)),
+        )),
         Arc::new(scale.finish()),
         Arc::new(zero_point.finish()),
         Arc::clone(

@@ -82,8 +82,45 @@ fn quantize_batch(
     })
 }
 
+/// For benches/python_batch.py: the same work as `quantize_batch` driven from Rust — the table
+/// imported once, then the engine run `runs` times without crossing the boundary; returns each
+/// run's seconds.
+#[pyfunction]
+#[pyo3(signature = (data, settings=None, runs=5))]
+fn bench_engine(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    settings: Option<&Bound<'_, PyDict>>,
+    runs: usize,
+) -> PyResult<Vec<f64>> {
+    let explicit = settings_from_dict("config", settings)?;
+    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
+        .map_err(config_error)?;
+    let reader = import_stream(data)?;
+    let schema = reader.schema();
+    let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;
+    let times = py.detach(|| {
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            let out = RUNTIME.block_on(quantize_batch_engine(
+                batches.clone(),
+                schema.clone(),
+                has_shape,
+                &config,
+            ))?;
+            std::hint::black_box(out);
+            times.push(started.elapsed().as_secs_f64());
+        }
+        Ok::<_, datafusion::common::DataFusionError>(times)
+    });
+    times.map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ArrowStream>()?;
     m.add_function(wrap_pyfunction!(quantize_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_engine, m)?)?;
     Ok(())
 }
