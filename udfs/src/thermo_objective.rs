@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::common::Result;
 use datafusion::logical_expr::{
     Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
 };
@@ -16,8 +16,7 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
 use crate::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_scale};
-use crate::thermo_optimize::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
-use crate::window::{constant, constant_f64, float_values, partition_error, window_arg_error};
+use crate::window::{chain_weights, float_values, partition_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ThermoObjective {
@@ -87,37 +86,7 @@ impl WindowUDFImpl for ThermoObjective {
         &self,
         args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        let bits = match constant(&args, self.name(), "bits", 3)? {
-            Some(ScalarValue::Int64(Some(b))) => b,
-            other => {
-                return plan_err!(
-                    "{}: argument 'bits' must be an integer, got {other:?}",
-                    self.name()
-                );
-            }
-        };
-        let markov = constant_f64(
-            &args,
-            self.name(),
-            "lambda_markov",
-            4,
-            DEFAULT_LAMBDA_MARKOV,
-        )?;
-        let entropy = constant_f64(
-            &args,
-            self.name(),
-            "lambda_entropy",
-            5,
-            DEFAULT_LAMBDA_ENTROPY,
-        )?;
-        let weights = ChainWeights::new(bits, markov, entropy).map_err(|e| {
-            let argument = if (2..=8).contains(&bits) {
-                "lambda"
-            } else {
-                "bits"
-            };
-            window_arg_error(self.name(), argument, &e)
-        })?;
+        let weights = chain_weights(&args, self.name(), 3)?;
         Ok(Box::new(ObjectiveEvaluator { weights }))
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, StructArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::common::Result;
 use datafusion::logical_expr::{
     Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
 };
@@ -17,10 +17,9 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
 use crate::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, optimize_chain};
-use crate::window::{constant, constant_f64, partition_error, window_arg_error};
+use crate::window::{chain_weights, partition_error};
 
-pub const DEFAULT_LAMBDA_MARKOV: f64 = 1.0;
-pub const DEFAULT_LAMBDA_ENTROPY: f64 = 0.01;
+pub use crate::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ThermoOptimize {
@@ -103,37 +102,7 @@ impl WindowUDFImpl for ThermoOptimize {
         &self,
         args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        let bits = match constant(&args, self.name(), "bits", 1)? {
-            Some(ScalarValue::Int64(Some(b))) => b,
-            other => {
-                return plan_err!(
-                    "{}: argument 'bits' must be an integer, got {other:?}",
-                    self.name()
-                );
-            }
-        };
-        let markov = constant_f64(
-            &args,
-            self.name(),
-            "lambda_markov",
-            2,
-            DEFAULT_LAMBDA_MARKOV,
-        )?;
-        let entropy = constant_f64(
-            &args,
-            self.name(),
-            "lambda_entropy",
-            3,
-            DEFAULT_LAMBDA_ENTROPY,
-        )?;
-        let weights = ChainWeights::new(bits, markov, entropy).map_err(|e| {
-            let argument = if (2..=8).contains(&bits) {
-                "lambda"
-            } else {
-                "bits"
-            };
-            window_arg_error(self.name(), argument, &e)
-        })?;
+        let weights = chain_weights(&args, self.name(), 1)?;
         Ok(Box::new(OptimizeEvaluator { weights }))
     }
 

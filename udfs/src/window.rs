@@ -9,6 +9,11 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::common::constant_value;
 use crate::kernels::KernelError;
+use crate::kernels::thermo::ChainWeights;
+
+/// Default weights of the transition objective's Markov and entropy terms.
+pub const DEFAULT_LAMBDA_MARKOV: f64 = 1.0;
+pub const DEFAULT_LAMBDA_ENTROPY: f64 = 0.01;
 
 /// The constant value of argument `index`, or a plan error when it is not a constant.
 pub fn constant(
@@ -75,4 +80,39 @@ pub fn window_arg_error(function: &str, argument: &str, error: &KernelError) -> 
 /// A run-time error about the partition's data.
 pub fn partition_error(function: &str, error: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("{function}: {error}"))
+}
+
+/// The objective's weights from constant arguments: `bits` at `bits_index`, the optional
+/// lambdas after it (shared by thermo_optimize and thermo_objective).
+pub fn chain_weights(
+    args: &PartitionEvaluatorArgs,
+    function: &str,
+    bits_index: usize,
+) -> Result<ChainWeights> {
+    let bits = match constant(args, function, "bits", bits_index)? {
+        Some(ScalarValue::Int64(Some(b))) => b,
+        other => return plan_err!("{function}: argument 'bits' must be an integer, got {other:?}"),
+    };
+    let markov = constant_f64(
+        args,
+        function,
+        "lambda_markov",
+        bits_index + 1,
+        DEFAULT_LAMBDA_MARKOV,
+    )?;
+    let entropy = constant_f64(
+        args,
+        function,
+        "lambda_entropy",
+        bits_index + 2,
+        DEFAULT_LAMBDA_ENTROPY,
+    )?;
+    ChainWeights::new(bits, markov, entropy).map_err(|e| {
+        let argument = if (2..=8).contains(&bits) {
+            "lambda"
+        } else {
+            "bits"
+        };
+        window_arg_error(function, argument, &e)
+    })
 }
