@@ -285,6 +285,14 @@ async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     ctx.sql(sql).await?.collect().await
 }
 
+/// Runs a query once and writes its result, with the query's own schema, to `path`.
+async fn write_query(ctx: &SessionContext, sql: &str, path: &Path) -> Result<()> {
+    let frame = ctx.sql(sql).await?;
+    let schema = frame.schema().as_arrow().clone();
+    let batches = frame.collect().await?;
+    write_table(path, &batches, schema.into())
+}
+
 async fn measure(ctx: &SessionContext, view: &str, bits: u8) -> Result<(f64, i64)> {
     let batches = query(ctx, &measure_sql(view, bits)).await?;
     let b = &batches[0];
@@ -310,28 +318,16 @@ pub async fn calibrate(
     }
     check_groups(ctx, config, path).await?;
 
-    let params = query(ctx, &params_sql(config)).await?;
-    let schema = ctx
-        .sql(&params_sql(config))
-        .await?
-        .schema()
-        .as_arrow()
-        .clone();
-    write_table(
+    write_query(
+        ctx,
+        &params_sql(config),
         &out.file("activation_params.parquet"),
-        &params,
-        schema.into(),
-    )?;
+    )
+    .await?;
     let mut files = vec!["activation_params.parquet".to_string()];
     if config.smoothing != "none" {
-        let sql = schedule_sql(config);
-        let schedule = query(ctx, &sql).await?;
-        let schema = ctx.sql(&sql).await?.schema().as_arrow().clone();
-        write_table(
-            &out.file("activation_schedule.parquet"),
-            &schedule,
-            schema.into(),
-        )?;
+        let path = out.file("activation_schedule.parquet");
+        write_query(ctx, &schedule_sql(config), &path).await?;
         files.push("activation_schedule.parquet".to_string());
     }
 
