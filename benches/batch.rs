@@ -86,7 +86,7 @@ fn benches(c: &mut Criterion) {
                         &config,
                     ))
                     .unwrap();
-                assert_eq!(out.num_rows(), LAYERS);
+                assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), LAYERS);
                 black_box(out)
             })
         });

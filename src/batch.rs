@@ -5,19 +5,16 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float32Builder, Int8Array, Int8Builder, Int64Array, ListArray, ListBuilder,
-    RecordBatch, StringArray, UInt8Array, UInt32Array,
+    ArrayRef, AsArray, Float32Builder, Int8Builder, Int64Array, ListBuilder, RecordBatch,
+    StringArray, UInt8Array, UInt32Array,
 };
-use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::QuantConfig;
 use crate::udfs::common::QuantizedColumn;
-use crate::udfs::kernels::packing;
 
 /// Checks the seed's input schema: layer_name, weights, and optionally shape.
 pub fn check_schema(schema: &Schema) -> Result<bool, String> {
@@ -84,38 +81,23 @@ pub fn output_schema() -> SchemaRef {
 }
 
 /// Quantizes the layers of `batches` (rows of the checked input schema) through SQL and
-/// builds the seed's columns.
+/// builds the seed's columns: one output batch per partition, in input order.
 pub async fn quantize_batch(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
     has_shape: bool,
     config: &QuantConfig,
-) -> Result<RecordBatch> {
+) -> Result<Vec<RecordBatch>> {
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new()
-            .with_target_partitions(partitions)
-            .with_batch_size(1),
-    );
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     crate::udfs::register_all(&ctx);
-    // Layers go round-robin into one partition per core, one layer per batch, numbered to
-    // keep their order.
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
     let numbered_schema = {
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("__row", DataType::Int64, false));
         Arc::new(Schema::new(fields))
     };
-    let mut row = 0i64;
-    for batch in &batches {
-        for i in 0..batch.num_rows() {
-            let mut columns: Vec<ArrayRef> = batch.slice(i, 1).columns().to_vec();
-            columns.push(Arc::new(Int64Array::from(vec![row])));
-            parts[row as usize % partitions]
-                .push(RecordBatch::try_new(Arc::clone(&numbered_schema), columns)?);
-            row += 1;
-        }
-    }
+    let parts = contiguous_parts(&batches, &numbered_schema, partitions)?;
     ctx.register_table(
         "input",
         Arc::new(MemTable::try_new(numbered_schema, parts)?),
@@ -133,25 +115,124 @@ pub async fn quantize_batch(
         Some(_) => crate::udfs::kernels::gguf::BLOCK.to_string(),
         None => format!("'{}'", config.group_size),
     };
+    // quantize_measured reads each layer once: the codes and the sums behind the cosine come
+    // from the same pass. No ORDER BY: each partition holds a contiguous run of layers, put
+    // back in order below without copying them.
     let sql = format!(
-        "SELECT arrow_cast(layer_name, 'Utf8') AS layer_name, q, {shape} AS original_shape,
-                CAST(compression_ratio(q) AS FLOAT) AS compression_ratio,
-                error_sums(weights, q) AS e
-         FROM (SELECT __row, layer_name, {shape_source} weights,
-                      quantize(weights, {bits}, {group}, '{scheme}') AS q
-               FROM input)
-         ORDER BY __row",
+        "SELECT __row, arrow_cast(layer_name, 'Utf8') AS layer_name,
+                quantized_codes(m['quantized']) AS quantized_weights, m['quantized'] AS q,
+                {shape} AS original_shape,
+                CAST(compression_ratio(m['quantized']) AS FLOAT) AS compression_ratio,
+                m['error_sums'] AS e
+         FROM (SELECT __row, layer_name, {shape_source}
+                      quantize_measured(weights, {bits}, {group}, '{scheme}') AS m
+               FROM input)",
         bits = config.bit_width,
         group = group,
         scheme = config.scheme,
     );
-    let results = ctx.sql(&sql).await?.collect().await?;
-    let out_schema = output_schema();
-    if results.is_empty() {
-        return Ok(RecordBatch::new_empty(out_schema));
+    let partitioned = ctx.sql(&sql).await?.collect_partitioned().await?;
+    let mut results: Vec<RecordBatch> = partitioned
+        .into_iter()
+        .flatten()
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    let first_row = |b: &RecordBatch| {
+        b.column_by_name("__row")
+            .expect("query column")
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
+    results.sort_by_key(first_row);
+    // Each batch must continue where the previous one ended, row after row.
+    let mut expected = 0i64;
+    for batch in &results {
+        let rows = batch
+            .column_by_name("__row")
+            .expect("query column")
+            .as_primitive::<Int64Type>();
+        if rows
+            .values()
+            .iter()
+            .enumerate()
+            .any(|(i, &r)| r != expected + i as i64)
+        {
+            return Err(DataFusionError::Internal(
+                "batch engine: the layers came back out of order".to_string(),
+            ));
+        }
+        expected += rows.len() as i64;
     }
-    let merged = concat_batches(&results[0].schema(), &results)?;
-    seed_columns(&merged, out_schema)
+    let out_schema = output_schema();
+    results
+        .iter()
+        .map(|batch| seed_columns(batch, Arc::clone(&out_schema)))
+        .collect()
+}
+
+/// Numbers the layers and cuts them into `partitions` contiguous runs of about equal numbers
+/// of weights (slices of the input, not copies), so that every core gets a share.
+fn contiguous_parts(
+    batches: &[RecordBatch],
+    numbered_schema: &SchemaRef,
+    partitions: usize,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let lengths: Vec<Vec<usize>> = batches
+        .iter()
+        .map(|b| list_lengths(b.column_by_name("weights").expect("checked column")))
+        .collect();
+    let total: usize = lengths.iter().flatten().sum();
+    let share = total.div_ceil(partitions.max(1)).max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1)];
+    let (mut row, mut done) = (0i64, 0usize);
+    for (batch, lengths) in batches.iter().zip(&lengths) {
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let last = parts.len() - 1;
+            let part = (done / share).min(last);
+            // The rows that start within this partition's share.
+            let mut end = start;
+            while end < batch.num_rows() && (done / share).min(last) == part {
+                done += lengths[end];
+                end += 1;
+            }
+            let mut columns: Vec<ArrayRef> = batch.slice(start, end - start).columns().to_vec();
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                row..row + (end - start) as i64,
+            )));
+            parts[part].push(RecordBatch::try_new(Arc::clone(numbered_schema), columns)?);
+            row += (end - start) as i64;
+            start = end;
+        }
+    }
+    Ok(parts)
+}
+
+/// Values in each row of a list column (0 for NULL rows).
+fn list_lengths(array: &ArrayRef) -> Vec<usize> {
+    let lengths = |offsets: &[usize]| offsets.windows(2).map(|w| w[1] - w[0]).collect();
+    match array.data_type() {
+        DataType::List(_) => {
+            let offsets: Vec<usize> = array
+                .as_list::<i32>()
+                .value_offsets()
+                .iter()
+                .map(|&o| o as usize)
+                .collect();
+            lengths(&offsets)
+        }
+        DataType::LargeList(_) => {
+            let offsets: Vec<usize> = array
+                .as_list::<i64>()
+                .value_offsets()
+                .iter()
+                .map(|&o| o as usize)
+                .collect();
+            lengths(&offsets)
+        }
+        DataType::FixedSizeList(_, n) => vec![*n as usize; array.len()],
+        _ => vec![1; array.len()],
+    }
 }
 
 /// The seed's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
@@ -168,15 +249,6 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     };
     let (dot, a_sq, b_sq) = (field("dot"), field("a_sq"), field("b_sq"));
     let rows = batch.num_rows();
-    // The codes (100 MB for 100 layers of 4 MB) go straight into one buffer.
-    let total: usize = (0..rows)
-        .filter_map(|r| quantized.get(r).ok().flatten())
-        .map(|r| r.len as usize)
-        .sum();
-    let mut codes: Vec<i8> = Vec::with_capacity(total);
-    let mut code_offsets: Vec<i32> = Vec::with_capacity(rows + 1);
-    code_offsets.push(0);
-    let mut code_valid: Vec<bool> = Vec::with_capacity(rows);
     let mut scale = Float32Builder::with_capacity(rows);
     let mut zero_point = Int8Builder::with_capacity(rows);
     let mut scales = ListBuilder::new(Float32Builder::new());
@@ -186,7 +258,6 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     let mut bits = Vec::with_capacity(rows);
     let mut group_size = Vec::with_capacity(rows);
     let mut scheme = Vec::with_capacity(rows);
-    let mut unpacked = Vec::new();
     for row in 0..rows {
         let Some(r) = quantized.get(row).map_err(DataFusionError::Execution)? else {
             return Err(DataFusionError::Execution(format!(
@@ -202,19 +273,14 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
             }
         };
         if r.scheme.gguf().is_some() {
-            // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL).
-            code_valid.push(false);
+            // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL);
+            // quantized_codes gave NULL codes.
             scales.append(true);
             zero_points.append(true);
             offsets.append(true);
             scale.append_null();
             zero_point.append_null();
         } else {
-            packing::unpack(r.codes, r.bits, r.len as usize, &mut unpacked)
-                .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-            let shift = centre as u8;
-            codes.extend(unpacked.iter().map(|&c| c.wrapping_sub(shift) as i8));
-            code_valid.push(true);
             let group_scales: Vec<f32> = r.scales.iter().map(|s| s.to_f32()).collect();
             let group_offsets: Vec<f32> = if r.offsets.is_empty() {
                 // Symmetric: code `centre` is zero.
@@ -238,9 +304,6 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 zero_point.append_null();
             }
         }
-        code_offsets.push(i32::try_from(codes.len()).map_err(|_| {
-            DataFusionError::Execution("more than 2^31 codes in one batch".to_string())
-        })?);
         let denominator = (a_sq.value(row) * b_sq.value(row)).sqrt();
         cosine.append_value(if denominator > 0.0 {
             (dot.value(row) / denominator) as f32
@@ -253,12 +316,12 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::clone(batch.column_by_name("layer_name").expect("query column")),
-        Arc::new(ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Int8, true)),
-            OffsetBuffer::new(code_offsets.into()),
-            Arc::new(Int8Array::from(codes)),
-            Some(NullBuffer::from(code_valid)),
-        )),
+        // The codes as quantized_codes built them: no copy.
+        Arc::clone(
+            batch
+                .column_by_name("quantized_weights")
+                .expect("query column"),
+        ),
         Arc::new(scale.finish()),
         Arc::new(zero_point.finish()),
         Arc::clone(
@@ -280,4 +343,102 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
         Arc::new(StringArray::from(scheme)),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float32Array, ListArray, StringArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+
+    fn layers(sizes: &[usize]) -> RecordBatch {
+        let values: Vec<f32> = (0..sizes.iter().sum::<usize>()).map(|i| i as f32).collect();
+        let offsets = OffsetBuffer::from_lengths(sizes.iter().copied());
+        let weights = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Float32, true)),
+            offsets,
+            Arc::new(Float32Array::from(values)),
+            None,
+        );
+        let names: Vec<String> = (0..sizes.len()).map(|i| format!("layer.{i}")).collect();
+        RecordBatch::try_from_iter(vec![
+            ("layer_name", Arc::new(StringArray::from(names)) as ArrayRef),
+            ("weights", Arc::new(weights) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn numbered(batch: &RecordBatch) -> SchemaRef {
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("__row", DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    fn rows_of(parts: &[Vec<RecordBatch>]) -> Vec<Vec<i64>> {
+        parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .flat_map(|b| {
+                        b.column_by_name("__row")
+                            .unwrap()
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .to_vec()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_are_contiguous_runs_of_equal_weight() {
+        let a = layers(&[10, 10, 10, 10]);
+        let b = layers(&[40, 5, 5]);
+        let parts = contiguous_parts(&[a.clone(), b], &numbered(&a), 2).unwrap();
+        // 90 values: the first 45 go to partition 0.
+        assert_eq!(rows_of(&parts), vec![vec![0, 1, 2, 3, 4], vec![5, 6]]);
+        // More partitions than layers: the extra ones stay empty.
+        let parts = contiguous_parts(&[a.clone()], &numbered(&a), 8).unwrap();
+        let rows = rows_of(&parts);
+        assert_eq!(rows.concat(), vec![0, 1, 2, 3]);
+        assert!(rows.iter().all(|r| r.len() <= 1));
+    }
+
+    #[tokio::test]
+    async fn layers_come_back_in_input_order_with_their_cosines() {
+        let sizes: Vec<usize> = (0..9).map(|i| 256 * (1 + i % 4)).collect();
+        let input = layers(&sizes);
+        let config = QuantConfig::default();
+        let out = quantize_batch(vec![input.clone()], input.schema(), false, &config)
+            .await
+            .unwrap();
+        let names: Vec<String> = out
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|s| s.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let expected: Vec<String> = (0..9).map(|i| format!("layer.{i}")).collect();
+        assert_eq!(names, expected);
+        for batch in &out {
+            let codes = batch.column(1).as_list::<i32>();
+            let cosine = batch
+                .column(6)
+                .as_primitive::<datafusion::arrow::datatypes::Float32Type>();
+            for row in 0..batch.num_rows() {
+                assert!(cosine.value(row) > 0.99, "{}", cosine.value(row));
+                assert!(codes.value(row).len() >= 256);
+            }
+        }
+    }
 }

@@ -137,3 +137,4 @@ slt!(safetensors, "safetensors.slt");
 slt!(timesteps, "timesteps.slt");
 slt!(thermo, "thermo.slt");
 slt!(spatial, "spatial.slt");
+slt!(measured, "measured.slt");

@@ -2,7 +2,7 @@
 //! Arrow PyCapsule interface, without a copy), the seed's output table out — one call, the GIL
 //! released, layers spread over DataFusion partitions.
 
-use arrowquant::batch::{check_schema, quantize_batch as quantize_batch_engine};
+use arrowquant::batch::{check_schema, output_schema, quantize_batch as quantize_batch_engine};
 use arrowquant::config::{QuantConfig, Settings};
 use datafusion::arrow::array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use datafusion::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
@@ -16,7 +16,7 @@ use crate::pipeline::{RUNTIME, config_error, settings_from_dict};
 /// A finished table, handed to Python through `__arrow_c_stream__` (pyarrow, polars, ...).
 #[pyclass(module = "arrow_quant_v2._native")]
 pub struct ArrowStream {
-    batch: Option<RecordBatch>,
+    batches: Option<Vec<RecordBatch>>,
 }
 
 #[pymethods]
@@ -28,13 +28,14 @@ impl ArrowStream {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema; // The schema is fixed; consumers cast if they must.
-        let batch = self
-            .batch
+        let batches = self
+            .batches
             .take()
             .ok_or_else(|| PyValueError::new_err("this result stream was already consumed"))?;
-        let schema = batch.schema();
-        let reader: Box<dyn RecordBatchReader + Send> =
-            Box::new(RecordBatchIterator::new(vec![Ok(batch)], schema));
+        let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
+            batches.into_iter().map(Ok),
+            output_schema(),
+        ));
         PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), c"arrow_array_stream")
     }
 }
@@ -73,12 +74,12 @@ fn quantize_batch(
     let reader = import_stream(data)?;
     let schema = reader.schema();
     let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;
-    let batch = py.detach(|| {
+    let batches = py.detach(|| {
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         RUNTIME.block_on(quantize_batch_engine(batches, schema, has_shape, &config))
     });
     Ok(ArrowStream {
-        batch: Some(batch.map_err(to_py)?),
+        batches: Some(batches.map_err(to_py)?),
     })
 }
 

@@ -65,6 +65,8 @@ def test_mission_query_over_parquet_written_by_pyarrow(ctx, tmp_path):
 QUERIES = {
     "quantize": "SELECT quantize([1.0, 2.0, 3.0, 4.0], 4, 'row')['bits']",
     "dequantize": "SELECT dequantize(quantize([0.0, 1.0, 2.0, 3.0], 8, 'row'))[4]",
+    "quantize_measured": "SELECT quantize_measured([1.0, 2.0, 3.0, 4.0], 8, 'row')['error_sums']['n']",
+    "quantized_codes": "SELECT quantized_codes(quantize([0.0, 1.0, 2.0, 3.0], 2, 'row', 'asym_minmax'))[4]",
     "cosine_similarity": "SELECT cosine_similarity([1.0, 0.0], [1.0, 0.0])",
     "mse": "SELECT mse([1.0, 2.0], [1.0, 4.0])",
     "sqnr_db": "SELECT round(sqnr_db([1.0, 1.0], [1.0, 0.9]), 2)",
@@ -97,6 +99,8 @@ QUERIES = {
 EXPECTED = {
     "quantize": 4,
     "dequantize": 3.0,
+    "quantize_measured": 4,
+    "quantized_codes": 1,
     "cosine_similarity": 1.0,
     "mse": 2.0,
     "sqnr_db": 23.01,

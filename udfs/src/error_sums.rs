@@ -62,8 +62,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          err_sq = Σ(a−b)², max_abs_error}. They add up across rows, so whole-tensor metrics follow \
          from SUM and MAX: cosine = Σdot / √(Σa_sq · Σb_sq), mse = Σerr_sq / Σn, \
          sqnr_db = 10·log10(Σa_sq / Σerr_sq). b may also be a quantized value (as returned by \
-         quantize): it is reconstructed in scratch memory, as dequantize(b) would be, without \
-         building that column. NULL when either row is NULL; rows of different lengths are an \
+         quantize): it is reconstructed a cache-sized piece at a time, exactly as dequantize(b) \
+         would rebuild it, without building that column. NULL when either row is NULL; rows of different lengths are an \
          error.",
         "error_sums(a, b)",
     )
@@ -112,60 +112,77 @@ impl ScalarUDFImpl for ErrorSums {
             _ => Second::Floats(FloatRows::new(&b, self.name(), "b")?),
         };
         let mut quantizer = Quantizer::default();
-        let mut scratch = Vec::new();
         let rows = a.len();
-        let mut n = Int64Builder::with_capacity(rows);
-        let mut sums: Vec<Float64Builder> = (0..5)
-            .map(|_| Float64Builder::with_capacity(rows))
-            .collect();
-        let mut valid = Vec::with_capacity(rows);
+        let mut out = SumsBuilder::with_capacity(rows);
         for row in 0..rows {
-            let y = match &reconstruction {
-                Second::Floats(b) => b.row(row),
-                Second::Quantized(q) => {
-                    match q.get(row).map_err(|e| row_error(self.name(), row, e))? {
-                        Some(q) => {
-                            quantizer
-                                .dequantize(&q, &mut scratch)
-                                .map_err(|e| row_error(self.name(), row, e))?;
-                            Some(scratch.as_slice())
-                        }
-                        None => None,
-                    }
-                }
+            let sums = match (&reconstruction, a.row(row)) {
+                (_, None) => None,
+                (Second::Floats(b), Some(x)) => b.row(row).map(|y| PairSums::of(x, y)),
+                (Second::Quantized(q), Some(x)) => q
+                    .get(row)
+                    .map_err(|e| row_error(self.name(), row, e))?
+                    // Rebuilt a cache-sized piece at a time, never as a whole row.
+                    .map(|q| quantizer.measure(x, &q)),
             };
-            match (a.row(row), y) {
-                (Some(x), Some(y)) => {
-                    let s = PairSums::of(x, y).map_err(|e| row_error(self.name(), row, e))?;
-                    n.append_value(s.n as i64);
-                    for (builder, value) in
-                        sums.iter_mut()
-                            .zip([s.dot, s.aa, s.bb, s.sq_err, s.max_abs_err])
-                    {
-                        builder.append_value(value);
-                    }
-                    valid.push(true);
-                }
-                _ => {
-                    n.append_null();
-                    sums.iter_mut().for_each(|b| b.append_null());
-                    valid.push(false);
-                }
+            match sums {
+                Some(s) => out.append(&s.map_err(|e| row_error(self.name(), row, e))?),
+                None => out.append_null(),
             }
         }
-        let DataType::Struct(fields) = error_sums_type() else {
-            unreachable!()
-        };
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(n.finish())];
-        columns.extend(sums.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-        let nulls = NullBuffer::from(valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        Ok(ColumnarValue::Array(Arc::new(StructArray::new(
-            fields, columns, nulls,
-        ))))
+        Ok(ColumnarValue::Array(out.finish()))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOCUMENTATION)
+    }
+}
+
+/// Builds a column of `error_sums` structs.
+pub(crate) struct SumsBuilder {
+    n: Int64Builder,
+    sums: [Float64Builder; 5],
+    valid: Vec<bool>,
+}
+
+impl SumsBuilder {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
+        Self {
+            n: Int64Builder::with_capacity(rows),
+            sums: std::array::from_fn(|_| Float64Builder::with_capacity(rows)),
+            valid: Vec::with_capacity(rows),
+        }
+    }
+
+    pub(crate) fn append(&mut self, s: &PairSums) {
+        self.n.append_value(s.n as i64);
+        for (builder, value) in
+            self.sums
+                .iter_mut()
+                .zip([s.dot, s.aa, s.bb, s.sq_err, s.max_abs_err])
+        {
+            builder.append_value(value);
+        }
+        self.valid.push(true);
+    }
+
+    pub(crate) fn append_null(&mut self) {
+        self.n.append_null();
+        self.sums.iter_mut().for_each(|b| b.append_null());
+        self.valid.push(false);
+    }
+
+    pub(crate) fn finish(mut self) -> ArrayRef {
+        let DataType::Struct(fields) = error_sums_type() else {
+            unreachable!()
+        };
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.n.finish())];
+        columns.extend(
+            self.sums
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        let nulls = NullBuffer::from(self.valid);
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        Arc::new(StructArray::new(fields, columns, nulls))
     }
 }

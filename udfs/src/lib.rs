@@ -34,6 +34,8 @@ pub mod quant_error;
 pub mod quant_mse;
 pub mod quant_params;
 pub mod quantize;
+pub mod quantize_measured;
+pub mod quantized_codes;
 pub mod smooth_scales;
 pub mod sqnr_db;
 pub mod stored_bytes;
@@ -85,6 +87,14 @@ pub mod udfs {
 
     scalar!(quantize_udf, crate::quantize::Quantize::default());
     scalar!(dequantize_udf, crate::dequantize::Dequantize::default());
+    scalar!(
+        quantize_measured_udf,
+        crate::quantize_measured::QuantizeMeasured::default()
+    );
+    scalar!(
+        quantized_codes_udf,
+        crate::quantized_codes::QuantizedCodes::default()
+    );
     scalar!(
         cosine_similarity_udf,
         crate::cosine_similarity::cosine_similarity()
@@ -166,6 +176,8 @@ pub mod udfs {
         vec![
             quantize_udf(),
             dequantize_udf(),
+            quantize_measured_udf(),
+            quantized_codes_udf(),
             cosine_similarity_udf(),
             mse_udf(),
             sqnr_db_udf(),
@@ -219,6 +231,12 @@ pub mod functions {
     }
     pub fn dequantize(q: Expr) -> Expr {
         udfs::dequantize_udf().call(vec![q])
+    }
+    pub fn quantize_measured(weights: Expr, bits: Expr) -> Expr {
+        udfs::quantize_measured_udf().call(vec![weights, bits])
+    }
+    pub fn quantized_codes(q: Expr) -> Expr {
+        udfs::quantized_codes_udf().call(vec![q])
     }
     pub fn cosine_similarity(a: Expr, b: Expr) -> Expr {
         udfs::cosine_similarity_udf().call(vec![a, b])

@@ -3,12 +3,12 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, Float16Builder, ListBuilder, StringBuilder, StructArray, UInt8Builder,
+    ArrayRef, BinaryArray, Float16Builder, ListBuilder, StringBuilder, StructArray, UInt8Builder,
     UInt32Builder,
 };
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
     Volatility,
@@ -101,7 +101,7 @@ impl ScalarUDFImpl for Quantize {
                 _ => out.append_null(),
             }
         }
-        Ok(ColumnarValue::Array(out.finish()))
+        Ok(ColumnarValue::Array(out.finish()?))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -110,8 +110,10 @@ impl ScalarUDFImpl for Quantize {
 }
 
 /// Builds a column of quantized structs.
-struct QuantizedBuilder {
-    codes: BinaryBuilder,
+pub(crate) struct QuantizedBuilder {
+    /// The codes column's bytes and offsets, built by hand to reserve room for them at once.
+    code_bytes: Vec<u8>,
+    code_offsets: Vec<i32>,
     scales: ListBuilder<Float16Builder>,
     offsets: ListBuilder<Float16Builder>,
     bits: UInt8Builder,
@@ -122,7 +124,7 @@ struct QuantizedBuilder {
 }
 
 impl QuantizedBuilder {
-    fn with_capacity(rows: usize) -> Self {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
         let f16_list = || {
             let DataType::List(item) = float16_list() else {
                 unreachable!()
@@ -130,7 +132,12 @@ impl QuantizedBuilder {
             ListBuilder::with_capacity(Float16Builder::new(), rows).with_field(item)
         };
         Self {
-            codes: BinaryBuilder::with_capacity(rows, 0),
+            code_bytes: Vec::new(),
+            code_offsets: {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                offsets
+            },
             scales: f16_list(),
             offsets: f16_list(),
             bits: UInt8Builder::with_capacity(rows),
@@ -141,8 +148,15 @@ impl QuantizedBuilder {
         }
     }
 
-    fn append(&mut self, q: &QuantizedRow, bits: u8, len: u32, scheme: &str) {
-        self.codes.append_value(&q.codes);
+    pub(crate) fn append(&mut self, q: &QuantizedRow, bits: u8, len: u32, scheme: &str) {
+        if self.valid.is_empty() {
+            // Rows of a column are usually alike: room for as many as the first one, at once,
+            // rather than doubling through tens of megabytes.
+            self.code_bytes
+                .reserve(q.codes.len() * self.valid.capacity());
+        }
+        self.code_bytes.extend_from_slice(&q.codes);
+        self.push_code_offset();
         self.scales.values().append_slice(&q.scales);
         self.scales.append(true);
         self.offsets.values().append_slice(&q.offsets);
@@ -154,9 +168,15 @@ impl QuantizedBuilder {
         self.valid.push(true);
     }
 
+    /// Ends a row of codes (an offset past 2 GiB saturates; `finish` refuses the column).
+    fn push_code_offset(&mut self) {
+        let end = i32::try_from(self.code_bytes.len()).unwrap_or(i32::MAX);
+        self.code_offsets.push(end);
+    }
+
     /// A NULL struct, with NULL fields so that `q['bits']` of a NULL row is NULL too.
-    fn append_null(&mut self) {
-        self.codes.append_null();
+    pub(crate) fn append_null(&mut self) {
+        self.push_code_offset();
         self.scales.append(false);
         self.offsets.append(false);
         self.bits.append_null();
@@ -166,9 +186,23 @@ impl QuantizedBuilder {
         self.valid.push(false);
     }
 
-    fn finish(mut self) -> ArrayRef {
+    pub(crate) fn finish(mut self) -> Result<ArrayRef> {
+        if i32::try_from(self.code_bytes.len()).is_err() {
+            return Err(DataFusionError::Execution(format!(
+                "{} bytes of codes in one batch: more than a column of binary values holds \
+                 (2 GiB); use smaller batches",
+                self.code_bytes.len()
+            )));
+        }
+        let nulls = NullBuffer::from(self.valid);
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        let codes = BinaryArray::new(
+            OffsetBuffer::new(self.code_offsets.into()),
+            Buffer::from_vec(self.code_bytes),
+            nulls.clone(),
+        );
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.codes.finish()),
+            Arc::new(codes),
             Arc::new(self.scales.finish()),
             Arc::new(self.offsets.finish()),
             Arc::new(self.bits.finish()),
@@ -176,8 +210,10 @@ impl QuantizedBuilder {
             Arc::new(self.len.finish()),
             Arc::new(self.scheme.finish()),
         ];
-        let nulls = NullBuffer::from(self.valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        Arc::new(StructArray::new(quantized_fields(), columns, nulls))
+        Ok(Arc::new(StructArray::new(
+            quantized_fields(),
+            columns,
+            nulls,
+        )))
     }
 }

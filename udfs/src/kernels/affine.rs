@@ -77,19 +77,15 @@ fn quantize_row_with<P: Passes>(
     out.scales.clear();
     out.offsets.clear();
     let symmetric = scheme.is_symmetric();
-    for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
-        let params = if symmetric {
-            symmetric_group(passes, xs, bits, scheme.searches(), codes)
-        } else {
-            affine_group(passes, xs, bits, scheme.searches(), codes)
-        };
-        let (scale, offset) = params.map_err(|e| match e {
-            GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
-                group: index,
-                value,
-            },
-            // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
-            GroupError::NonFinite => match check_finite(xs) {
+    let group_error = |index: usize, e: GroupError| match e {
+        GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
+            group: index,
+            value,
+        },
+        // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
+        GroupError::NonFinite => {
+            let xs = &x[index * group..x.len().min((index + 1) * group)];
+            match check_finite(xs) {
                 Err(KernelError::NonFinite { index: at, value }) => KernelError::NonFinite {
                     index: index * group + at,
                     value,
@@ -98,10 +94,33 @@ fn quantize_row_with<P: Passes>(
                     group: index,
                     value: f32::INFINITY,
                 },
-            },
-        })?;
-        out.scales.push(scale);
-        if !symmetric {
+            }
+        }
+    };
+    if symmetric {
+        for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
+            let (scale, _) = symmetric_group(passes, xs, bits, scheme.searches(), codes)
+                .map_err(|e| group_error(index, e))?;
+            out.scales.push(scale);
+        }
+        return Ok(());
+    }
+    let span = group * BATCH;
+    let mut params = [(f16::ZERO, f16::ZERO); BATCH];
+    for (batch, (xs, codes)) in x.chunks(span).zip(out.codes.chunks_mut(span)).enumerate() {
+        let groups = xs.len().div_ceil(group);
+        affine_groups(
+            passes,
+            xs,
+            group,
+            bits,
+            scheme.searches(),
+            codes,
+            &mut params[..groups],
+        )
+        .map_err(|(j, e)| group_error(batch * BATCH + j, e))?;
+        for &(scale, offset) in &params[..groups] {
+            out.scales.push(scale);
             out.offsets.push(offset);
         }
     }
@@ -128,6 +147,23 @@ pub fn dequantize_row(
             offsets.len()
         )));
     }
+    decode_codes(codes, 0, group, bits, symmetric, scales, offsets, out);
+    Ok(())
+}
+
+/// Decodes `codes`, the values from index `first` of a row on, into `out` (cleared first).
+/// The caller has checked that `scales` (and `offsets`) cover every group these values fall in.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_codes(
+    codes: &[u8],
+    first: usize,
+    group: usize,
+    bits: u8,
+    symmetric: bool,
+    scales: &[f16],
+    offsets: &[f16],
+    out: &mut Vec<f32>,
+) {
     out.clear();
     out.reserve(codes.len());
     let centre = if symmetric {
@@ -135,7 +171,13 @@ pub fn dequantize_row(
     } else {
         0.0
     };
-    for (g, cs) in codes.chunks(group).enumerate() {
+    let mut index = first;
+    let mut rest = codes;
+    while !rest.is_empty() {
+        let g = index / group;
+        // The values left in group `g`, or in the piece.
+        let take = (group - index % group).min(rest.len());
+        let (cs, tail) = rest.split_at(take);
         let d = scales[g].to_f32();
         let m = if symmetric {
             -centre * d
@@ -143,8 +185,9 @@ pub fn dequantize_row(
             offsets[g].to_f32()
         };
         out.extend(cs.iter().map(|&l| m + d * f32::from(l)));
+        index += take;
+        rest = tail;
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +259,27 @@ trait Passes: Copy {
     /// Writes `l + bias` for each value as a byte.
     #[allow(clippy::too_many_arguments)]
     fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]);
+    /// `v` rounded to f16 (to nearest, ties to even), with that f16's exact value.
+    fn round_f16(self, v: f32) -> Stored;
+}
+
+/// A parameter as stored (f16) and the exact value decoding will use.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    half: f16,
+    value: f32,
+}
+
+impl Stored {
+    const ZERO: Stored = Stored {
+        half: f16::ZERO,
+        value: 0.0,
+    };
+
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        f64::from(self.value)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -251,11 +315,18 @@ fn tail_code_sums(
     }
 }
 
+/// The smallest and largest of the lanes, folded in the tree order of a SIMD horizontal
+/// min/max (`if a < b { a } else { b }` at each step, as `minps` does), so that every
+/// implementation picks the same zero when both signs are present.
 fn fold_range(lo: [f32; LANES], hi: [f32; LANES]) -> (f32, f32) {
-    (
-        lo.iter().fold(f32::MAX, |a, &b| a.min(b)),
-        hi.iter().fold(f32::MIN, |a, &b| a.max(b)),
-    )
+    let min = |a: f32, b: f32| if a < b { a } else { b };
+    let max = |a: f32, b: f32| if a > b { a } else { b };
+    let fold = |v: [f32; LANES], f: &dyn Fn(f32, f32) -> f32| {
+        let q = [f(v[0], v[4]), f(v[1], v[5]), f(v[2], v[6]), f(v[3], v[7])];
+        let h = [f(q[0], q[2]), f(q[1], q[3])];
+        f(h[0], h[1])
+    };
+    (fold(lo, &min), fold(hi, &max))
 }
 
 impl Passes for Portable {
@@ -334,6 +405,14 @@ impl Passes for Portable {
             *code = (code_of(v, a, b, lo, hi) + bias) as u8;
         }
     }
+
+    fn round_f16(self, v: f32) -> Stored {
+        let half = f16::from_f32(v);
+        Stored {
+            half,
+            value: half.to_f32(),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -344,8 +423,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        CodeSums, LANES, Moments, Passes, ROUND_MAGIC, SUM_BLOCK, code_of, fold_range,
-        reduce_lanes, tail_code_sums, tail_moments,
+        CodeSums, LANES, Moments, Passes, ROUND_MAGIC, SUM_BLOCK, code_of, reduce_lanes,
+        tail_code_sums, tail_moments,
     };
 
     /// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one.
@@ -415,6 +494,10 @@ mod avx2 {
                 vhi = _mm256_max_ps(v, vhi);
                 sx = _mm256_add_ps(sx, v);
             }
+            if tail.is_empty() {
+                m.x += hsum(sx);
+                continue;
+            }
             let (mut lo, mut hi, mut sx) = (lanes(vlo), lanes(vhi), lanes(sx));
             tail_moments(tail, &mut lo, &mut hi, &mut sx);
             // SAFETY: plain loads from 8-element arrays.
@@ -424,8 +507,35 @@ mod avx2 {
             }
             m.x += reduce_lanes(sx);
         }
-        let (lo, hi) = fold_range(lanes(vlo), lanes(vhi));
-        (lo, hi, m)
+        (hmin(vlo), hmax(vhi), m)
+    }
+
+    /// [`fold_range`](super::fold_range)'s minimum without leaving registers: `minps(a, b)`
+    /// is `if a < b { a } else { b }`, in the same tree order.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn hmin(v: __m256) -> f32 {
+        let q = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_min_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_min_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn hmax(v: __m256) -> f32 {
+        let q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_max_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn round_f16(v: f32) -> super::Stored {
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v));
+        super::Stored {
+            half: half::f16::from_bits(_mm_extract_epi16::<0>(h) as u16),
+            value: _mm_cvtss_f32(_mm_cvtph_ps(h)),
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -546,6 +656,12 @@ mod avx2 {
             // SAFETY: as above.
             unsafe { write_codes(x, a, b, lo, hi, bias, codes) }
         }
+
+        #[inline(always)]
+        fn round_f16(self, v: f32) -> super::Stored {
+            // SAFETY: `self` exists only where AVX2 and F16C were detected.
+            unsafe { round_f16(v) }
+        }
     }
 }
 
@@ -573,11 +689,10 @@ impl From<f32> for GroupError {
 
 /// Rounds a parameter to f16, or reports it when f16 cannot hold it.
 #[inline(always)]
-fn to_f16(value: f64) -> std::result::Result<f16, f32> {
-    // Through f32, where `half` uses the F16C instruction when the CPU has it.
-    let h = f16::from_f32(value as f32);
-    if h.is_finite() {
-        Ok(h)
+fn to_f16<P: Passes>(passes: P, value: f64) -> std::result::Result<Stored, f32> {
+    let stored = passes.round_f16(value as f32);
+    if stored.value.is_finite() {
+        Ok(stored)
     } else {
         Err(value as f32)
     }
@@ -597,97 +712,163 @@ fn affine_fit(mo: &Moments, s: &CodeSums) -> Option<(f64, f64, f64)> {
 
 /// Both parameters as stored, when f16 can hold them and the scale stays positive.
 #[inline(always)]
-fn stored_pair(d: f64, m: f64) -> Option<(f16, f16)> {
-    let (dh, mh) = (to_f16(d).ok()?, to_f16(m).ok()?);
-    (dh.to_f32() > 0.0).then_some((dh, mh))
+fn stored_pair<P: Passes>(passes: P, d: f64, m: f64) -> Option<(Stored, Stored)> {
+    let (dh, mh) = (to_f16(passes, d).ok()?, to_f16(passes, m).ok()?);
+    (dh.value > 0.0).then_some((dh, mh))
 }
 
+/// Groups searched together by [`affine_groups`].
+const BATCH: usize = 8;
+
+/// One group's state between the phases of the search.
+#[derive(Debug, Clone, Copy)]
+struct AffineSearch {
+    lo: f32,
+    range: f32,
+    mo: Moments,
+    /// Scale and offset as stored: the current best.
+    d: Stored,
+    m: Stored,
+    /// Plain min/max's pair and its error as stored (the bar the search must clear).
+    min_max: (Stored, Stored),
+    min_max_err: f64,
+    /// Parameters decided without a search (a constant group, or a range below f16's
+    /// resolution): every code 0.
+    settled: Option<(f16, f16)>,
+}
+
+/// The affine search over up to [`BATCH`] consecutive groups of `x`. Each phase (ranges,
+/// candidates, refinement, codes) runs over every group before the next begins: one group's
+/// chain of dependent steps (sums, divisions, f16 rounding, the next pass) is short next to
+/// the passes, and running the groups side by side lets the CPU overlap those chains. Each
+/// group's arithmetic is exactly what it would be alone.
 #[inline(always)]
-fn affine_group<P: Passes>(
+fn affine_groups<P: Passes>(
     passes: P,
     x: &[f32],
+    group: usize,
     bits: u8,
     search: bool,
     codes: &mut [u8],
-) -> std::result::Result<(f16, f16), GroupError> {
+    params: &mut [(f16, f16)],
+) -> std::result::Result<(), (usize, GroupError)> {
     let nmax = ((1u32 << bits) - 1) as f32;
-    let (lo, hi, mo) = passes.range_and_moments(x);
-    // min/max see infinities, and a NaN poisons the sum.
-    if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
-        return Err(GroupError::NonFinite);
-    }
-    let range = hi - lo;
-    if range <= 0.0 {
-        codes.fill(0);
-        return Ok((f16::ZERO, to_f16(f64::from(lo))?));
-    }
-    // Plain min/max, with the scale and offset as stored.
-    let mut best_d = to_f16(f64::from(range / nmax))?;
-    let mut best_m = to_f16(f64::from(lo))?;
-    if best_d.to_f32() <= 0.0 {
-        // The range is below f16's resolution: one level represents the group.
-        codes.fill(0);
-        return Ok((f16::ZERO, to_f16(mo.x / mo.n)?));
+    let mut state = [AffineSearch {
+        lo: 0.0,
+        range: 0.0,
+        mo: Moments::default(),
+        d: Stored::ZERO,
+        m: Stored::ZERO,
+        min_max: (Stored::ZERO, Stored::ZERO),
+        min_max_err: 0.0,
+        settled: None,
+    }; BATCH];
+    let state = &mut state[..params.len()];
+    // Ranges, and plain min/max's scale and offset as stored.
+    for (j, (xs, g)) in x.chunks(group).zip(state.iter_mut()).enumerate() {
+        let (lo, hi, mo) = passes.range_and_moments(xs);
+        // min/max see infinities, and a NaN poisons the sum.
+        if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
+            return Err((j, GroupError::NonFinite));
+        }
+        let stored = |v: f64| to_f16(passes, v).map_err(|e| (j, GroupError::from(e)));
+        (g.lo, g.range, g.mo) = (lo, hi - lo, mo);
+        if g.range <= 0.0 {
+            g.settled = Some((f16::ZERO, stored(f64::from(lo))?.half));
+            continue;
+        }
+        (g.d, g.m) = (stored(f64::from(g.range / nmax))?, stored(f64::from(lo))?);
+        if g.d.value <= 0.0 {
+            // The range is below f16's resolution: one level represents the group.
+            g.settled = Some((f16::ZERO, stored(mo.x / mo.n)?.half));
+        }
     }
     if search {
         // Candidates compare by their unrounded least-squares error: rounding to f16 moves
         // every candidate alike, and is accounted for by the refinement below.
-        let mut best: Option<(CodeSums, f64, f64)> = None;
-        let inv_range = 1.0 / range;
-        let a = ASYM_STRETCH.map(|stretch| (nmax + stretch) * inv_range);
-        let b = std::array::from_fn(|k| -lo * a[k] - ASYM_STRETCH[k] / 2.0);
-        let candidates = passes.code_sums_many(x, a, b, 0.0, nmax);
-        // The first candidate (no stretch) has min/max's own codes: its error as stored is
-        // the bar to clear.
-        let min_max_err = affine_error(&mo, &candidates[0], best_d.to_f64(), best_m.to_f64());
-        for sums in candidates {
-            // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate with the
-            // largest num²/det wins, compared by cross-multiplying (no division per candidate).
-            let num = mo.n * sums.lx - sums.l * mo.x;
-            let det = mo.n * sums.ll - sums.l * sums.l;
-            if num > 0.0
-                && det > 0.0
-                && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det)
-            {
-                best = Some((sums, num, det));
+        for (xs, g) in x.chunks(group).zip(state.iter_mut()) {
+            if g.settled.is_some() {
+                continue;
             }
-        }
-        let (min_max_d, min_max_m) = (best_d, best_m);
-        if let Some((dh, mh)) = best
-            .and_then(|(sums, _, _)| affine_fit(&mo, &sums))
-            .and_then(|(d, m, _)| stored_pair(d, m))
-        {
-            (best_d, best_m) = (dh, mh);
+            let mo = g.mo;
+            let inv_range = 1.0 / g.range;
+            let a = ASYM_STRETCH.map(|stretch| (nmax + stretch) * inv_range);
+            let b = std::array::from_fn(|k| -g.lo * a[k] - ASYM_STRETCH[k] / 2.0);
+            let candidates = passes.code_sums_many(xs, a, b, 0.0, nmax);
+            // The first candidate (no stretch) has min/max's own codes: its error as stored
+            // is the bar to clear.
+            g.min_max = (g.d, g.m);
+            g.min_max_err = affine_error(&mo, &candidates[0], g.d.wide(), g.m.wide());
+            let mut best: Option<(CodeSums, f64, f64)> = None;
+            for sums in candidates {
+                // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate
+                // with the largest num²/det wins, compared by cross-multiplying.
+                let num = mo.n * sums.lx - sums.l * mo.x;
+                let det = mo.n * sums.ll - sums.l * sums.l;
+                if num > 0.0
+                    && det > 0.0
+                    && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det)
+                {
+                    best = Some((sums, num, det));
+                }
+            }
+            if let Some((dh, mh)) = best
+                .and_then(|(sums, _, _)| affine_fit(&mo, &sums))
+                .and_then(|(d, m, _)| stored_pair(passes, d, m))
+            {
+                (g.d, g.m) = (dh, mh);
+            }
         }
         // Nearest codes for the stored pair, then a least-squares refit, while it helps.
-        let mut best_err = f64::INFINITY;
-        for _ in 0..REFINE_STEPS {
-            let (a, b) = affine_map(best_d, best_m);
-            let sums = passes.code_sums(x, a, b, 0.0, nmax);
-            best_err = best_err.min(affine_error(&mo, &sums, best_d.to_f64(), best_m.to_f64()));
-            let refit = affine_fit(&mo, &sums).and_then(|(d, m, _)| {
-                let (dh, mh) = stored_pair(d, m)?;
-                Some((dh, mh, affine_error(&mo, &sums, dh.to_f64(), mh.to_f64())))
-            });
-            match refit {
-                Some((d, m, err)) if err < best_err => (best_d, best_m, best_err) = (d, m, err),
-                _ => break,
+        for (xs, g) in x.chunks(group).zip(state.iter_mut()) {
+            if g.settled.is_some() {
+                continue;
+            }
+            let mo = g.mo;
+            let mut best_err = f64::INFINITY;
+            for _ in 0..REFINE_STEPS {
+                let (a, b) = affine_map(g.d, g.m);
+                let sums = passes.code_sums(xs, a, b, 0.0, nmax);
+                best_err = best_err.min(affine_error(&mo, &sums, g.d.wide(), g.m.wide()));
+                let refit = affine_fit(&mo, &sums).and_then(|(d, m, _)| {
+                    let (dh, mh) = stored_pair(passes, d, m)?;
+                    Some((dh, mh, affine_error(&mo, &sums, dh.wide(), mh.wide())))
+                });
+                match refit {
+                    Some((d, m, err)) if err < best_err => (g.d, g.m, best_err) = (d, m, err),
+                    _ => break,
+                }
+            }
+            if g.min_max_err < best_err {
+                (g.d, g.m) = g.min_max;
             }
         }
-        if min_max_err < best_err {
-            (best_d, best_m) = (min_max_d, min_max_m);
-        }
     }
-    let (a, b) = affine_map(best_d, best_m);
-    passes.write_codes(x, a, b, 0.0, nmax, 0.0, codes);
-    Ok((best_d, best_m))
+    for ((xs, cs), (g, p)) in x
+        .chunks(group)
+        .zip(codes.chunks_mut(group))
+        .zip(state.iter().zip(params.iter_mut()))
+    {
+        *p = match g.settled {
+            Some(settled) => {
+                cs.fill(0);
+                settled
+            }
+            None => {
+                let (a, b) = affine_map(g.d, g.m);
+                passes.write_codes(xs, a, b, 0.0, nmax, 0.0, cs);
+                (g.d.half, g.m.half)
+            }
+        };
+    }
+    Ok(())
 }
 
 /// The code map `l = x·a + b` that inverts `x = m + d·l`.
 #[inline(always)]
-fn affine_map(d: f16, m: f16) -> (f32, f32) {
-    let a = 1.0 / d.to_f32();
-    (a, -m.to_f32() * a)
+fn affine_map(d: Stored, m: Stored) -> (f32, f32) {
+    let a = 1.0 / d.value;
+    (a, -m.value * a)
 }
 
 #[inline(always)]
@@ -707,14 +888,14 @@ fn symmetric_group<P: Passes>(
     // whatever its sign (llama.cpp's q4_0 trick): the scale is signed.
     let extreme = if -lo >= hi { lo } else { hi };
     let (qlo, qhi) = (-half_levels, half_levels - 1.0);
-    let mut best_d = to_f16(f64::from(extreme / -half_levels))?;
-    if best_d.to_f32() == 0.0 {
+    let mut best_d = to_f16(passes, f64::from(extreme / -half_levels))?;
+    if best_d.value == 0.0 {
         codes.fill(half_levels as u8);
         return Ok((f16::ZERO, f16::ZERO));
     }
     if search {
         let error = |s: &CodeSums, d: f64| d * d * s.ll - 2.0 * d * s.lx;
-        let stored = |d: f64| to_f16(d).ok().filter(|h| h.to_f32() != 0.0);
+        let stored = |d: f64| to_f16(passes, d).ok().filter(|h| h.value != 0.0);
         // Candidates compare unrounded, as in the affine search.
         let mut best: Option<(f64, f64)> = None;
         for shrink in SYM_SHRINK {
@@ -729,19 +910,19 @@ fn symmetric_group<P: Passes>(
             }
         }
         let min_max_d = best_d;
-        let min_max_sums = passes.code_sums(x, 1.0 / min_max_d.to_f32(), 0.0, qlo, qhi);
-        let min_max_err = error(&min_max_sums, min_max_d.to_f64());
+        let min_max_sums = passes.code_sums(x, 1.0 / min_max_d.value, 0.0, qlo, qhi);
+        let min_max_err = error(&min_max_sums, min_max_d.wide());
         if let Some(d) = best.and_then(|(d, _)| stored(d)) {
             best_d = d;
         }
         let mut best_err = f64::INFINITY;
         for _ in 0..REFINE_STEPS {
-            let sums = passes.code_sums(x, 1.0 / best_d.to_f32(), 0.0, qlo, qhi);
-            best_err = best_err.min(error(&sums, best_d.to_f64()));
+            let sums = passes.code_sums(x, 1.0 / best_d.value, 0.0, qlo, qhi);
+            best_err = best_err.min(error(&sums, best_d.wide()));
             let refit = (sums.ll > 0.0)
                 .then(|| stored(sums.lx / sums.ll))
                 .flatten()
-                .map(|d| (d, error(&sums, d.to_f64())));
+                .map(|d| (d, error(&sums, d.wide())));
             match refit {
                 Some((d, err)) if err < best_err => (best_d, best_err) = (d, err),
                 _ => break,
@@ -751,7 +932,7 @@ fn symmetric_group<P: Passes>(
             best_d = min_max_d;
         }
     }
-    let a = 1.0 / best_d.to_f32();
+    let a = 1.0 / best_d.value;
     passes.write_codes(x, a, 0.0, qlo, qhi, half_levels, codes);
-    Ok((best_d, f16::ZERO))
+    Ok((best_d.half, Stored::ZERO.half))
 }

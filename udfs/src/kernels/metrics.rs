@@ -18,6 +18,16 @@ pub struct PairSums {
 
 impl PairSums {
     pub fn of(a: &[f32], b: &[f32]) -> Result<Self> {
+        let mut sums = PairSums::default();
+        sums.accumulate(a, b)?;
+        Ok(sums)
+    }
+
+    /// Continues the sums with the next part of a pair of rows. Parts whose lengths are
+    /// multiples of [`BLOCK`] (all but the last) give exactly [`of`](PairSums::of) of the
+    /// whole rows, bit for bit: blocks are added in the same order. This lets a caller
+    /// rebuild a long row piece by piece in a cache-sized buffer.
+    pub fn accumulate(&mut self, a: &[f32], b: &[f32]) -> Result<()> {
         if a.len() != b.len() {
             return Err(KernelError::LengthMismatch {
                 left: a.len(),
@@ -28,9 +38,11 @@ impl PairSums {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present. The same code as the portable path, in the same order
             // (no FMA contraction): results are bit for bit the same, only the vectors wider.
-            return Ok(unsafe { sums_avx2(a, b) });
+            unsafe { sums_avx2(self, a, b) };
+            return Ok(());
         }
-        Ok(sums(a, b))
+        sums(self, a, b);
+        Ok(())
     }
 
     /// Adds another row's sums (for whole-tensor metrics).
@@ -64,7 +76,7 @@ impl PairSums {
     }
 }
 
-/// The one pass behind [`PairSums::of`]; `a` and `b` have the same length.
+/// The one pass behind [`PairSums::accumulate`]; `a` and `b` have the same length.
 ///
 /// Blocked summation: each block of [`BLOCK`] values is summed in eight f32 lanes (32 terms a
 /// lane, so a partial sum carries a relative error near 32 × 2⁻²⁴ ≈ 2·10⁻⁶ at worst and about
@@ -73,12 +85,9 @@ impl PairSums {
 /// read from. The difference a − b of a value and its reconstruction is exact in f32 whenever
 /// they are within a factor of two of each other (Sterbenz), which quantization keeps.
 #[inline(always)]
-fn sums(a: &[f32], b: &[f32]) -> PairSums {
+fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
     const L: usize = 8;
-    let mut s = PairSums {
-        n: a.len(),
-        ..PairSums::default()
-    };
+    s.n += a.len();
     let mut max = 0f32;
     for (block_a, block_b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
         let (mut dot, mut aa, mut bb, mut se, mut mx) =
@@ -113,17 +122,17 @@ fn sums(a: &[f32], b: &[f32]) -> PairSums {
         s.sq_err += wide(se);
         max = mx.iter().fold(max, |m, &v| m.max(v));
     }
-    s.max_abs_err = f64::from(max);
-    s
+    // The largest of f32 values converts to f64 exactly: merging parts' maxima is exact.
+    s.max_abs_err = s.max_abs_err.max(f64::from(max));
 }
 
 /// Values a block of [`sums`] adds in f32 before moving the block's sums to f64.
-const BLOCK: usize = 256;
+pub const BLOCK: usize = 256;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sums_avx2(a: &[f32], b: &[f32]) -> PairSums {
-    sums(a, b)
+unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
+    sums(s, a, b)
 }
 
 pub fn cosine_from(dot: f64, aa: f64, bb: f64) -> Option<f64> {
@@ -168,8 +177,23 @@ mod tests {
             .iter()
             .map(|x| x + ((*x * 1000.0).sin() * 0.001))
             .collect();
-        let portable = sums(&a, &b);
+        let mut portable = PairSums::default();
+        sums(&mut portable, &a, &b);
         assert_eq!(PairSums::of(&a, &b).unwrap(), portable);
+    }
+
+    #[test]
+    fn parts_of_whole_blocks_add_up_to_the_whole_bit_for_bit() {
+        let a: Vec<f32> = (0..3000).map(|i| ((i as f32) * 0.31).sin()).collect();
+        let b: Vec<f32> = a.iter().map(|x| x * 0.98 + 0.001).collect();
+        let whole = PairSums::of(&a, &b).unwrap();
+        for part in [BLOCK, 4 * BLOCK, 11 * BLOCK] {
+            let mut pieces = PairSums::default();
+            for (x, y) in a.chunks(part).zip(b.chunks(part)) {
+                pieces.accumulate(x, y).unwrap();
+            }
+            assert_eq!(pieces, whole, "parts of {part}");
+        }
     }
 
     #[test]

@@ -132,19 +132,34 @@ pub fn unpack(packed: &[u8], bits: u8, count: usize, out: &mut Vec<u8>) -> Resul
     }
     out.clear();
     out.resize(count, 0);
+    unpack_into(packed, bits, out);
+    Ok(())
+}
+
+/// Unpacks `dst.len()` codes of `bits` bits from `packed`, which holds
+/// [`packed_len`]`(dst.len(), bits)` bytes.
+pub fn unpack_into(packed: &[u8], bits: u8, dst: &mut [u8]) {
+    debug_assert_eq!(packed.len(), packed_len(dst.len(), bits));
     match bits {
-        8 => out.copy_from_slice(packed),
+        8 => dst.copy_from_slice(packed),
         4 => {
-            for (pair, &byte) in out.chunks_mut(2).zip(packed) {
-                pair[0] = byte & 0x0f;
-                if let Some(high) = pair.get_mut(1) {
-                    *high = byte >> 4;
-                }
+            // Whole pairs in a loop the compiler vectorises, then the odd last code.
+            let (pairs, last) = dst.as_chunks_mut::<2>();
+            for (pair, &byte) in pairs.iter_mut().zip(packed) {
+                *pair = [byte & 0x0f, byte >> 4];
+            }
+            if let [code] = last {
+                *code = packed[packed.len() - 1] & 0x0f;
             }
         }
         2 => {
-            for (quad, &byte) in out.chunks_mut(4).zip(packed) {
-                for (i, code) in quad.iter_mut().enumerate() {
+            let (quads, rest) = dst.as_chunks_mut::<4>();
+            for (quad, &byte) in quads.iter_mut().zip(packed) {
+                *quad = [byte & 3, (byte >> 2) & 3, (byte >> 4) & 3, byte >> 6];
+            }
+            if !rest.is_empty() {
+                let byte = packed[packed.len() - 1];
+                for (i, code) in rest.iter_mut().enumerate() {
                     *code = (byte >> (2 * i)) & 3;
                 }
             }
@@ -154,7 +169,7 @@ pub fn unpack(packed: &[u8], bits: u8, count: usize, out: &mut Vec<u8>) -> Resul
             let mut acc: u32 = 0;
             let mut filled = 0u32;
             let mut bytes = packed.iter();
-            for code in out.iter_mut() {
+            for code in dst.iter_mut() {
                 while filled < u32::from(bits) {
                     acc |= u32::from(*bytes.next().unwrap_or(&0)) << filled;
                     filled += 8;
@@ -165,7 +180,6 @@ pub fn unpack(packed: &[u8], bits: u8, count: usize, out: &mut Vec<u8>) -> Resul
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

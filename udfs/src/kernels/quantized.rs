@@ -5,6 +5,7 @@ use half::f16;
 use super::affine::{self, AffineOutput};
 use super::error::{KernelError, Result, check_finite};
 use super::gguf;
+use super::metrics::{self, PairSums};
 use super::packing;
 use super::scheme::{QuantSpec, Scheme};
 
@@ -45,11 +46,18 @@ pub struct QuantizedRef<'a> {
     pub scheme: Scheme,
 }
 
+/// Values rebuilt at a time when a row is measured against its reconstruction: a multiple of
+/// the metrics' summation block (so that the sums add up in the order of a whole-row pass, bit
+/// for bit) and of the GGUF block, and small enough (16 KB of f32) to stay in the first-level
+/// cache instead of making a second trip through memory.
+const PIECE: usize = 4096;
+
 /// Reusable scratch space, so that a loop over rows allocates nothing once warm.
 #[derive(Debug, Default)]
 pub struct Quantizer {
     affine: AffineOutput,
     unpacked: Vec<u8>,
+    values: Vec<f32>,
 }
 
 impl Quantizer {
@@ -119,7 +127,365 @@ impl Quantizer {
     }
 }
 
+impl Quantizer {
+    /// The sums of [`PairSums::of`]`(x, dequantize(q))`, bit for bit, with the reconstruction
+    /// rebuilt a cache-sized piece at a time instead of as a whole row.
+    pub fn measure(&mut self, x: &[f32], q: &QuantizedRef<'_>) -> Result<PairSums> {
+        let len = q.len as usize;
+        if x.len() != len {
+            return Err(KernelError::LengthMismatch {
+                left: x.len(),
+                right: len,
+            });
+        }
+        check_stored(q)?;
+        let mut sums = PairSums::default();
+        for (piece, xs) in x.chunks(PIECE).enumerate() {
+            let start = piece * PIECE;
+            if let Some(format) = q.scheme.gguf() {
+                let from = start / gguf::BLOCK * format.block_bytes();
+                let to = from + format.row_bytes(xs.len())?;
+                gguf::dequantize_row(format, &q.codes[from..to], xs.len(), &mut self.values)?;
+            } else {
+                let from = start * usize::from(q.bits) / 8;
+                let to = from + packing::packed_len(xs.len(), q.bits);
+                packing::unpack(&q.codes[from..to], q.bits, xs.len(), &mut self.unpacked)?;
+                affine::decode_codes(
+                    &self.unpacked,
+                    start,
+                    q.group_size as usize,
+                    q.bits,
+                    q.scheme.is_symmetric(),
+                    q.scales,
+                    q.offsets,
+                    &mut self.values,
+                );
+            }
+            sums.accumulate(xs, &self.values)?;
+        }
+        Ok(sums)
+    }
+
+    /// [`quantize`](Quantizer::quantize) and [`measure`](Quantizer::measure) in one pass
+    /// over `x`: each piece is quantized, rebuilt and compared while it is in cache. `out` is
+    /// what `quantize` gives and the sums what `measure` gives, bit for bit.
+    pub fn quantize_measured(
+        &mut self,
+        x: &[f32],
+        spec: &QuantSpec,
+        out: &mut QuantizedRow,
+    ) -> Result<PairSums> {
+        if u32::try_from(x.len()).is_err() {
+            return Err(KernelError::Corrupt(format!(
+                "a row of {} values is longer than 2^32 − 1",
+                x.len()
+            )));
+        }
+        out.codes.clear();
+        out.scales.clear();
+        out.offsets.clear();
+        let mut sums = PairSums::default();
+        if let Some(format) = spec.scheme.gguf() {
+            out.codes.reserve(format.row_bytes(x.len())?);
+            out.group_size = gguf::BLOCK as u32;
+            for (piece, xs) in x.chunks(PIECE).enumerate() {
+                let start = piece * PIECE;
+                check_finite(xs).map_err(|e| shift_error(e, start, 0))?;
+                let from = out.codes.len();
+                gguf::quantize_row(format, xs, &mut out.codes)?;
+                gguf::dequantize_row(format, &out.codes[from..], xs.len(), &mut self.values)?;
+                sums.accumulate(xs, &self.values)?;
+            }
+            return Ok(sums);
+        }
+        let group = spec.group.for_row(x.len());
+        // Pieces end on group boundaries and on summation blocks; a group too long for a
+        // cache-sized piece makes pieces of whole groups.
+        let unit = lcm(group, metrics::BLOCK);
+        let piece = if unit >= PIECE {
+            unit
+        } else {
+            PIECE / unit * unit
+        };
+        out.codes.reserve(packing::packed_len(x.len(), spec.bits));
+        out.group_size = group as u32;
+        for (index, xs) in x.chunks(piece).enumerate() {
+            let start = index * piece;
+            affine::quantize_row(xs, spec.bits, group, spec.scheme, &mut self.affine)
+                .map_err(|e| shift_error(e, start, start / group))?;
+            // A piece holds a multiple of 8 codes of any width (but the last): packed pieces
+            // join into the packed row.
+            packing::pack(&self.affine.codes, spec.bits, &mut out.codes);
+            out.scales.extend_from_slice(&self.affine.scales);
+            out.offsets.extend_from_slice(&self.affine.offsets);
+            affine::decode_codes(
+                &self.affine.codes,
+                0,
+                group,
+                spec.bits,
+                spec.scheme.is_symmetric(),
+                &self.affine.scales,
+                &self.affine.offsets,
+                &mut self.values,
+            );
+            sums.accumulate(xs, &self.values)?;
+        }
+        Ok(sums)
+    }
+}
+
+/// The codes of an affine or symmetric row as signed bytes, `code − 2^(bits−1)`, into `dst`
+/// (one per value): the value is `offset + (signed + 2^(bits−1))·scale`, or `signed·scale` for
+/// the symmetric schemes. GGUF blocks interleave codes and scales and are refused here.
+pub fn signed_codes(q: &QuantizedRef<'_>, dst: &mut [u8]) -> Result<()> {
+    if q.scheme.gguf().is_some() {
+        return Err(KernelError::Corrupt(format!(
+            "{} blocks hold their codes with their scales; they have no plain codes",
+            q.scheme.name()
+        )));
+    }
+    check_stored(q)?;
+    if dst.len() != q.len as usize {
+        return Err(KernelError::LengthMismatch {
+            left: dst.len(),
+            right: q.len as usize,
+        });
+    }
+    let centre = 1u8 << (q.bits - 1);
+    // Piece by piece, so that the shift reads what the unpacking just wrote, in cache.
+    for (piece, codes) in dst.chunks_mut(PIECE).enumerate() {
+        let from = piece * PIECE * usize::from(q.bits) / 8;
+        let to = from + packing::packed_len(codes.len(), q.bits);
+        packing::unpack_into(&q.codes[from..to], q.bits, codes);
+        for code in codes.iter_mut() {
+            *code = code.wrapping_sub(centre);
+        }
+    }
+    Ok(())
+}
+
+/// An error found in a piece, with its indices counted from the start of the row.
+fn shift_error(error: KernelError, first_value: usize, first_group: usize) -> KernelError {
+    match error {
+        KernelError::NonFinite { index, value } => KernelError::NonFinite {
+            index: index + first_value,
+            value,
+        },
+        KernelError::ScaleOverflow { group, value } => KernelError::ScaleOverflow {
+            group: group + first_group,
+            value,
+        },
+        other => other,
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
+
+/// Checks every length of a stored row against its width, scheme and group size, so that
+/// reading it piece by piece cannot go out of bounds.
+fn check_stored(q: &QuantizedRef<'_>) -> Result<()> {
+    let len = q.len as usize;
+    if let Some(format) = q.scheme.gguf() {
+        if q.bits != format.bits() || q.group_size as usize != gguf::BLOCK {
+            return Err(KernelError::Corrupt(format!(
+                "{} stores {}-bit codes in groups of {}, but the value says bits = {}, group_size = {}",
+                format.name(),
+                format.bits(),
+                gguf::BLOCK,
+                q.bits,
+                q.group_size
+            )));
+        }
+        let expected = format.row_bytes(len)?;
+        if q.codes.len() != expected {
+            return Err(KernelError::Corrupt(format!(
+                "{len} values in {} need {expected} bytes, found {}",
+                format.name(),
+                q.codes.len()
+            )));
+        }
+        return Ok(());
+    }
+    if !(2..=8).contains(&q.bits) || q.bits == 7 {
+        return Err(KernelError::Corrupt(format!(
+            "unsupported bit width {}",
+            q.bits
+        )));
+    }
+    if q.group_size == 0 && len > 0 {
+        return Err(KernelError::Corrupt("group_size is 0".to_string()));
+    }
+    let needed = packing::packed_len(len, q.bits);
+    if q.codes.len() != needed {
+        return Err(KernelError::Corrupt(format!(
+            "{len} codes of {} bits need {needed} bytes, found {}",
+            q.bits,
+            q.codes.len()
+        )));
+    }
+    let group = q.group_size.max(1) as usize;
+    let groups = len.div_ceil(group);
+    let symmetric = q.scheme.is_symmetric();
+    if q.scales.len() != groups || (!symmetric && q.offsets.len() != groups) {
+        return Err(KernelError::Corrupt(format!(
+            "{len} values in groups of {group} need {groups} scales{}, found {} scales and {} offsets",
+            if symmetric { "" } else { " and offsets" },
+            q.scales.len(),
+            q.offsets.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes a stored row takes: codes plus every scale and offset (2 bytes each).
 pub fn stored_bytes(codes: usize, scales: usize, offsets: usize) -> usize {
     codes + 2 * (scales + offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::scheme::GroupSize;
+
+    fn row(len: usize, seed: u32) -> Vec<f32> {
+        // A deterministic mix of scales, so that groups differ.
+        (0..len)
+            .map(|i| {
+                let t = (i as f32 + seed as f32 * 0.37) * 0.618;
+                t.sin() * (1.0 + (i / 700) as f32 * 0.3) * 0.02
+            })
+            .collect()
+    }
+
+    fn specs() -> Vec<QuantSpec> {
+        let fixed = |g| Some(GroupSize::Fixed(g));
+        vec![
+            QuantSpec::new(4, fixed(64), Scheme::Asym).unwrap(),
+            QuantSpec::new(3, fixed(96), Scheme::Asym).unwrap(),
+            QuantSpec::new(5, fixed(16), Scheme::Sym).unwrap(),
+            QuantSpec::new(2, fixed(4096), Scheme::AsymMinMax).unwrap(),
+            QuantSpec::new(6, Some(GroupSize::Row), Scheme::SymMinMax).unwrap(),
+            QuantSpec::new(8, fixed(1000), Scheme::Asym).unwrap(),
+            QuantSpec::new(4, None, Scheme::Q4_0).unwrap(),
+            QuantSpec::new(5, None, Scheme::Q5_1).unwrap(),
+            QuantSpec::new(8, None, Scheme::Q8_0).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn quantize_measured_is_quantize_then_measure_bit_for_bit() {
+        let mut quantizer = Quantizer::default();
+        for spec in specs() {
+            for len in [
+                32,
+                4096,
+                9000 - 9000 % 32,
+                20_000 - 20_000 % 32,
+                12_288 + 64,
+            ] {
+                let x = row(len, len as u32);
+                let mut plain = QuantizedRow::default();
+                quantizer.quantize(&x, &spec, &mut plain).unwrap();
+                let mut rebuilt = Vec::new();
+                quantizer
+                    .dequantize(&plain.view(&spec, len), &mut rebuilt)
+                    .unwrap();
+                let whole = PairSums::of(&x, &rebuilt).unwrap();
+
+                let mut fused = QuantizedRow::default();
+                let sums = quantizer.quantize_measured(&x, &spec, &mut fused).unwrap();
+                let what = format!("{spec:?}, {len} values");
+                assert_eq!(fused.codes, plain.codes, "{what}");
+                assert_eq!(fused.scales, plain.scales, "{what}");
+                assert_eq!(fused.offsets, plain.offsets, "{what}");
+                assert_eq!(fused.group_size, plain.group_size, "{what}");
+                assert_eq!(sums, whole, "{what}");
+                let measured = quantizer.measure(&x, &plain.view(&spec, len)).unwrap();
+                assert_eq!(measured, whole, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_place_in_the_whole_row() {
+        let mut quantizer = Quantizer::default();
+        let mut out = QuantizedRow::default();
+        let mut x = row(20_000, 1);
+        x[13_001] = f32::NAN;
+        for spec in [
+            QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap(),
+            QuantSpec::new(4, None, Scheme::Q4_0).unwrap(),
+        ] {
+            let err = quantizer.quantize_measured(&x[..19_968], &spec, &mut out);
+            assert!(
+                matches!(err, Err(KernelError::NonFinite { index: 13_001, .. })),
+                "{err:?}"
+            );
+        }
+        let mut big = row(8192, 2);
+        big[5000] = 1e8;
+        let spec = QuantSpec::new(8, Some(GroupSize::Fixed(64)), Scheme::AsymMinMax).unwrap();
+        let err = quantizer.quantize_measured(&big, &spec, &mut out);
+        assert!(
+            matches!(err, Err(KernelError::ScaleOverflow { group: 78, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn signed_codes_rebuild_the_values() {
+        let mut quantizer = Quantizer::default();
+        for spec in specs().into_iter().filter(|s| s.scheme.gguf().is_none()) {
+            let x = row(9000, 4);
+            let mut q = QuantizedRow::default();
+            quantizer.quantize(&x, &spec, &mut q).unwrap();
+            let view = q.view(&spec, x.len());
+            let mut rebuilt = Vec::new();
+            quantizer.dequantize(&view, &mut rebuilt).unwrap();
+            let mut codes = vec![0u8; x.len()];
+            signed_codes(&view, &mut codes).unwrap();
+            let centre = f32::from(1u8 << (spec.bits - 1));
+            let group = q.group_size as usize;
+            for (i, (&c, &y)) in codes.iter().zip(&rebuilt).enumerate() {
+                let d = q.scales[i / group].to_f32();
+                let m = if spec.scheme.is_symmetric() {
+                    -centre * d
+                } else {
+                    q.offsets[i / group].to_f32()
+                };
+                let signed = f32::from(c as i8);
+                assert_eq!(m + d * (signed + centre), y, "{spec:?} value {i}");
+            }
+        }
+        let spec = QuantSpec::new(4, None, Scheme::Q4_0).unwrap();
+        let x = row(64, 5);
+        let mut q = QuantizedRow::default();
+        quantizer.quantize(&x, &spec, &mut q).unwrap();
+        assert!(signed_codes(&q.view(&spec, 64), &mut [0u8; 64]).is_err());
+    }
+
+    #[test]
+    fn measure_refuses_rows_that_do_not_fit() {
+        let mut quantizer = Quantizer::default();
+        let spec = QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap();
+        let x = row(256, 3);
+        let mut q = QuantizedRow::default();
+        quantizer.quantize(&x, &spec, &mut q).unwrap();
+        assert!(matches!(
+            quantizer.measure(&x[..128], &q.view(&spec, 256)),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        let mut short = q.clone();
+        short.codes.pop();
+        assert!(quantizer.measure(&x, &short.view(&spec, 256)).is_err());
+        short = q.clone();
+        short.scales.pop();
+        assert!(quantizer.measure(&x, &short.view(&spec, 256)).is_err());
+    }
 }
