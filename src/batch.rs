@@ -102,10 +102,10 @@ pub async fn quantize_batch(
         "input",
         Arc::new(MemTable::try_new(numbered_schema, parts)?),
     )?;
-    let (shape, shape_source) = if has_shape {
-        ("CAST(shape AS BIGINT[])", "shape,")
+    let shape = if has_shape {
+        "CAST(shape AS BIGINT[])"
     } else {
-        ("make_array(CAST(array_length(weights) AS BIGINT))", "")
+        "make_array(CAST(array_length(weights) AS BIGINT))"
     };
     // GGUF schemes have their own block size, whatever the configured group size.
     let group = match crate::udfs::kernels::Scheme::parse(&config.scheme)
@@ -121,10 +121,10 @@ pub async fn quantize_batch(
     let sql = format!(
         "SELECT __row, arrow_cast(layer_name, 'Utf8') AS layer_name,
                 quantized_codes(m['quantized']) AS quantized_weights, m['quantized'] AS q,
-                {shape} AS original_shape,
+                original_shape,
                 CAST(compression_ratio(m['quantized']) AS FLOAT) AS compression_ratio,
                 m['error_sums'] AS e
-         FROM (SELECT __row, layer_name, {shape_source}
+         FROM (SELECT __row, layer_name, {shape} AS original_shape,
                       quantize_measured(weights, {bits}, {group}, '{scheme}') AS m
                FROM input)",
         bits = config.bit_width,

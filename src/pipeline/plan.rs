@@ -25,17 +25,18 @@ pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
         None => String::new(),
     };
     // Two branches, so that neither carries the other's column through the join: quantized
-    // tensors need only their values, kept tensors only their bytes.
+    // tensors need only their values, kept tensors only their bytes. quantize_measured
+    // gives each row's error sums from the same pass over its values.
     format!(
         "WITH quantized AS (
-  SELECT w.layer, w.row, w.shape, w.dtype, w.weights,
-         quantize(w.weights, s.bits, s.group_size, s.scheme) AS q
+  SELECT w.layer, w.row, w.shape, w.dtype,
+         quantize_measured(w.weights, s.bits, s.group_size, s.scheme) AS m
   FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer
   WHERE s.action = 'quantize'{and_filter}
 )
-SELECT layer, row, shape, dtype, q, CAST(NULL AS BYTEA) AS data,
-       error_sums(weights, q) AS error,
-       stored_bytes(q) AS stored_bytes
+SELECT layer, row, shape, dtype, m['quantized'] AS q, CAST(NULL AS BYTEA) AS data,
+       m['error_sums'] AS error,
+       stored_bytes(m['quantized']) AS stored_bytes
 FROM quantized
 UNION ALL
 SELECT w.layer, w.row, w.shape, w.dtype, NULL AS q, w.data,

@@ -77,15 +77,19 @@ fn quantize_row_with<P: Passes>(
     out.scales.clear();
     out.offsets.clear();
     let symmetric = scheme.is_symmetric();
-    let group_error = |index: usize, e: GroupError| match e {
-        GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
-            group: index,
-            value,
-        },
-        // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
-        GroupError::NonFinite => {
-            let xs = &x[index * group..x.len().min((index + 1) * group)];
-            match check_finite(xs) {
+    for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
+        let params = if symmetric {
+            symmetric_group(passes, xs, bits, scheme.searches(), codes)
+        } else {
+            affine_group(passes, xs, bits, scheme.searches(), codes)
+        };
+        let (scale, offset) = params.map_err(|e| match e {
+            GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
+                group: index,
+                value,
+            },
+            // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
+            GroupError::NonFinite => match check_finite(xs) {
                 Err(KernelError::NonFinite { index: at, value }) => KernelError::NonFinite {
                     index: index * group + at,
                     value,
@@ -94,33 +98,10 @@ fn quantize_row_with<P: Passes>(
                     group: index,
                     value: f32::INFINITY,
                 },
-            }
-        }
-    };
-    if symmetric {
-        for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
-            let (scale, _) = symmetric_group(passes, xs, bits, scheme.searches(), codes)
-                .map_err(|e| group_error(index, e))?;
-            out.scales.push(scale);
-        }
-        return Ok(());
-    }
-    let span = group * BATCH;
-    let mut params = [(f16::ZERO, f16::ZERO); BATCH];
-    for (batch, (xs, codes)) in x.chunks(span).zip(out.codes.chunks_mut(span)).enumerate() {
-        let groups = xs.len().div_ceil(group);
-        affine_groups(
-            passes,
-            xs,
-            group,
-            bits,
-            scheme.searches(),
-            codes,
-            &mut params[..groups],
-        )
-        .map_err(|(j, e)| group_error(batch * BATCH + j, e))?;
-        for &(scale, offset) in &params[..groups] {
-            out.scales.push(scale);
+            },
+        })?;
+        out.scales.push(scale);
+        if !symmetric {
             out.offsets.push(offset);
         }
     }
@@ -423,8 +404,8 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        CodeSums, LANES, Moments, Passes, ROUND_MAGIC, SUM_BLOCK, code_of, reduce_lanes,
-        tail_code_sums, tail_moments,
+        CodeSums, LANES, Moments, Passes, SUM_BLOCK, code_of, reduce_lanes, tail_code_sums,
+        tail_moments,
     };
 
     /// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one.
@@ -540,12 +521,12 @@ mod avx2 {
 
     #[target_feature(enable = "avx2")]
     fn codes(v: __m256, a: __m256, b: __m256, lo: __m256, hi: __m256) -> __m256 {
-        let magic = _mm256_set1_ps(ROUND_MAGIC);
         let t = _mm256_add_ps(_mm256_mul_ps(v, a), b);
         // max(t, lo) then min(t, hi): the clamp of `code_of` (ties give the bound itself,
         // equal in value).
         let t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-        _mm256_sub_ps(_mm256_add_ps(t, magic), magic)
+        // Ties to even, as the add-and-subtract of ROUND_MAGIC in `code_of` (|t| < 2²²).
+        _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
     }
 
     #[target_feature(enable = "avx2")]
@@ -717,151 +698,85 @@ fn stored_pair<P: Passes>(passes: P, d: f64, m: f64) -> Option<(Stored, Stored)>
     (dh.value > 0.0).then_some((dh, mh))
 }
 
-/// Groups searched together by [`affine_groups`].
-const BATCH: usize = 8;
-
-/// One group's state between the phases of the search.
-#[derive(Debug, Clone, Copy)]
-struct AffineSearch {
-    lo: f32,
-    range: f32,
-    mo: Moments,
-    /// Scale and offset as stored: the current best.
-    d: Stored,
-    m: Stored,
-    /// Plain min/max's pair and its error as stored (the bar the search must clear).
-    min_max: (Stored, Stored),
-    min_max_err: f64,
-    /// Parameters decided without a search (a constant group, or a range below f16's
-    /// resolution): every code 0.
-    settled: Option<(f16, f16)>,
-}
-
-/// The affine search over up to [`BATCH`] consecutive groups of `x`. Each phase (ranges,
-/// candidates, refinement, codes) runs over every group before the next begins: one group's
-/// chain of dependent steps (sums, divisions, f16 rounding, the next pass) is short next to
-/// the passes, and running the groups side by side lets the CPU overlap those chains. Each
-/// group's arithmetic is exactly what it would be alone.
 #[inline(always)]
-fn affine_groups<P: Passes>(
+fn affine_group<P: Passes>(
     passes: P,
     x: &[f32],
-    group: usize,
     bits: u8,
     search: bool,
     codes: &mut [u8],
-    params: &mut [(f16, f16)],
-) -> std::result::Result<(), (usize, GroupError)> {
+) -> std::result::Result<(f16, f16), GroupError> {
     let nmax = ((1u32 << bits) - 1) as f32;
-    let mut state = [AffineSearch {
-        lo: 0.0,
-        range: 0.0,
-        mo: Moments::default(),
-        d: Stored::ZERO,
-        m: Stored::ZERO,
-        min_max: (Stored::ZERO, Stored::ZERO),
-        min_max_err: 0.0,
-        settled: None,
-    }; BATCH];
-    let state = &mut state[..params.len()];
-    // Ranges, and plain min/max's scale and offset as stored.
-    for (j, (xs, g)) in x.chunks(group).zip(state.iter_mut()).enumerate() {
-        let (lo, hi, mo) = passes.range_and_moments(xs);
-        // min/max see infinities, and a NaN poisons the sum.
-        if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
-            return Err((j, GroupError::NonFinite));
-        }
-        let stored = |v: f64| to_f16(passes, v).map_err(|e| (j, GroupError::from(e)));
-        (g.lo, g.range, g.mo) = (lo, hi - lo, mo);
-        if g.range <= 0.0 {
-            g.settled = Some((f16::ZERO, stored(f64::from(lo))?.half));
-            continue;
-        }
-        (g.d, g.m) = (stored(f64::from(g.range / nmax))?, stored(f64::from(lo))?);
-        if g.d.value <= 0.0 {
-            // The range is below f16's resolution: one level represents the group.
-            g.settled = Some((f16::ZERO, stored(mo.x / mo.n)?.half));
-        }
+    let (lo, hi, mo) = passes.range_and_moments(x);
+    // min/max see infinities, and a NaN poisons the sum.
+    if !(lo.is_finite() && hi.is_finite() && mo.x.is_finite()) {
+        return Err(GroupError::NonFinite);
+    }
+    let range = hi - lo;
+    if range <= 0.0 {
+        codes.fill(0);
+        return Ok((f16::ZERO, to_f16(passes, f64::from(lo))?.half));
+    }
+    // Plain min/max, with the scale and offset as stored.
+    let mut best_d = to_f16(passes, f64::from(range / nmax))?;
+    let mut best_m = to_f16(passes, f64::from(lo))?;
+    if best_d.value <= 0.0 {
+        // The range is below f16's resolution: one level represents the group.
+        codes.fill(0);
+        return Ok((f16::ZERO, to_f16(passes, mo.x / mo.n)?.half));
     }
     if search {
         // Candidates compare by their unrounded least-squares error: rounding to f16 moves
         // every candidate alike, and is accounted for by the refinement below.
-        for (xs, g) in x.chunks(group).zip(state.iter_mut()) {
-            if g.settled.is_some() {
-                continue;
-            }
-            let mo = g.mo;
-            let inv_range = 1.0 / g.range;
-            let a = ASYM_STRETCH.map(|stretch| (nmax + stretch) * inv_range);
-            let b = std::array::from_fn(|k| -g.lo * a[k] - ASYM_STRETCH[k] / 2.0);
-            let candidates = passes.code_sums_many(xs, a, b, 0.0, nmax);
-            // The first candidate (no stretch) has min/max's own codes: its error as stored
-            // is the bar to clear.
-            g.min_max = (g.d, g.m);
-            g.min_max_err = affine_error(&mo, &candidates[0], g.d.wide(), g.m.wide());
-            let mut best: Option<(CodeSums, f64, f64)> = None;
-            for sums in candidates {
-                // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate
-                // with the largest num²/det wins, compared by cross-multiplying.
-                let num = mo.n * sums.lx - sums.l * mo.x;
-                let det = mo.n * sums.ll - sums.l * sums.l;
-                if num > 0.0
-                    && det > 0.0
-                    && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det)
-                {
-                    best = Some((sums, num, det));
-                }
-            }
-            if let Some((dh, mh)) = best
-                .and_then(|(sums, _, _)| affine_fit(&mo, &sums))
-                .and_then(|(d, m, _)| stored_pair(passes, d, m))
+        let mut best: Option<(CodeSums, f64, f64)> = None;
+        let inv_range = 1.0 / range;
+        let a = ASYM_STRETCH.map(|stretch| (nmax + stretch) * inv_range);
+        let b = std::array::from_fn(|k| -lo * a[k] - ASYM_STRETCH[k] / 2.0);
+        let candidates = passes.code_sums_many(x, a, b, 0.0, nmax);
+        // The first candidate (no stretch) has min/max's own codes: its error as stored is
+        // the bar to clear.
+        let min_max_err = affine_error(&mo, &candidates[0], best_d.wide(), best_m.wide());
+        for sums in candidates {
+            // The least-squares error is Σx² − (Σx)²/n − num²/(n·det): the candidate with the
+            // largest num²/det wins, compared by cross-multiplying (no division per candidate).
+            let num = mo.n * sums.lx - sums.l * mo.x;
+            let det = mo.n * sums.ll - sums.l * sums.l;
+            if num > 0.0
+                && det > 0.0
+                && best.is_none_or(|(_, bn, bd)| num * num * bd > bn * bn * det)
             {
-                (g.d, g.m) = (dh, mh);
+                best = Some((sums, num, det));
             }
+        }
+        let (min_max_d, min_max_m) = (best_d, best_m);
+        if let Some((dh, mh)) = best
+            .and_then(|(sums, _, _)| affine_fit(&mo, &sums))
+            .and_then(|(d, m, _)| stored_pair(passes, d, m))
+        {
+            (best_d, best_m) = (dh, mh);
         }
         // Nearest codes for the stored pair, then a least-squares refit, while it helps.
-        for (xs, g) in x.chunks(group).zip(state.iter_mut()) {
-            if g.settled.is_some() {
-                continue;
-            }
-            let mo = g.mo;
-            let mut best_err = f64::INFINITY;
-            for _ in 0..REFINE_STEPS {
-                let (a, b) = affine_map(g.d, g.m);
-                let sums = passes.code_sums(xs, a, b, 0.0, nmax);
-                best_err = best_err.min(affine_error(&mo, &sums, g.d.wide(), g.m.wide()));
-                let refit = affine_fit(&mo, &sums).and_then(|(d, m, _)| {
-                    let (dh, mh) = stored_pair(passes, d, m)?;
-                    Some((dh, mh, affine_error(&mo, &sums, dh.wide(), mh.wide())))
-                });
-                match refit {
-                    Some((d, m, err)) if err < best_err => (g.d, g.m, best_err) = (d, m, err),
-                    _ => break,
-                }
-            }
-            if g.min_max_err < best_err {
-                (g.d, g.m) = g.min_max;
+        let mut best_err = f64::INFINITY;
+        for _ in 0..REFINE_STEPS {
+            let (a, b) = affine_map(best_d, best_m);
+            let sums = passes.code_sums(x, a, b, 0.0, nmax);
+            best_err = best_err.min(affine_error(&mo, &sums, best_d.wide(), best_m.wide()));
+            let refit = affine_fit(&mo, &sums).and_then(|(d, m, _)| {
+                let (dh, mh) = stored_pair(passes, d, m)?;
+                Some((dh, mh, affine_error(&mo, &sums, dh.wide(), mh.wide())))
+            });
+            match refit {
+                Some((d, m, err)) if err < best_err => (best_d, best_m, best_err) = (d, m, err),
+                _ => break,
             }
         }
+        if min_max_err < best_err {
+            (best_d, best_m) = (min_max_d, min_max_m);
+        }
     }
-    for ((xs, cs), (g, p)) in x
-        .chunks(group)
-        .zip(codes.chunks_mut(group))
-        .zip(state.iter().zip(params.iter_mut()))
-    {
-        *p = match g.settled {
-            Some(settled) => {
-                cs.fill(0);
-                settled
-            }
-            None => {
-                let (a, b) = affine_map(g.d, g.m);
-                passes.write_codes(xs, a, b, 0.0, nmax, 0.0, cs);
-                (g.d.half, g.m.half)
-            }
-        };
-    }
-    Ok(())
+    let (a, b) = affine_map(best_d, best_m);
+    passes.write_codes(x, a, b, 0.0, nmax, 0.0, codes);
+    Ok((best_d.half, best_m.half))
 }
 
 /// The code map `l = x·a + b` that inverts `x = m + d·l`.
