@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float32Builder, Int8Builder, Int64Array, ListBuilder, RecordBatch,
-    StringArray, UInt8Array, UInt32Array,
+    ArrayRef, AsArray, Float32Array, Float32Builder, Int8Array, Int8Builder, Int64Array, ListArray,
+    RecordBatch, StringArray, UInt8Array, UInt32Array,
 };
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
@@ -163,11 +164,27 @@ pub async fn quantize_batch(
         }
         expected += rows.len() as i64;
     }
+    // One batch per partition: each core builds the seed's columns of its own.
     let out_schema = output_schema();
-    results
-        .iter()
-        .map(|batch| seed_columns(batch, Arc::clone(&out_schema)))
-        .collect()
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = results
+            .iter()
+            .map(|batch| {
+                let schema = Arc::clone(&out_schema);
+                scope.spawn(move || seed_columns(batch, schema))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(DataFusionError::Internal(
+                        "batch engine: building the seed's columns panicked".to_string(),
+                    ))
+                })
+            })
+            .collect()
+    })
 }
 
 /// Numbers the layers and cuts them into `partitions` contiguous runs of about equal numbers
@@ -235,6 +252,17 @@ fn list_lengths(array: &ArrayRef) -> Vec<usize> {
     }
 }
 
+/// A list column over `values`, row `i` ending at `ends[i + 1]`.
+fn list_of(ends: &[i32], values: ArrayRef) -> ArrayRef {
+    let item = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+    Arc::new(ListArray::new(
+        item,
+        OffsetBuffer::new(ends.to_vec().into()),
+        values,
+        None,
+    ))
+}
+
 /// The seed's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
 /// scale and zero point when the layer has one group, every group's in the added list columns.
 fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
@@ -251,9 +279,16 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     let rows = batch.num_rows();
     let mut scale = Float32Builder::with_capacity(rows);
     let mut zero_point = Int8Builder::with_capacity(rows);
-    let mut scales = ListBuilder::new(Float32Builder::new());
-    let mut zero_points = ListBuilder::new(Int8Builder::new());
-    let mut offsets = ListBuilder::new(Float32Builder::new());
+    // Per-group columns, built as plain vectors: a million groups take milliseconds.
+    let groups: usize = (0..rows)
+        .filter_map(|r| quantized.get(r).ok().flatten())
+        .map(|r| r.scales.len())
+        .sum();
+    let mut group_scales: Vec<f32> = Vec::with_capacity(groups);
+    let mut group_offsets: Vec<f32> = Vec::with_capacity(groups);
+    let mut group_zeros: Vec<i8> = Vec::with_capacity(groups);
+    let mut group_ends: Vec<i32> = Vec::with_capacity(rows + 1);
+    group_ends.push(0);
     let mut cosine = Float32Builder::with_capacity(rows);
     let mut bits = Vec::with_capacity(rows);
     let mut group_size = Vec::with_capacity(rows);
@@ -272,37 +307,31 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 0
             }
         };
-        if r.scheme.gguf().is_some() {
-            // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL);
-            // quantized_codes gave NULL codes.
-            scales.append(true);
-            zero_points.append(true);
-            offsets.append(true);
+        let first = group_scales.len();
+        // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL) and
+        // quantized_codes gave NULL codes: their group lists stay empty.
+        if r.scheme.gguf().is_none() {
+            group_scales.extend(r.scales.iter().map(|s| s.to_f32()));
+            if r.offsets.is_empty() {
+                // Symmetric: code `centre` is zero.
+                group_offsets.extend(r.scales.iter().map(|s| -s.to_f32() * centre as f32));
+            } else {
+                group_offsets.extend(r.offsets.iter().map(|o| o.to_f32()));
+            }
+            group_zeros.extend(
+                group_scales[first..]
+                    .iter()
+                    .zip(&group_offsets[first..])
+                    .map(|(&s, &o)| zero(s, o)),
+            );
+        }
+        group_ends.push(group_scales.len() as i32);
+        if group_scales.len() - first == 1 {
+            scale.append_value(group_scales[first]);
+            zero_point.append_value(group_zeros[first]);
+        } else {
             scale.append_null();
             zero_point.append_null();
-        } else {
-            let group_scales: Vec<f32> = r.scales.iter().map(|s| s.to_f32()).collect();
-            let group_offsets: Vec<f32> = if r.offsets.is_empty() {
-                // Symmetric: code `centre` is zero.
-                group_scales.iter().map(|s| -s * centre as f32).collect()
-            } else {
-                r.offsets.iter().map(|o| o.to_f32()).collect()
-            };
-            for (s, o) in group_scales.iter().zip(&group_offsets) {
-                scales.values().append_value(*s);
-                offsets.values().append_value(*o);
-                zero_points.values().append_value(zero(*s, *o));
-            }
-            scales.append(true);
-            offsets.append(true);
-            zero_points.append(true);
-            if group_scales.len() == 1 {
-                scale.append_value(group_scales[0]);
-                zero_point.append_value(zero(group_scales[0], group_offsets[0]));
-            } else {
-                scale.append_null();
-                zero_point.append_null();
-            }
         }
         let denominator = (a_sq.value(row) * b_sq.value(row)).sqrt();
         cosine.append_value(if denominator > 0.0 {
@@ -335,9 +364,9 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 .expect("query column"),
         ),
         Arc::new(cosine.finish()),
-        Arc::new(scales.finish()),
-        Arc::new(zero_points.finish()),
-        Arc::new(offsets.finish()),
+        list_of(&group_ends, Arc::new(Float32Array::from(group_scales))),
+        list_of(&group_ends, Arc::new(Int8Array::from(group_zeros))),
+        list_of(&group_ends, Arc::new(Float32Array::from(group_offsets))),
         Arc::new(UInt8Array::from(bits)),
         Arc::new(UInt32Array::from(group_size)),
         Arc::new(StringArray::from(scheme)),
@@ -348,8 +377,7 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Float32Array, ListArray, StringArray};
-    use datafusion::arrow::buffer::OffsetBuffer;
+    use datafusion::arrow::array::StringArray;
 
     fn layers(sizes: &[usize]) -> RecordBatch {
         let values: Vec<f32> = (0..sizes.iter().sum::<usize>()).map(|i| i as f32).collect();
