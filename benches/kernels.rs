@@ -5,6 +5,7 @@
 
 use std::hint::black_box;
 
+use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
 use arrowquant_udfs::kernels::scheme::GroupSize;
 use arrowquant_udfs::kernels::{QuantSpec, Scheme};
@@ -102,6 +103,29 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+
+    // Quantize and measure in one pass (quantize_measured) against quantize, dequantize and
+    // error sums apart (what quantize followed by error_sums(weights, dequantize(q)) costs).
+    let spec = QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Asym).unwrap();
+    let mut rebuilt = Vec::with_capacity(ROW_LEN);
+    group.bench_function("measured/int4_g64_search_apart", |b| {
+        b.iter(|| {
+            for (row, q) in x.chunks(ROW_LEN).zip(rows.iter_mut()) {
+                quantizer.quantize(row, &spec, q).unwrap();
+                quantizer
+                    .dequantize(&q.view(&spec, ROW_LEN), &mut rebuilt)
+                    .unwrap();
+                black_box(PairSums::of(row, &rebuilt).unwrap());
+            }
+        })
+    });
+    group.bench_function("measured/int4_g64_search_fused", |b| {
+        b.iter(|| {
+            for (row, q) in x.chunks(ROW_LEN).zip(rows.iter_mut()) {
+                black_box(quantizer.quantize_measured(row, &spec, q).unwrap());
+            }
+        })
+    });
     group.finish();
 }
 

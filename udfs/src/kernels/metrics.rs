@@ -129,10 +129,63 @@ fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
 /// Values a block of [`sums`] adds in f32 before moving the block's sums to f64.
 pub const BLOCK: usize = 256;
 
+/// [`sums`] with AVX2 intrinsics: the eight lanes of each block live in registers, then go
+/// through the same tail and reduction code. (Left to the auto-vectoriser, the loop came out
+/// as 128-bit shuffles and spills, five times slower.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
-    sums(s, a, b)
+    use std::arch::x86_64::*;
+
+    const L: usize = 8;
+    s.n += a.len();
+    let mut max = 0f32;
+    let sign = _mm256_set1_ps(-0.0);
+    let lanes = |v: __m256| {
+        let mut out = [0f32; L];
+        // SAFETY: `out` holds 8 f32; an unaligned store has no alignment requirement.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    };
+    for (block_a, block_b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (mut dot, mut aa, mut bb, mut se, mut mx) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let (chunks_a, tail_a) = block_a.as_chunks::<L>();
+        let (chunks_b, tail_b) = block_b.as_chunks::<L>();
+        for (ca, cb) in chunks_a.iter().zip(chunks_b) {
+            // SAFETY: each chunk holds exactly 8 f32.
+            let (x, y) = unsafe { (_mm256_loadu_ps(ca.as_ptr()), _mm256_loadu_ps(cb.as_ptr())) };
+            let e = _mm256_sub_ps(x, y);
+            dot = _mm256_add_ps(dot, _mm256_mul_ps(x, y));
+            aa = _mm256_add_ps(aa, _mm256_mul_ps(x, x));
+            bb = _mm256_add_ps(bb, _mm256_mul_ps(y, y));
+            se = _mm256_add_ps(se, _mm256_mul_ps(e, e));
+            // maxps(a, b) is `if a > b { a } else { b }`, as the portable loop.
+            mx = _mm256_max_ps(_mm256_andnot_ps(sign, e), mx);
+        }
+        let (mut dot, mut aa, mut bb, mut se, mut mx) =
+            (lanes(dot), lanes(aa), lanes(bb), lanes(se), lanes(mx));
+        for (&x, &y) in tail_a.iter().zip(tail_b) {
+            let e = x - y;
+            dot[0] += x * y;
+            aa[0] += x * x;
+            bb[0] += y * y;
+            se[0] += e * e;
+            mx[0] = mx[0].max(e.abs());
+        }
+        let wide = |v: [f32; L]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
+        s.dot += wide(dot);
+        s.aa += wide(aa);
+        s.bb += wide(bb);
+        s.sq_err += wide(se);
+        max = mx.iter().fold(max, |m, &v| m.max(v));
+    }
+    s.max_abs_err = s.max_abs_err.max(f64::from(max));
 }
 
 pub fn cosine_from(dot: f64, aa: f64, bb: f64) -> Option<f64> {
