@@ -12,7 +12,7 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use crate::config::QuantConfig;
 use crate::udfs::common::QuantizedColumn;
@@ -90,8 +90,9 @@ pub async fn quantize_batch(
     config: &QuantConfig,
 ) -> Result<Vec<RecordBatch>> {
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let ctx =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let ctx = SessionContext::new_with_config(
+        crate::session::config().with_target_partitions(partitions),
+    );
     crate::udfs::register_all(&ctx);
     let numbered_schema = {
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -436,6 +437,30 @@ mod tests {
         let rows = rows_of(&parts);
         assert_eq!(rows.concat(), vec![0, 1, 2, 3]);
         assert!(rows.iter().all(|r| r.len() <= 1));
+    }
+
+    /// DataFusion 55's leaf-expression pushdown would turn each field read of
+    /// `quantize_measured(...)` into a call of its own (see session::config).
+    #[tokio::test]
+    async fn quantize_measured_runs_once_per_row_whatever_fields_are_read() {
+        let ctx = crate::session::context();
+        let input = layers(&[256, 256]);
+        ctx.register_batch("input", input).unwrap();
+        let plan = ctx
+            .sql(
+                "EXPLAIN SELECT quantized_codes(m['quantized']), m['quantized'], m['error_sums']
+                 FROM (SELECT quantize_measured(weights, 4) AS m FROM input)",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        let physical = &text[text.find("physical_plan").unwrap()..];
+        assert_eq!(physical.matches("quantize_measured(").count(), 1, "{text}");
     }
 
     #[tokio::test]

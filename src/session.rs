@@ -31,8 +31,19 @@ pub fn pipeline_context() -> SessionContext {
 pub const PIPELINE_BATCH_ROWS: usize = 128;
 
 /// The session configuration ArrowQuant runs with.
+///
+/// Leaf-expression pushdown is off: in DataFusion 55 it rewrites `m['quantized']` and
+/// `m['error_sums']` of `m = quantize_measured(...)` into two calls of quantize_measured, one
+/// per field, so every row was quantized twice (apache/datafusion#23655, fixed upstream after
+/// 55; see also #25329). Our plans read weights from our own table functions, which gain
+/// nothing from that pushdown.
 pub fn config() -> SessionConfig {
-    SessionConfig::new().with_information_schema(true)
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config
+        .options_mut()
+        .optimizer
+        .enable_leaf_expression_pushdown = false;
+    config
 }
 
 /// A session for the SQL shell: every function, plus files queryable by path
