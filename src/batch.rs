@@ -433,7 +433,7 @@ mod tests {
         // 90 values: the first 45 go to partition 0.
         assert_eq!(rows_of(&parts), vec![vec![0, 1, 2, 3, 4], vec![5, 6]]);
         // More partitions than layers: the extra ones stay empty.
-        let parts = contiguous_parts(&[a.clone()], &numbered(&a), 8).unwrap();
+        let parts = contiguous_parts(std::slice::from_ref(&a), &numbered(&a), 8).unwrap();
         let rows = rows_of(&parts);
         assert_eq!(rows.concat(), vec![0, 1, 2, 3]);
         assert!(rows.iter().all(|r| r.len() <= 1));

@@ -238,3 +238,26 @@ def test_gguf_schemes_match_gguf_py_bit_for_bit(ctx, scheme):
     ).column("c")
     for i, row in enumerate(got.to_pylist()):
         assert row == expected[i].tobytes(), f"{scheme} row {i}, seed {seed}"
+
+
+def test_quantize_measured_runs_once_with_the_documented_setting():
+    # DataFusion 55's leaf-expression pushdown calls quantize_measured once per field read;
+    # the README tells Python users to turn it off, as ArrowQuant's own sessions do.
+    config = datafusion.SessionConfig().set(
+        "datafusion.optimizer.enable_leaf_expression_pushdown", "false"
+    )
+    ctx = aq.register(SessionContext(config))
+    ctx.sql("CREATE TABLE t AS SELECT [1.0, 2.0, 3.0, 4.0] AS w").collect()
+    query = (
+        "SELECT m['quantized'] AS q, m['error_sums'] AS e "
+        "FROM (SELECT quantize_measured(w, 4, 'row') AS m FROM t)"
+    )
+    plan = pa.Table.from_batches(ctx.sql(f"EXPLAIN {query}").collect())
+    physical = [
+        p
+        for t, p in zip(plan.column(0).to_pylist(), plan.column(1).to_pylist())
+        if t == "physical_plan"
+    ]
+    assert physical[0].count("quantize_measured(") == 1, physical[0]
+    row = pa.Table.from_batches(ctx.sql(query).collect()).to_pylist()[0]
+    assert row["e"]["n"] == 4 and row["q"]["len"] == 4

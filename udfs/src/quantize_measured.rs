@@ -45,7 +45,9 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          error_sums} equal, bit for bit, to {quantize(weights, ...), error_sums(weights, \
          quantize(weights, ...))}. Each cache-sized piece of the row is quantized, rebuilt and \
          compared while it is in cache, so the weights are read from memory once instead of \
-         twice. A NULL row or argument gives NULL; NaN or ±Inf values are an error.",
+         twice. A NULL row or argument gives NULL; NaN or ±Inf values are an error. (DataFusion \
+         55 evaluates it once per field read unless datafusion.optimizer.\
+         enable_leaf_expression_pushdown is false, as in ArrowQuant's own sessions.)",
         "quantize_measured(weights, bits [, group_size [, scheme]])",
     )
     .with_sql_example(
