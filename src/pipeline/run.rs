@@ -132,7 +132,11 @@ pub async fn quantize_model(
     {
         Ok(errors) => errors,
         // A row the quantizer refused: find which tensor and row it was.
-        Err(e) if e.find_root().to_string().contains("quantize_measured: row ") => {
+        Err(e)
+            if e.find_root()
+                .to_string()
+                .contains("quantize_measured: row ") =>
+        {
             return Err(locate_failure(&model, &plans).unwrap_or(e));
         }
         Err(e) => return Err(e),
