@@ -107,20 +107,7 @@ fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
                 mx[i] = if ae > mx[i] { ae } else { mx[i] };
             }
         }
-        for (&x, &y) in tail_a.iter().zip(tail_b) {
-            let e = x - y;
-            dot[0] += x * y;
-            aa[0] += x * x;
-            bb[0] += y * y;
-            se[0] += e * e;
-            mx[0] = mx[0].max(e.abs());
-        }
-        let wide = |v: [f32; L]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
-        s.dot += wide(dot);
-        s.aa += wide(aa);
-        s.bb += wide(bb);
-        s.sq_err += wide(se);
-        max = mx.iter().fold(max, |m, &v| m.max(v));
+        end_block(s, &mut max, [dot, aa, bb, se, mx], tail_a, tail_b);
     }
     // The largest of f32 values converts to f64 exactly: merging parts' maxima is exact.
     s.max_abs_err = s.max_abs_err.max(f64::from(max));
@@ -128,6 +115,33 @@ fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
 
 /// Values a block of [`sums`] adds in f32 before moving the block's sums to f64.
 pub const BLOCK: usize = 256;
+
+/// The end of a block, shared by both implementations: the values past the last whole
+/// vector go to lane 0, then each sum's lanes move to f64 in lane order.
+#[inline(always)]
+fn end_block(
+    s: &mut PairSums,
+    max: &mut f32,
+    lanes: [[f32; 8]; 5],
+    tail_a: &[f32],
+    tail_b: &[f32],
+) {
+    let [mut dot, mut aa, mut bb, mut se, mut mx] = lanes;
+    for (&x, &y) in tail_a.iter().zip(tail_b) {
+        let e = x - y;
+        dot[0] += x * y;
+        aa[0] += x * x;
+        bb[0] += y * y;
+        se[0] += e * e;
+        mx[0] = mx[0].max(e.abs());
+    }
+    let wide = |v: [f32; 8]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
+    s.dot += wide(dot);
+    s.aa += wide(aa);
+    s.bb += wide(bb);
+    s.sq_err += wide(se);
+    *max = mx.iter().fold(*max, |m, &v| m.max(v));
+}
 
 /// [`sums`] with AVX2 intrinsics: the eight lanes of each block live in registers, then go
 /// through the same tail and reduction code. (Left to the auto-vectoriser, the loop came out
@@ -168,22 +182,8 @@ unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
             // maxps(a, b) is `if a > b { a } else { b }`, as the portable loop.
             mx = _mm256_max_ps(_mm256_andnot_ps(sign, e), mx);
         }
-        let (mut dot, mut aa, mut bb, mut se, mut mx) =
-            (lanes(dot), lanes(aa), lanes(bb), lanes(se), lanes(mx));
-        for (&x, &y) in tail_a.iter().zip(tail_b) {
-            let e = x - y;
-            dot[0] += x * y;
-            aa[0] += x * x;
-            bb[0] += y * y;
-            se[0] += e * e;
-            mx[0] = mx[0].max(e.abs());
-        }
-        let wide = |v: [f32; L]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
-        s.dot += wide(dot);
-        s.aa += wide(aa);
-        s.bb += wide(bb);
-        s.sq_err += wide(se);
-        max = mx.iter().fold(max, |m, &v| m.max(v));
+        let lanes = [lanes(dot), lanes(aa), lanes(bb), lanes(se), lanes(mx)];
+        end_block(s, &mut max, lanes, tail_a, tail_b);
     }
     s.max_abs_err = s.max_abs_err.max(f64::from(max));
 }

@@ -92,27 +92,9 @@ impl Quantizer {
     /// first so that a corrupted row is an error, never an out-of-bounds read.
     pub fn dequantize(&mut self, q: &QuantizedRef<'_>, out: &mut Vec<f32>) -> Result<()> {
         let len = q.len as usize;
+        check_stored(q)?;
         if let Some(format) = q.scheme.gguf() {
-            if q.bits != format.bits() || q.group_size as usize != gguf::BLOCK {
-                return Err(KernelError::Corrupt(format!(
-                    "{} stores {}-bit codes in groups of {}, but the value says bits = {}, group_size = {}",
-                    format.name(),
-                    format.bits(),
-                    gguf::BLOCK,
-                    q.bits,
-                    q.group_size
-                )));
-            }
             return gguf::dequantize_row(format, q.codes, len, out);
-        }
-        if !(2..=8).contains(&q.bits) || q.bits == 7 {
-            return Err(KernelError::Corrupt(format!(
-                "unsupported bit width {}",
-                q.bits
-            )));
-        }
-        if q.group_size == 0 && len > 0 {
-            return Err(KernelError::Corrupt("group_size is 0".to_string()));
         }
         packing::unpack(q.codes, q.bits, len, &mut self.unpacked)?;
         affine::dequantize_row(
