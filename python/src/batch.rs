@@ -5,6 +5,7 @@
 use arrowquant::batch::{check_schema, output_schema, quantize_batch as quantize_batch_engine};
 use arrowquant::config::{QuantConfig, Settings};
 use datafusion::arrow::array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -60,6 +61,21 @@ fn import_stream(data: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
         .map_err(|e| PyValueError::new_err(format!("not a readable Arrow stream: {e}")))
 }
 
+/// The configuration (settings > ARROW_QUANT_* > profile), the input stream and its checked
+/// schema (whether it has a `shape` column), before the GIL is released.
+fn prepare(
+    data: &Bound<'_, PyAny>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(QuantConfig, ArrowArrayStreamReader, SchemaRef, bool)> {
+    let explicit = settings_from_dict("config", settings)?;
+    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
+        .map_err(config_error)?;
+    let reader = import_stream(data)?;
+    let schema = reader.schema();
+    let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;
+    Ok((config, reader, schema, has_shape))
+}
+
 /// Quantizes every layer of an Arrow table in one call; see `ArrowQuantV2.quantize_batch_arrow`.
 #[pyfunction]
 #[pyo3(signature = (data, settings=None))]
@@ -68,12 +84,7 @@ fn quantize_batch(
     data: &Bound<'_, PyAny>,
     settings: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<ArrowStream> {
-    let explicit = settings_from_dict("config", settings)?;
-    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
-        .map_err(config_error)?;
-    let reader = import_stream(data)?;
-    let schema = reader.schema();
-    let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;
+    let (config, reader, schema, has_shape) = prepare(data, settings)?;
     let batches = py.detach(|| {
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         RUNTIME.block_on(quantize_batch_engine(batches, schema, has_shape, &config))
@@ -94,12 +105,7 @@ fn bench_engine(
     settings: Option<&Bound<'_, PyDict>>,
     runs: usize,
 ) -> PyResult<Vec<f64>> {
-    let explicit = settings_from_dict("config", settings)?;
-    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
-        .map_err(config_error)?;
-    let reader = import_stream(data)?;
-    let schema = reader.schema();
-    let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;
+    let (config, reader, schema, has_shape) = prepare(data, settings)?;
     let times = py.detach(|| {
         let batches = reader.collect::<Result<Vec<_>, _>>()?;
         let mut times = Vec::with_capacity(runs);

@@ -63,15 +63,7 @@ pub struct Quantizer {
 impl Quantizer {
     /// Quantizes `x` as `spec` asks, into `out` (overwritten).
     pub fn quantize(&mut self, x: &[f32], spec: &QuantSpec, out: &mut QuantizedRow) -> Result<()> {
-        if u32::try_from(x.len()).is_err() {
-            return Err(KernelError::Corrupt(format!(
-                "a row of {} values is longer than 2^32 − 1",
-                x.len()
-            )));
-        }
-        out.codes.clear();
-        out.scales.clear();
-        out.offsets.clear();
+        start_row(x, out)?;
         if let Some(format) = spec.scheme.gguf() {
             // (The affine kernels refuse non-finite values in their first pass.)
             check_finite(x)?;
@@ -157,15 +149,7 @@ impl Quantizer {
         spec: &QuantSpec,
         out: &mut QuantizedRow,
     ) -> Result<PairSums> {
-        if u32::try_from(x.len()).is_err() {
-            return Err(KernelError::Corrupt(format!(
-                "a row of {} values is longer than 2^32 − 1",
-                x.len()
-            )));
-        }
-        out.codes.clear();
-        out.scales.clear();
-        out.offsets.clear();
+        start_row(x, out)?;
         let mut sums = PairSums::default();
         if let Some(format) = spec.scheme.gguf() {
             out.codes.reserve(format.row_bytes(x.len())?);
@@ -243,6 +227,20 @@ pub fn signed_codes(q: &QuantizedRef<'_>, dst: &mut [u8]) -> Result<()> {
             *code = code.wrapping_sub(centre);
         }
     }
+    Ok(())
+}
+
+/// Refuses a row too long for a stored length (u32) and empties `out`.
+fn start_row(x: &[f32], out: &mut QuantizedRow) -> Result<()> {
+    if u32::try_from(x.len()).is_err() {
+        return Err(KernelError::Corrupt(format!(
+            "a row of {} values is longer than 2^32 − 1",
+            x.len()
+        )));
+    }
+    out.codes.clear();
+    out.scales.clear();
+    out.offsets.clear();
     Ok(())
 }
 
