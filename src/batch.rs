@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Float32Array, Float32Builder, Int8Array, Int8Builder, Int64Array, ListArray,
-    RecordBatch, StringArray, UInt8Array, UInt32Array,
+    OffsetSizeTrait, RecordBatch, StringArray, UInt8Array, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
@@ -228,26 +228,16 @@ fn contiguous_parts(
 
 /// Values in each row of a list column (0 for NULL rows).
 fn list_lengths(array: &ArrayRef) -> Vec<usize> {
-    let lengths = |offsets: &[usize]| offsets.windows(2).map(|w| w[1] - w[0]).collect();
+    fn of<O: OffsetSizeTrait>(array: &ArrayRef) -> Vec<usize> {
+        let offsets = array.as_list::<O>().value_offsets();
+        offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_usize())
+            .collect()
+    }
     match array.data_type() {
-        DataType::List(_) => {
-            let offsets: Vec<usize> = array
-                .as_list::<i32>()
-                .value_offsets()
-                .iter()
-                .map(|&o| o as usize)
-                .collect();
-            lengths(&offsets)
-        }
-        DataType::LargeList(_) => {
-            let offsets: Vec<usize> = array
-                .as_list::<i64>()
-                .value_offsets()
-                .iter()
-                .map(|&o| o as usize)
-                .collect();
-            lengths(&offsets)
-        }
+        DataType::List(_) => of::<i32>(array),
+        DataType::LargeList(_) => of::<i64>(array),
         DataType::FixedSizeList(_, n) => vec![*n as usize; array.len()],
         _ => vec![1; array.len()],
     }

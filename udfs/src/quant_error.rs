@@ -14,7 +14,6 @@ use datafusion::logical_expr::{
 
 use crate::common::{FloatRows, row_error};
 use crate::doc::{DOC_QUALITY, scheme_list};
-use crate::kernels::metrics::PairSums;
 use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::quant_args::{self, SpecArgs};
 
@@ -110,7 +109,7 @@ impl ScalarUDFImpl for QuantError {
             .collect();
         let mut valid = Vec::with_capacity(rows.len());
         let mut quantizer = Quantizer::default();
-        let (mut q, mut back) = (QuantizedRow::default(), Vec::new());
+        let mut q = QuantizedRow::default();
         for row in 0..rows.len() {
             let spec = spec_args
                 .spec(row)
@@ -120,14 +119,10 @@ impl ScalarUDFImpl for QuantError {
                 valid.push(false);
                 continue;
             };
-            quantizer
-                .quantize(x, &spec, &mut q)
+            // One pass: each piece is quantized, rebuilt and compared while in cache.
+            let sums = quantizer
+                .quantize_measured(x, &spec, &mut q)
                 .map_err(|e| row_error(self.name(), row, e))?;
-            let view = q.view(&spec, x.len());
-            quantizer
-                .dequantize(&view, &mut back)
-                .map_err(|e| row_error(self.name(), row, e))?;
-            let sums = PairSums::of(x, &back).map_err(|e| row_error(self.name(), row, e))?;
             let stored = stored_bytes(q.codes.len(), q.scales.len(), q.offsets.len());
             let ratio = (stored > 0).then(|| x.len() as f64 * width / stored as f64);
             let figures = [
