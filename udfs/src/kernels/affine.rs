@@ -77,33 +77,74 @@ fn quantize_row_with<P: Passes>(
     out.scales.clear();
     out.offsets.clear();
     let symmetric = scheme.is_symmetric();
-    for (index, (xs, codes)) in x.chunks(group).zip(out.codes.chunks_mut(group)).enumerate() {
-        let params = if symmetric {
-            symmetric_group(passes, xs, bits, scheme.searches(), codes)
-        } else {
-            affine_group(passes, xs, bits, scheme.searches(), codes)
-        };
-        let (scale, offset) = params.map_err(|e| match e {
-            GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
-                group: index,
+    let full_groups = x.len() / group;
+    let mut index = 0;
+    while index * group < x.len() {
+        let start = index * group;
+        if !symmetric && index + 8 <= full_groups {
+            let end = start + 8 * group;
+            let (xs, codes) = (&x[start..end], &mut out.codes[start..end]);
+            if let Some((scales, offsets)) =
+                passes.affine_groups(xs, group, bits, scheme.searches(), codes)
+            {
+                out.scales.extend_from_slice(&scales);
+                out.offsets.extend_from_slice(&offsets);
+                index += 8;
+                continue;
+            }
+            // A group off the common path: these eight go one by one.
+            for _ in 0..8 {
+                one_group(passes, x, bits, group, index, scheme, out)?;
+                index += 1;
+            }
+            continue;
+        }
+        one_group(passes, x, bits, group, index, scheme, out)?;
+        index += 1;
+    }
+    Ok(())
+}
+
+/// Quantizes group `index` of `x` into `out` (its codes in place, its parameters appended).
+#[inline(always)]
+fn one_group<P: Passes>(
+    passes: P,
+    x: &[f32],
+    bits: u8,
+    group: usize,
+    index: usize,
+    scheme: Scheme,
+    out: &mut AffineOutput,
+) -> Result<()> {
+    let start = index * group;
+    let end = (start + group).min(x.len());
+    let (xs, codes) = (&x[start..end], &mut out.codes[start..end]);
+    let symmetric = scheme.is_symmetric();
+    let params = if symmetric {
+        symmetric_group(passes, xs, bits, scheme.searches(), codes)
+    } else {
+        affine_group(passes, xs, bits, scheme.searches(), codes)
+    };
+    let (scale, offset) = params.map_err(|e| match e {
+        GroupError::ScaleOverflow(value) => KernelError::ScaleOverflow {
+            group: index,
+            value,
+        },
+        // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
+        GroupError::NonFinite => match check_finite(xs) {
+            Err(KernelError::NonFinite { index: at, value }) => KernelError::NonFinite {
+                index: start + at,
                 value,
             },
-            // The first pass saw a NaN or an infinity (or sums beyond f32): find which.
-            GroupError::NonFinite => match check_finite(xs) {
-                Err(KernelError::NonFinite { index: at, value }) => KernelError::NonFinite {
-                    index: index * group + at,
-                    value,
-                },
-                _ => KernelError::ScaleOverflow {
-                    group: index,
-                    value: f32::INFINITY,
-                },
+            _ => KernelError::ScaleOverflow {
+                group: index,
+                value: f32::INFINITY,
             },
-        })?;
-        out.scales.push(scale);
-        if !symmetric {
-            out.offsets.push(offset);
-        }
+        },
+    })?;
+    out.scales.push(scale);
+    if !symmetric {
+        out.offsets.push(offset);
     }
     Ok(())
 }
@@ -286,6 +327,19 @@ trait Passes: Copy {
     fn write_codes(self, x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, codes: &mut [u8]);
     /// `v` rounded to f16 (to nearest, ties to even), with that f16's exact value.
     fn round_f16(self, v: f32) -> Stored;
+    /// Eight affine groups at once, bit for bit as eight calls of [`affine_group`], when the
+    /// implementation has such a path and every group takes its common case.
+    #[inline(always)]
+    fn affine_groups(
+        self,
+        _x: &[f32],
+        _group: usize,
+        _bits: u8,
+        _search: bool,
+        _codes: &mut [u8],
+    ) -> Option<([f16; 8], [f16; 8])> {
+        None
+    }
 }
 
 /// A parameter as stored (f16) and the exact value decoding will use.
@@ -441,6 +495,9 @@ impl Passes for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod eight_groups;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! The passes with AVX2 intrinsics: the same operations as [`Portable`](super::Portable),
     //! eight lanes at a time.
@@ -564,7 +621,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    fn codes(v: __m256, a: __m256, b: __m256, lo: __m256, hi: __m256) -> __m256 {
+    pub(super) fn codes(v: __m256, a: __m256, b: __m256, lo: __m256, hi: __m256) -> __m256 {
         let t = _mm256_add_ps(_mm256_mul_ps(v, a), b);
         // max(t, lo) then min(t, hi): the clamp of `code_of` (ties give the bound itself,
         // equal in value).
@@ -621,7 +678,15 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn write_codes(x: &[f32], a: f32, b: f32, lo: f32, hi: f32, bias: f32, out: &mut [u8]) {
+    pub(super) fn write_codes(
+        x: &[f32],
+        a: f32,
+        b: f32,
+        lo: f32,
+        hi: f32,
+        bias: f32,
+        out: &mut [u8],
+    ) {
         let (va, vb, vlo, vhi, vbias) = (
             _mm256_set1_ps(a),
             _mm256_set1_ps(b),
@@ -686,6 +751,22 @@ mod avx2 {
         fn round_f16(self, v: f32) -> super::Stored {
             // SAFETY: `self` exists only where AVX2 and F16C were detected.
             unsafe { round_f16(v) }
+        }
+
+        #[inline(always)]
+        fn affine_groups(
+            self,
+            x: &[f32],
+            group: usize,
+            bits: u8,
+            search: bool,
+            codes: &mut [u8],
+        ) -> Option<super::eight_groups::Params> {
+            if !super::eight_groups::applies(group) {
+                return None;
+            }
+            // SAFETY: as above.
+            unsafe { super::eight_groups::affine_groups(x, group, bits, search, codes) }
         }
     }
 }
