@@ -43,14 +43,14 @@ pub fn quantize_row(
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(avx2) = avx2::Avx2::detect() {
-            // SAFETY: `detect` found AVX2 and F16C.
+            // SAFETY: `detect` found AVX2, FMA and F16C.
             return unsafe { avx2::quantize_row(avx2, x, bits, group, scheme, out) };
         }
     }
     quantize_row_portable(x, bits, group, scheme, out)
 }
 
-/// The portable reference path (what runs where AVX2 is missing). The AVX2 path does the same
+/// The portable reference path (what runs where AVX2, FMA or F16C is missing). The AVX2 path does the same
 /// operations in the same order, lane for lane, so the two agree bit for bit.
 pub fn quantize_row_portable(
     x: &[f32],
@@ -267,7 +267,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// Nearest integer code of `v·a + b`, clamped to `[lo, hi]`.
 #[inline(always)]
 fn code_of(v: f32, a: f32, b: f32, lo: f32, hi: f32) -> f32 {
-    let t = v * a + b;
+    // Fused: one rounding, and one instruction where the CPU has FMA.
+    let t = v.mul_add(a, b);
     // Plain comparisons (not f32::max/min) so the compiler emits one max/min instruction.
     let t = if t < lo { lo } else { t };
     let t = if t > hi { hi } else { t };
@@ -389,8 +390,8 @@ fn tail_code_sums(
     for (i, &v) in tail.iter().enumerate() {
         let l = code_of(v, a, b, lo, hi);
         sl[i] += l;
-        sll[i] += l * l;
-        slx[i] += l * v;
+        sll[i] = l.mul_add(l, sll[i]);
+        slx[i] = l.mul_add(v, slx[i]);
     }
 }
 
@@ -455,8 +456,8 @@ impl Passes for Portable {
                     for i in 0..LANES {
                         let l = code_of(c[i], a[k], b[k], lo, hi);
                         sl[k][i] += l;
-                        sll[k][i] += l * l;
-                        slx[k][i] += l * c[i];
+                        sll[k][i] = l.mul_add(l, sll[k][i]);
+                        slx[k][i] = l.mul_add(c[i], slx[k][i]);
                     }
                 }
             }
@@ -509,21 +510,22 @@ mod avx2 {
         tail_moments,
     };
 
-    /// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one.
+    /// Proof that the CPU has AVX2, FMA and F16C: only [`Avx2::detect`] makes one.
     #[derive(Debug, Clone, Copy)]
     pub struct Avx2(());
 
     impl Avx2 {
         pub fn detect() -> Option<Self> {
             (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c"))
             .then_some(Avx2(()))
         }
     }
 
-    /// The whole row loop compiled for AVX2 and F16C, so that the passes and the f16
+    /// The whole row loop compiled for AVX2, FMA and F16C, so that the passes and the f16
     /// conversions inline into the group search.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub fn quantize_row(
         avx2: Avx2,
         x: &[f32],
@@ -535,7 +537,7 @@ mod avx2 {
         super::quantize_row_with(avx2, x, bits, group, scheme, out)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn lanes(v: __m256) -> [f32; LANES] {
         let mut out = [0.0f32; LANES];
@@ -545,7 +547,7 @@ mod avx2 {
     }
 
     /// The lanes' sum in the tree order of [`reduce_lanes`], without leaving registers.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn hsum(v: __m256) -> f64 {
         // (v0+v4, v1+v5, v2+v6, v3+v7)
@@ -555,7 +557,7 @@ mod avx2 {
         f64::from(_mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1))))
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn range_and_moments(x: &[f32]) -> (f32, f32, Moments) {
         let mut vlo = _mm256_set1_ps(f32::MAX);
@@ -594,7 +596,7 @@ mod avx2 {
 
     /// [`fold_range`](super::fold_range)'s minimum without leaving registers: `minps(a, b)`
     /// is `if a < b { a } else { b }`, in the same tree order.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn hmin(v: __m256) -> f32 {
         let q = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -602,7 +604,7 @@ mod avx2 {
         _mm_cvtss_f32(_mm_min_ss(h, _mm_shuffle_ps(h, h, 1)))
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn hmax(v: __m256) -> f32 {
         let q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -610,7 +612,7 @@ mod avx2 {
         _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn round_f16(v: f32) -> super::Stored {
         let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(v));
@@ -620,9 +622,9 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) fn codes(v: __m256, a: __m256, b: __m256, lo: __m256, hi: __m256) -> __m256 {
-        let t = _mm256_add_ps(_mm256_mul_ps(v, a), b);
+        let t = _mm256_fmadd_ps(v, a, b);
         // max(t, lo) then min(t, hi): the clamp of `code_of` (ties give the bound itself,
         // equal in value).
         let t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
@@ -630,7 +632,7 @@ mod avx2 {
         _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn code_sums_many<const K: usize>(
         x: &[f32],
@@ -654,8 +656,8 @@ mod avx2 {
                 for k in 0..K {
                     let l = codes(v, va[k], vb[k], vlo, vhi);
                     sl[k] = _mm256_add_ps(sl[k], l);
-                    sll[k] = _mm256_add_ps(sll[k], _mm256_mul_ps(l, l));
-                    slx[k] = _mm256_add_ps(slx[k], _mm256_mul_ps(l, v));
+                    sll[k] = _mm256_fmadd_ps(l, l, sll[k]);
+                    slx[k] = _mm256_fmadd_ps(l, v, slx[k]);
                 }
             }
             for k in 0..K {
@@ -675,7 +677,7 @@ mod avx2 {
         total
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_codes(
@@ -715,7 +717,7 @@ mod avx2 {
     impl Passes for Avx2 {
         #[inline(always)]
         fn range_and_moments(self, x: &[f32]) -> (f32, f32, Moments) {
-            // SAFETY: `self` exists only where AVX2 was detected.
+            // SAFETY: `self` exists only where AVX2 and FMA were detected.
             unsafe { range_and_moments(x) }
         }
 
@@ -749,7 +751,7 @@ mod avx2 {
 
         #[inline(always)]
         fn round_f16(self, v: f32) -> super::Stored {
-            // SAFETY: `self` exists only where AVX2 and F16C were detected.
+            // SAFETY: `self` exists only where AVX2, FMA and F16C were detected.
             unsafe { round_f16(v) }
         }
 

@@ -92,10 +92,14 @@ mod ssse3 {
                 _mm_maddubs_epi16(nibbles, by16)
             };
             let bytes = _mm_packus_epi16(words, words);
-            let mut tmp = [0u8; 16];
-            // SAFETY: `tmp` holds 16 bytes.
-            unsafe { _mm_storeu_si128(tmp.as_mut_ptr().cast(), bytes) };
-            out.copy_from_slice(&tmp[..step]);
+            // A store of the width itself: a copy of `step` bytes would be a memcpy call.
+            if bits == 4 {
+                // SAFETY: `out` holds exactly 8 bytes.
+                unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), bytes) };
+            } else {
+                let word = _mm_cvtsi128_si32(bytes).to_le_bytes();
+                out.copy_from_slice(&word);
+            }
         }
         packed
     }

@@ -1,4 +1,4 @@
-//! Eight affine groups at a time (AVX2 and F16C): the steps of
+//! Eight affine groups at a time (AVX2, FMA and F16C): the steps of
 //! [`affine_group`](super::affine_group) with one group per lane for everything that is not a
 //! pass over the values.
 //!
@@ -36,7 +36,7 @@ pub(super) type Params = ([f16; GROUPS], [f16; GROUPS]);
 
 /// Quantizes `x` (eight groups of `group` values, [`applies`]) into `codes`, or returns `None`
 /// with nothing to rely on in `codes` when a group needs the one-group path.
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn affine_groups(
     x: &[f32],
     group: usize,
@@ -103,7 +103,7 @@ struct Sums {
 
 /// The clipping search and its refinement: the stored pair (f16 values) that each group's
 /// one-group search keeps. Lanes in `special` are ignored (the caller replaces them).
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 fn searched(
     groups: &[&[f32]; GROUPS],
@@ -230,7 +230,7 @@ fn searched(
 }
 
 /// The code sums of eight groups for per-group maps `l = x·a + b` (lane `j` for group `j`).
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums {
     let (a, b) = (lanes(a), lanes(b));
@@ -248,8 +248,8 @@ fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums
             let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
             let l = codes(v, va, vb, lo, hi);
             sl = _mm256_add_ps(sl, l);
-            sll = _mm256_add_ps(sll, _mm256_mul_ps(l, l));
-            slx = _mm256_add_ps(slx, _mm256_mul_ps(l, v));
+            sll = _mm256_fmadd_ps(l, l, sll);
+            slx = _mm256_fmadd_ps(l, v, slx);
         }
         [acc[0][j], acc[1][j], acc[2][j]] = [sl, sll, slx];
     }
@@ -261,7 +261,7 @@ fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums
 }
 
 /// One group's lanes of min, max and Σx (the one-group path's first pass).
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn range_and_sum(x: &[f32]) -> [__m256; 3] {
     let (mut lo, mut hi, mut sum) = (
@@ -280,7 +280,7 @@ fn range_and_sum(x: &[f32]) -> [__m256; 3] {
 }
 
 /// The one-group path's `affine_error` for lanes `4h..4h+4`, operation for operation.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn error(n: __m256d, x: __m256d, s: &Sums, h: usize, d: __m256d, m: __m256d) -> __m256d {
     let two = _mm256_set1_pd(2.0);
@@ -300,7 +300,7 @@ fn error(n: __m256d, x: __m256d, s: &Sums, h: usize, d: __m256d, m: __m256d) -> 
 /// v3∘v7)`, lower lanes first.
 macro_rules! transposing_reduce {
     ($name:ident, $op:ident) => {
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         #[inline]
         fn $name(v: [__m256; GROUPS]) -> __m256 {
             // Groups j and j+4 share a vector: [q0..q3 of j | q0..q3 of j+4], qi = vi∘vi+4.
@@ -343,7 +343,7 @@ transposing_reduce!(reduce_min, _mm256_min_ps);
 transposing_reduce!(reduce_max, _mm256_max_ps);
 
 /// `0.0 + f64::from(v)` per lane, as the one-group path accumulates its f64 totals.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn wide_sum(v: __m256) -> [__m256d; 2] {
     let [a, b] = widen(v);
@@ -351,7 +351,7 @@ fn wide_sum(v: __m256) -> [__m256d; 2] {
     [_mm256_add_pd(zero, a), _mm256_add_pd(zero, b)]
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn widen(v: __m256) -> [__m256d; 2] {
     [
@@ -361,27 +361,27 @@ fn widen(v: __m256) -> [__m256d; 2] {
 }
 
 /// `as f32` per lane (to nearest, ties to even).
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn narrow(v: [__m256d; 2]) -> __m256 {
     _mm256_set_m128(_mm256_cvtpd_ps(v[1]), _mm256_cvtpd_ps(v[0]))
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn div_pd(a: [__m256d; 2], b: __m256d) -> [__m256d; 2] {
     [_mm256_div_pd(a[0], b), _mm256_div_pd(a[1], b)]
 }
 
 /// Each lane rounded to f16 (to nearest, ties to even) and back: the value decoding will use.
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn round_f16(v: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
 }
 
 /// The f16 of lanes holding f16 values (exact).
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn halves(v: __m256) -> [f16; GROUPS] {
     let mut bits = [0u16; GROUPS];
@@ -395,7 +395,7 @@ fn halves(v: __m256) -> [f16; GROUPS] {
     bits.map(f16::from_bits)
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn lanes(v: __m256) -> [f32; GROUPS] {
     let mut out = [0.0f32; GROUPS];
@@ -404,20 +404,20 @@ fn lanes(v: __m256) -> [f32; GROUPS] {
     out
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn negate(v: __m256) -> __m256 {
     _mm256_xor_ps(v, _mm256_set1_ps(-0.0))
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn finite_ps(v: __m256) -> __m256 {
     let magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0), v);
     _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(f32::INFINITY))
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn finite_pd(v: [__m256d; 2]) -> u32 {
     let inf = _mm256_set1_pd(f64::INFINITY);
@@ -427,27 +427,27 @@ fn finite_pd(v: [__m256d; 2]) -> u32 {
     bits_pd(lo) | bits_pd(hi) << 4
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn all_ones_pd() -> __m256d {
     _mm256_castsi256_pd(_mm256_set1_epi64x(-1))
 }
 
 /// Lane `j` of a mask as bit `j`.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn bits_ps(mask: __m256) -> u32 {
     _mm256_movemask_ps(mask) as u32
 }
 
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn bits_pd(mask: __m256d) -> u32 {
     _mm256_movemask_pd(mask) as u32
 }
 
 /// Bits `0..8` as an f32 lane mask.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn mask_ps(bits: u32) -> __m256 {
     let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -456,7 +456,7 @@ fn mask_ps(bits: u32) -> __m256 {
 }
 
 /// Bits `4h..4h+4` as an f64 lane mask.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 fn mask_pd(bits: u32, h: usize) -> __m256d {
     let lane_bits = _mm256_setr_epi64x(1, 2, 4, 8);
