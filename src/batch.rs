@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Sche
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use half::slice::HalfFloatSliceExt;
 
 use crate::config::QuantConfig;
 use crate::udfs::common::QuantizedColumn;
@@ -254,6 +255,27 @@ fn list_of(ends: &[i32], values: ArrayRef) -> ArrayRef {
     ))
 }
 
+/// The seed's zero point of a group: the signed code of the value 0, `round(−offset/scale) −
+/// centre` (halves away from zero), saturated to i8; 0 for a zero scale.
+fn zero_point_of(scale: f32, offset: f32, centre: i32) -> i8 {
+    if scale <= 0.0 {
+        return 0;
+    }
+    // Beyond ±1000 the result saturates anyway; within, truncation and the fraction are
+    // exact, so this is `f32::round` without its libm call.
+    let v = (-offset / scale).clamp(-1000.0, 1000.0);
+    let whole = v as i32;
+    let fraction = v - whole as f32;
+    let rounded = if fraction >= 0.5 {
+        whole + 1
+    } else if fraction <= -0.5 {
+        whole - 1
+    } else {
+        whole
+    };
+    (rounded - centre).clamp(-128, 127) as i8
+}
+
 /// The seed's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
 /// scale and zero point when the layer has one group, every group's in the added list columns.
 fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
@@ -291,29 +313,30 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
             )));
         };
         let centre = 1i32 << (r.bits - 1);
-        let zero = |s: f32, o: f32| -> i8 {
-            if s > 0.0 {
-                ((-o / s).round() as i32 - centre).clamp(-128, 127) as i8
-            } else {
-                0
-            }
-        };
         let first = group_scales.len();
         // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL) and
         // quantized_codes gave NULL codes: their group lists stay empty.
         if r.scheme.gguf().is_none() {
-            group_scales.extend(r.scales.iter().map(|s| s.to_f32()));
+            // Whole slices through F16C where the CPU has it.
+            group_scales.resize(first + r.scales.len(), 0.0);
+            r.scales.convert_to_f32_slice(&mut group_scales[first..]);
+            group_offsets.resize(first + r.scales.len(), 0.0);
             if r.offsets.is_empty() {
                 // Symmetric: code `centre` is zero.
-                group_offsets.extend(r.scales.iter().map(|s| -s.to_f32() * centre as f32));
+                for (o, &s) in group_offsets[first..]
+                    .iter_mut()
+                    .zip(&group_scales[first..])
+                {
+                    *o = -s * centre as f32;
+                }
             } else {
-                group_offsets.extend(r.offsets.iter().map(|o| o.to_f32()));
+                r.offsets.convert_to_f32_slice(&mut group_offsets[first..]);
             }
             group_zeros.extend(
                 group_scales[first..]
                     .iter()
                     .zip(&group_offsets[first..])
-                    .map(|(&s, &o)| zero(s, o)),
+                    .map(|(&s, &o)| zero_point_of(s, o, centre)),
             );
         }
         group_ends.push(group_scales.len() as i32);
@@ -413,6 +436,33 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn zero_points_round_halves_away_from_zero_and_saturate() {
+        for (scale, offset, centre) in [
+            (1.0f32, -2.5f32, 0),
+            (1.0, 2.5, 0),
+            (0.1, -0.74, 8),
+            (0.5, 0.0, 8),
+            (1e-6, -1.0, 8),
+            (1e-6, 1.0, 8),
+            (0.3, -0.49999997, 0),
+            (1.0, -0.49999997, 0),
+            (1.0, 0.49999997, 0),
+            (0.0, 1.0, 8),
+        ] {
+            let expected = if scale > 0.0 {
+                ((-offset / scale).round() as i32 - centre).clamp(-128, 127) as i8
+            } else {
+                0
+            };
+            assert_eq!(
+                zero_point_of(scale, offset, centre),
+                expected,
+                "{scale} {offset}"
+            );
+        }
     }
 
     #[test]
