@@ -689,6 +689,26 @@ mod avx2 {
         bias: f32,
         out: &mut [u8],
     ) {
+        // (Adding a zero bias changes nothing: the affine codes skip the addition.)
+        if bias == 0.0 {
+            write_codes_with::<false>(x, a, b, lo, hi, bias, out)
+        } else {
+            write_codes_with::<true>(x, a, b, lo, hi, bias, out)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn write_codes_with<const BIASED: bool>(
+        x: &[f32],
+        a: f32,
+        b: f32,
+        lo: f32,
+        hi: f32,
+        bias: f32,
+        out: &mut [u8],
+    ) {
         let (va, vb, vlo, vhi, vbias) = (
             _mm256_set1_ps(a),
             _mm256_set1_ps(b),
@@ -696,13 +716,31 @@ mod avx2 {
             _mm256_set1_ps(hi),
             _mm256_set1_ps(bias),
         );
-        let chunks = x.chunks_exact(LANES);
+        // Whole numbers in 0..=255: truncation is exact, and packing cannot saturate.
+        let code_words = |c: &[f32]| {
+            // SAFETY: `c` holds at least 8 f32; AVX2 is enabled in this function.
+            unsafe {
+                let l = codes(_mm256_loadu_ps(c.as_ptr()), va, vb, vlo, vhi);
+                _mm256_cvttps_epi32(if BIASED { _mm256_add_ps(l, vbias) } else { l })
+            }
+        };
+        // 32 codes per store: two in-lane packs, then one permute puts the 4-byte pieces in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let wide = x.len() / 32 * 32;
+        for (c, dst) in x[..wide]
+            .chunks_exact(32)
+            .zip(out[..wide].chunks_exact_mut(32))
+        {
+            let ab = _mm256_packus_epi32(code_words(&c[..8]), code_words(&c[8..16]));
+            let cd = _mm256_packus_epi32(code_words(&c[16..24]), code_words(&c[24..]));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+            // SAFETY: `dst` holds exactly 32 bytes.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes) };
+        }
+        let chunks = x[wide..].chunks_exact(LANES);
         let tail = chunks.remainder();
-        for (c, dst) in chunks.zip(out.chunks_exact_mut(LANES)) {
-            // SAFETY: `c` holds exactly 8 f32.
-            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-            // Whole numbers in 0..=255: truncation is exact, and packing cannot saturate.
-            let q = _mm256_cvttps_epi32(_mm256_add_ps(codes(v, va, vb, vlo, vhi), vbias));
+        for (c, dst) in chunks.zip(out[wide..].chunks_exact_mut(LANES)) {
+            let q = code_words(c);
             let words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
             let bytes = _mm_packus_epi16(words, words);
             // SAFETY: `dst` holds exactly 8 bytes.

@@ -236,22 +236,34 @@ fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums
     let (a, b) = (lanes(a), lanes(b));
     let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax));
     let mut acc = [[_mm256_setzero_ps(); GROUPS]; 3];
-    for (j, xs) in groups.iter().enumerate() {
+    // Groups j and j + 4 side by side: two independent chains of sums in flight.
+    for j in 0..GROUPS / 2 {
+        let k = j + GROUPS / 2;
         let (va, vb) = (_mm256_set1_ps(a[j]), _mm256_set1_ps(b[j]));
-        let (mut sl, mut sll, mut slx) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        for c in xs.chunks_exact(LANES) {
-            // SAFETY: `c` holds exactly 8 f32.
-            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-            let l = codes(v, va, vb, lo, hi);
-            sl = _mm256_add_ps(sl, l);
-            sll = _mm256_fmadd_ps(l, l, sll);
-            slx = _mm256_fmadd_ps(l, v, slx);
+        let (wa, wb) = (_mm256_set1_ps(a[k]), _mm256_set1_ps(b[k]));
+        let mut s = [_mm256_setzero_ps(); 3];
+        let mut t = [_mm256_setzero_ps(); 3];
+        for (c, d) in groups[j]
+            .chunks_exact(LANES)
+            .zip(groups[k].chunks_exact(LANES))
+        {
+            // SAFETY: `c` and `d` hold exactly 8 f32 each.
+            let (v, w) = unsafe { (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(d.as_ptr())) };
+            let (l, m) = (codes(v, va, vb, lo, hi), codes(w, wa, wb, lo, hi));
+            s = [
+                _mm256_add_ps(s[0], l),
+                _mm256_fmadd_ps(l, l, s[1]),
+                _mm256_fmadd_ps(l, v, s[2]),
+            ];
+            t = [
+                _mm256_add_ps(t[0], m),
+                _mm256_fmadd_ps(m, m, t[1]),
+                _mm256_fmadd_ps(m, w, t[2]),
+            ];
         }
-        [acc[0][j], acc[1][j], acc[2][j]] = [sl, sll, slx];
+        for i in 0..3 {
+            (acc[i][j], acc[i][k]) = (s[i], t[i]);
+        }
     }
     Sums {
         l: wide_sum(reduce_add(acc[0])),
