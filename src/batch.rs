@@ -258,22 +258,15 @@ fn list_of(ends: &[i32], values: ArrayRef) -> ArrayRef {
 /// The seed's zero point of a group: the signed code of the value 0, `round(−offset/scale) −
 /// centre` (halves away from zero), saturated to i8; 0 for a zero scale.
 fn zero_point_of(scale: f32, offset: f32, centre: i32) -> i8 {
-    if scale <= 0.0 {
-        return 0;
-    }
     // Beyond ±1000 the result saturates anyway; within, truncation and the fraction are
-    // exact, so this is `f32::round` without its libm call.
+    // exact, so this is `f32::round` without its libm call, and without branches on the
+    // fraction (random data would mispredict them half the time).
     let v = (-offset / scale).clamp(-1000.0, 1000.0);
     let whole = v as i32;
     let fraction = v - whole as f32;
-    let rounded = if fraction >= 0.5 {
-        whole + 1
-    } else if fraction <= -0.5 {
-        whole - 1
-    } else {
-        whole
-    };
-    (rounded - centre).clamp(-128, 127) as i8
+    let rounded = whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
+    let zero = (rounded - centre).clamp(-128, 127) as i8;
+    if scale > 0.0 { zero } else { 0 }
 }
 
 /// The seed's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
@@ -451,6 +444,9 @@ mod tests {
             (1.0, -0.49999997, 0),
             (1.0, 0.49999997, 0),
             (0.0, 1.0, 8),
+            (0.0, 0.0, 8),
+            (-0.25, 1.0, 8),
+            (0.1, -3.0e38, 8),
         ] {
             let expected = if scale > 0.0 {
                 ((-offset / scale).round() as i32 - centre).clamp(-128, 127) as i8

@@ -79,7 +79,7 @@ impl ScalarUDFImpl for QuantizedCodes {
                 .filter(|q| q.scheme.gguf().is_none());
             rows.push(q);
         }
-        // Every code goes straight into one buffer of the final size.
+        // Every code goes straight into one buffer of the final size (reserved, not zeroed).
         let total: usize = rows.iter().flatten().map(|q| q.len as usize).sum();
         if i32::try_from(total).is_err() {
             return Err(DataFusionError::Execution(format!(
@@ -88,17 +88,14 @@ impl ScalarUDFImpl for QuantizedCodes {
                 self.name()
             )));
         }
-        let mut codes = vec![0u8; total];
+        let mut codes = Vec::with_capacity(total);
         let mut offsets = Vec::with_capacity(rows.len() + 1);
         offsets.push(0i32);
-        let mut at = 0usize;
         for (row, q) in rows.iter().enumerate() {
             if let Some(q) = q {
-                let end = at + q.len as usize;
-                signed_codes(q, &mut codes[at..end]).map_err(|e| row_error(self.name(), row, e))?;
-                at = end;
+                signed_codes(q, &mut codes).map_err(|e| row_error(self.name(), row, e))?;
             }
-            offsets.push(at as i32);
+            offsets.push(codes.len() as i32);
         }
         let nulls = NullBuffer::from_iter(rows.iter().map(Option::is_some));
         let values = Int8Array::new(ScalarBuffer::from(Buffer::from_vec(codes)), None);

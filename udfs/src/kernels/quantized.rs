@@ -200,10 +200,11 @@ impl Quantizer {
     }
 }
 
-/// The codes of an affine or symmetric row as signed bytes, `code − 2^(bits−1)`, into `dst`
-/// (one per value): the value is `offset + (signed + 2^(bits−1))·scale`, or `signed·scale` for
-/// the symmetric schemes. GGUF blocks interleave codes and scales and are refused here.
-pub fn signed_codes(q: &QuantizedRef<'_>, dst: &mut [u8]) -> Result<()> {
+/// Appends the codes of an affine or symmetric row to `out` as signed bytes, `code −
+/// 2^(bits−1)` (one per value): the value is `offset + (signed + 2^(bits−1))·scale`, or
+/// `signed·scale` for the symmetric schemes. GGUF blocks interleave codes and scales and are
+/// refused here.
+pub fn signed_codes(q: &QuantizedRef<'_>, out: &mut Vec<u8>) -> Result<()> {
     if q.scheme.gguf().is_some() {
         return Err(KernelError::Corrupt(format!(
             "{} blocks hold their codes with their scales; they have no plain codes",
@@ -211,21 +212,21 @@ pub fn signed_codes(q: &QuantizedRef<'_>, dst: &mut [u8]) -> Result<()> {
         )));
     }
     check_stored(q)?;
-    if dst.len() != q.len as usize {
-        return Err(KernelError::LengthMismatch {
-            left: dst.len(),
-            right: q.len as usize,
-        });
-    }
     let centre = 1u8 << (q.bits - 1);
-    // Piece by piece, so that the shift reads what the unpacking just wrote, in cache.
-    for (piece, codes) in dst.chunks_mut(PIECE).enumerate() {
-        let from = piece * PIECE * usize::from(q.bits) / 8;
+    let len = q.len as usize;
+    out.reserve(len);
+    // Piece by piece through a buffer in L1: the shift reads what the unpacking just wrote,
+    // and `out` is written once (a buffer of the final size would be zeroed first).
+    let mut piece = [0u8; PIECE];
+    for start in (0..len).step_by(PIECE) {
+        let codes = &mut piece[..PIECE.min(len - start)];
+        let from = start * usize::from(q.bits) / 8;
         let to = from + packing::packed_len(codes.len(), q.bits);
         packing::unpack_into(&q.codes[from..to], q.bits, codes);
         for code in codes.iter_mut() {
             *code = code.wrapping_sub(centre);
         }
+        out.extend_from_slice(codes);
     }
     Ok(())
 }
@@ -423,8 +424,11 @@ mod tests {
             let view = q.view(&spec, x.len());
             let mut rebuilt = Vec::new();
             quantizer.dequantize(&view, &mut rebuilt).unwrap();
-            let mut codes = vec![0u8; x.len()];
+            let mut codes = vec![7u8];
             signed_codes(&view, &mut codes).unwrap();
+            // Appended after what was there.
+            assert_eq!((codes.len(), codes[0]), (x.len() + 1, 7));
+            let codes = &codes[1..];
             let centre = f32::from(1u8 << (spec.bits - 1));
             let group = q.group_size as usize;
             for (i, (&c, &y)) in codes.iter().zip(&rebuilt).enumerate() {
@@ -442,7 +446,7 @@ mod tests {
         let x = row(64, 5);
         let mut q = QuantizedRow::default();
         quantizer.quantize(&x, &spec, &mut q).unwrap();
-        assert!(signed_codes(&q.view(&spec, 64), &mut [0u8; 64]).is_err());
+        assert!(signed_codes(&q.view(&spec, 64), &mut Vec::new()).is_err());
     }
 
     #[test]
