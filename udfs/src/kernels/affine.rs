@@ -539,7 +539,7 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn lanes(v: __m256) -> [f32; LANES] {
+    pub(super) fn lanes(v: __m256) -> [f32; LANES] {
         let mut out = [0.0f32; LANES];
         // SAFETY: `out` holds 8 f32; an unaligned store has no alignment requirement.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };

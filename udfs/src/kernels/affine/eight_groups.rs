@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::avx2::{codes, write_codes};
+use super::avx2::{codes, lanes, write_codes};
 use super::{ASYM_STRETCH, LANES, REFINE_STEPS, SUM_BLOCK};
 
 /// How many groups a batch holds: one per f32 lane.
@@ -34,8 +34,8 @@ pub(super) fn applies(group: usize) -> bool {
 /// Scales and offsets of a batch.
 pub(super) type Params = ([f16; GROUPS], [f16; GROUPS]);
 
-/// Quantizes `x` (eight groups of `group` values, [`applies`]) into `codes`, or returns `None`
-/// with nothing to rely on in `codes` when a group needs the one-group path.
+/// Quantizes `x` (eight groups of `group` values, [`applies`]) into `out`, or returns `None`
+/// with nothing to rely on in `out` when a group needs the one-group path.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn affine_groups(
     x: &[f32],
@@ -405,15 +405,6 @@ fn halves(v: __m256) -> [f16; GROUPS] {
         )
     };
     bits.map(f16::from_bits)
-}
-
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn lanes(v: __m256) -> [f32; GROUPS] {
-    let mut out = [0.0f32; GROUPS];
-    // SAFETY: `out` holds 8 f32; an unaligned store has no alignment requirement.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-    out
 }
 
 #[target_feature(enable = "avx2,fma")]
