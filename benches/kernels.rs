@@ -5,6 +5,7 @@
 
 use std::hint::black_box;
 
+use arrowquant_udfs::kernels::affine::{self, AffineOutput};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
 use arrowquant_udfs::kernels::scheme::GroupSize;
@@ -80,6 +81,17 @@ fn benches(c: &mut Criterion) {
             b.iter(|| quantize_layer(&mut quantizer, black_box(&x), spec, &mut rows))
         });
     }
+
+    // The portable reference alone (what runs where AVX2, FMA or F16C is missing), unpacked
+    // codes only: the search kernel without the dispatch.
+    let mut affine_out = AffineOutput::default();
+    group.bench_function("quantize/int4_g64_search_portable", |b| {
+        b.iter(|| {
+            for row in black_box(&x).chunks(ROW_LEN) {
+                affine::quantize_row_portable(row, 4, 64, Scheme::Asym, &mut affine_out).unwrap();
+            }
+        })
+    });
 
     for (name, spec) in [
         (

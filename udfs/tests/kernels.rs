@@ -397,6 +397,67 @@ proptest! {
     }
 }
 
+/// A product that is an f32 midpoint, plus a term far below f64's precision: rounding the f64
+/// sum (the midpoint itself) to f32 would go to the even neighbour, the wrong way.
+#[test]
+fn portable_fused_multiply_add_is_not_double_rounded() {
+    let a = 1.0 + 2f32.powi(-12); // a² = 1 + 2^-11 + 2^-24: halfway between two f32
+    for (scale, sign) in [
+        (1.0f32, 1.0f32),
+        (2f32.powi(-20), 1.0),
+        (2f32.powi(30), -1.0),
+    ] {
+        let c = sign * 2f32.powi(-80) * scale * scale;
+        let (x, y) = (sign * a * scale, a * scale);
+        let expected = x.mul_add(y, c);
+        assert_eq!(
+            affine::fused(x, y, c).to_bits(),
+            expected.to_bits(),
+            "{scale:e}"
+        );
+        // (The naive f64 route does land on the wrong side.)
+        let naive = (f64::from(x) * f64::from(y) + f64::from(c)) as f32;
+        assert_ne!(naive.to_bits(), expected.to_bits(), "{scale:e}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// The portable fused multiply-add is the correctly rounded one, including where the f64
+    /// sum is inexact (exponents far apart) and on f32 subnormals.
+    #[test]
+    fn portable_fused_multiply_add_rounds_once(
+        a in any::<u32>(),
+        b in any::<u32>(),
+        c in any::<u32>(),
+        shift in 0u32..60,
+    ) {
+        // Any sign, mantissa and exponent up to 2^63 (subnormals included): products stay finite.
+        let value = |bits: u32| {
+            let exponent = ((bits >> 23) & 0xff) % 191;
+            f32::from_bits((bits & 0x807f_ffff) | (exponent << 23))
+        };
+        let (a, b) = (value(a), value(b));
+        let product = a * b;
+        let c = match shift % 3 {
+            // Cancellation: the result is the product's own rounding error.
+            0 => -product,
+            // Far below the product: the f64 sum is inexact.
+            1 => {
+                let fraction = 1.0 + (c & 0x7f_ffff) as f32 / 8_388_608.0;
+                let sign = if c >> 31 == 0 { 1.0 } else { -1.0 };
+                product * 2f32.powi(-(shift as i32)) * fraction * sign
+            }
+            _ => value(c),
+        };
+        let expected = a.mul_add(b, c);
+        let got = affine::fused(a, b, c);
+        prop_assert!(got.to_bits() == expected.to_bits() || (got == 0.0 && expected == 0.0),
+            "{a:e}·{b:e} + {c:e}: {got:e} vs {expected:e}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 

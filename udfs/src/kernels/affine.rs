@@ -264,11 +264,39 @@ const LANES: usize = 8;
 /// even) in two vectorisable additions, where `f32::round` would be a libm call.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// `a·b + c` rounded once, as an FMA instruction computes it. Where the build has no FMA to
+/// rely on, `f32::mul_add` would be a libm call per value; instead the product, exact in f64,
+/// is added in f64 with the result rounded to odd (its rounding error found exactly by
+/// TwoSum), and rounding that to f32 is then correct (Boldo and Melquiond: round-to-odd with
+/// two spare bits makes the double rounding innocuous). Finite inputs.
+#[inline(always)]
+pub fn fused(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_feature = "fma", target_arch = "aarch64")) {
+        return a.mul_add(b, c);
+    }
+    let (p, c) = (f64::from(a) * f64::from(b), f64::from(c));
+    let s = p + c;
+    let bv = s - p;
+    let e = (p - (s - bv)) + (c - bv);
+    let bits = s.to_bits();
+    let odd = if e != 0.0 && bits & 1 == 0 && s.is_finite() {
+        // Inexact: the neighbour of `s` on the side of the exact sum, whose last bit is 1.
+        if (e > 0.0) == (s > 0.0) {
+            bits + 1
+        } else {
+            bits - 1
+        }
+    } else {
+        bits
+    };
+    f64::from_bits(odd) as f32
+}
+
 /// Nearest integer code of `v·a + b`, clamped to `[lo, hi]`.
 #[inline(always)]
 fn code_of(v: f32, a: f32, b: f32, lo: f32, hi: f32) -> f32 {
     // Fused: one rounding, and one instruction where the CPU has FMA.
-    let t = v.mul_add(a, b);
+    let t = fused(v, a, b);
     // Plain comparisons (not f32::max/min) so the compiler emits one max/min instruction.
     let t = if t < lo { lo } else { t };
     let t = if t > hi { hi } else { t };
@@ -390,8 +418,8 @@ fn tail_code_sums(
     for (i, &v) in tail.iter().enumerate() {
         let l = code_of(v, a, b, lo, hi);
         sl[i] += l;
-        sll[i] = l.mul_add(l, sll[i]);
-        slx[i] = l.mul_add(v, slx[i]);
+        sll[i] = fused(l, l, sll[i]);
+        slx[i] = fused(l, v, slx[i]);
     }
 }
 
@@ -456,8 +484,8 @@ impl Passes for Portable {
                     for i in 0..LANES {
                         let l = code_of(c[i], a[k], b[k], lo, hi);
                         sl[k][i] += l;
-                        sll[k][i] = l.mul_add(l, sll[k][i]);
-                        slx[k][i] = l.mul_add(c[i], slx[k][i]);
+                        sll[k][i] = fused(l, l, sll[k][i]);
+                        slx[k][i] = fused(l, c[i], slx[k][i]);
                     }
                 }
             }
