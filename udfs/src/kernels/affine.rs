@@ -278,17 +278,12 @@ pub fn fused(a: f32, b: f32, c: f32) -> f32 {
     let s = p + c;
     let bv = s - p;
     let e = (p - (s - bv)) + (c - bv);
+    // Inexact with an even last bit: step to the neighbour on the side of the exact sum,
+    // whose last bit is 1 (written without branches, so that the loops stay vectorised).
     let bits = s.to_bits();
-    let odd = if e != 0.0 && bits & 1 == 0 && s.is_finite() {
-        // Inexact: the neighbour of `s` on the side of the exact sum, whose last bit is 1.
-        if (e > 0.0) == (s > 0.0) {
-            bits + 1
-        } else {
-            bits - 1
-        }
-    } else {
-        bits
-    };
+    let inexact = (e != 0.0) & (bits & 1 == 0) & s.is_finite();
+    let step = if (e > 0.0) == (s > 0.0) { 1 } else { u64::MAX };
+    let odd = bits.wrapping_add(step & u64::from(inexact).wrapping_neg());
     f64::from_bits(odd) as f32
 }
 
@@ -418,7 +413,8 @@ fn tail_code_sums(
     for (i, &v) in tail.iter().enumerate() {
         let l = code_of(v, a, b, lo, hi);
         sl[i] += l;
-        sll[i] = fused(l, l, sll[i]);
+        // l² of a code is exact in f32, so this is the fused result without the emulation.
+        sll[i] += l * l;
         slx[i] = fused(l, v, slx[i]);
     }
 }
@@ -484,7 +480,8 @@ impl Passes for Portable {
                     for i in 0..LANES {
                         let l = code_of(c[i], a[k], b[k], lo, hi);
                         sl[k][i] += l;
-                        sll[k][i] = fused(l, l, sll[k][i]);
+                        // l² of a code is exact in f32: the fused result, bit for bit.
+                        sll[k][i] += l * l;
                         slx[k][i] = fused(l, c[i], slx[k][i]);
                     }
                 }
