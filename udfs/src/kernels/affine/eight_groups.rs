@@ -250,16 +250,7 @@ fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums
             // SAFETY: `c` and `d` hold exactly 8 f32 each.
             let (v, w) = unsafe { (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(d.as_ptr())) };
             let (l, m) = (codes(v, va, vb, lo, hi), codes(w, wa, wb, lo, hi));
-            s = [
-                _mm256_add_ps(s[0], l),
-                _mm256_fmadd_ps(l, l, s[1]),
-                _mm256_fmadd_ps(l, v, s[2]),
-            ];
-            t = [
-                _mm256_add_ps(t[0], m),
-                _mm256_fmadd_ps(m, m, t[1]),
-                _mm256_fmadd_ps(m, w, t[2]),
-            ];
+            (s, t) = (add_codes(s, l, v), add_codes(t, m, w));
         }
         for i in 0..3 {
             (acc[i][j], acc[i][k]) = (s[i], t[i]);
@@ -270,6 +261,17 @@ fn code_sums(groups: &[&[f32]; GROUPS], a: __m256, b: __m256, nmax: f32) -> Sums
         ll: wide_sum(reduce_add(acc[1])),
         lx: wide_sum(reduce_add(acc[2])),
     }
+}
+
+/// Adds one chunk's codes `l` of values `v` to running lanes of (Σl, Σl², Σl·x).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn add_codes(sums: [__m256; 3], l: __m256, v: __m256) -> [__m256; 3] {
+    [
+        _mm256_add_ps(sums[0], l),
+        _mm256_fmadd_ps(l, l, sums[1]),
+        _mm256_fmadd_ps(l, v, sums[2]),
+    ]
 }
 
 /// One group's lanes of min, max and Σx (the one-group path's first pass).
