@@ -9,6 +9,7 @@ use datafusion::arrow::array::{
     OffsetSizeTrait, RecordBatch, StringArray, UInt8Array, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
@@ -90,6 +91,7 @@ pub async fn quantize_batch(
     has_shape: bool,
     config: &QuantConfig,
 ) -> Result<Vec<RecordBatch>> {
+    check_rows(&batches, has_shape)?;
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = SessionContext::new_with_config(
         crate::session::config().with_target_partitions(partitions),
@@ -187,6 +189,76 @@ pub async fn quantize_batch(
             })
             .collect()
     })
+}
+
+/// Refuses rows that would give a wrong or unnamed answer: a NULL layer name or weights, and a
+/// `shape` that is NULL, negative, or whose product is not the number of weights (the output
+/// would carry a shape its codes do not fill). Errors name the layer and its input row.
+fn check_rows(batches: &[RecordBatch], has_shape: bool) -> Result<()> {
+    let mut first_row = 0usize;
+    for batch in batches {
+        let names = cast(
+            batch.column_by_name("layer_name").expect("checked column"),
+            &DataType::Utf8,
+        )?;
+        let names = names.as_string::<i32>();
+        let weights = batch.column_by_name("weights").expect("checked column");
+        let lengths = list_lengths(weights);
+        let shapes = match batch.column_by_name("shape") {
+            Some(shape) if has_shape => Some(cast(
+                shape,
+                &DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+            )?),
+            _ => None,
+        };
+        for row in 0..batch.num_rows() {
+            let input_row = first_row + row;
+            if names.is_null(row) {
+                return Err(DataFusionError::Execution(format!(
+                    "input row {input_row}: layer_name is NULL"
+                )));
+            }
+            let layer = names.value(row);
+            let bad = |what: String| {
+                DataFusionError::Execution(format!(
+                    "layer '{layer}' (input row {input_row}): {what}"
+                ))
+            };
+            if weights.is_null(row) {
+                return Err(bad("weights is NULL".to_string()));
+            }
+            let Some(shapes) = &shapes else { continue };
+            let shapes = shapes.as_list::<i32>();
+            if shapes.is_null(row) {
+                return Err(bad("shape is NULL".to_string()));
+            }
+            let dims = shapes.value(row);
+            let dims = dims.as_primitive::<Int64Type>();
+            let mut elements: Option<u64> = Some(1);
+            for (axis, dim) in dims.iter().enumerate() {
+                match dim {
+                    Some(d) if d >= 0 => elements = elements.and_then(|e| e.checked_mul(d as u64)),
+                    Some(d) => {
+                        return Err(bad(format!("shape dimension {axis} is negative ({d})")));
+                    }
+                    None => return Err(bad(format!("shape dimension {axis} is NULL"))),
+                }
+            }
+            let shape = format!("{:?}", dims.values().to_vec());
+            match elements {
+                Some(e) if e == lengths[row] as u64 => {}
+                Some(e) => {
+                    return Err(bad(format!(
+                        "shape {shape} holds {e} values but the row has {} weights",
+                        lengths[row]
+                    )));
+                }
+                None => return Err(bad(format!("shape {shape} overflows 64 bits"))),
+            }
+        }
+        first_row += batch.num_rows();
+    }
+    Ok(())
 }
 
 /// Numbers the layers and cuts them into `partitions` contiguous runs of about equal numbers
@@ -497,6 +569,98 @@ mod tests {
             .to_string();
         let physical = &text[text.find("physical_plan").unwrap()..];
         assert_eq!(physical.matches("quantize_measured(").count(), 1, "{text}");
+    }
+
+    /// A batch of two 4-value layers with the given shapes (NULL where `None`).
+    fn shaped(shapes: Vec<Option<Vec<Option<i64>>>>) -> RecordBatch {
+        let input = layers(&[4, 4]);
+        let shape = ListArray::from_iter_primitive::<Int64Type, _, _>(shapes);
+        let mut columns = input.columns().to_vec();
+        columns.push(Arc::new(shape));
+        let mut fields: Vec<Field> = input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("shape", columns[2].data_type().clone(), true));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rows_whose_shape_or_name_would_mislead_are_refused_by_name() {
+        let config = QuantConfig::default();
+        let run = |batch: RecordBatch| {
+            let config = config.clone();
+            async move {
+                quantize_batch(vec![batch.clone()], batch.schema(), true, &config)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let ok = shaped(vec![Some(vec![Some(2), Some(2)]), Some(vec![Some(4)])]);
+        run(ok).await.unwrap();
+        let cases = [
+            (
+                shaped(vec![
+                    Some(vec![Some(4)]),
+                    Some(vec![Some(3), Some(1_000_000_000_000)]),
+                ]),
+                "layer 'layer.1' (input row 1): shape [3, 1000000000000] holds 3000000000000 values but the row has 4 weights",
+            ),
+            (
+                shaped(vec![Some(vec![Some(-4)]), Some(vec![Some(4)])]),
+                "layer 'layer.0' (input row 0): shape dimension 0 is negative (-4)",
+            ),
+            (
+                shaped(vec![Some(vec![Some(4)]), None]),
+                "layer 'layer.1' (input row 1): shape is NULL",
+            ),
+            (
+                shaped(vec![Some(vec![Some(4)]), Some(vec![None])]),
+                "layer 'layer.1' (input row 1): shape dimension 0 is NULL",
+            ),
+            (
+                shaped(vec![
+                    Some(vec![Some(4)]),
+                    Some(vec![Some(1 << 40), Some(1 << 40)]),
+                ]),
+                "overflows 64 bits",
+            ),
+        ];
+        for (batch, expected) in cases {
+            let error = run(batch).await.unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        // NULL names and weights.
+        let input = layers(&[4, 4]);
+        let names = Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef;
+        let batch =
+            RecordBatch::try_new(input.schema(), vec![names, input.column(1).clone()]).unwrap();
+        let error = quantize_batch(vec![batch.clone()], batch.schema(), false, &config)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("input row 1: layer_name is NULL"), "{error}");
+        let weights =
+            ListArray::from_iter_primitive::<datafusion::arrow::datatypes::Float32Type, _, _>(
+                vec![Some(vec![Some(1.0), Some(2.0)]), None],
+            );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("layer_name", DataType::Utf8, true),
+            Field::new("weights", weights.data_type().clone(), true),
+        ]));
+        let names = Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef;
+        let batch = RecordBatch::try_new(schema, vec![names, Arc::new(weights)]).unwrap();
+        let error = quantize_batch(vec![batch.clone()], batch.schema(), false, &config)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("layer 'b' (input row 1): weights is NULL"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -148,10 +148,17 @@ fn quantize(
         config,
         force,
     };
+    // The first exception a callback raises (a KeyboardInterrupt from a notebook among them)
+    // stops the run, whose partial output is then removed, and is raised again to the caller.
+    let callback_error: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let callback_failed = tokio::sync::Notify::new();
     let summary = py.detach(|| {
         let state = std::sync::Mutex::new((String::new(), 0u64, 0u64));
         let report = |p: Progress| {
             let Some(callback) = &progress else { return };
+            if callback_error.lock().expect("callback error").is_some() {
+                return;
+            }
             let mut state = state.lock().expect("progress state");
             match p {
                 Progress::Start { phase, bytes } => *state = (phase, bytes, 0),
@@ -165,26 +172,36 @@ fn quantize(
             let message = state.0.clone();
             drop(state);
             Python::attach(|py| {
-                // A failing callback must not stop the run; its error is shown once.
                 if let Err(e) = callback.call1(py, (fraction, message)) {
-                    e.print(py);
+                    *callback_error.lock().expect("callback error") = Some(e);
+                    callback_failed.notify_one();
                 }
             });
         };
         RUNTIME.block_on(async {
-            let work = quantize_model(&options, &report);
-            match cancelled.as_mut() {
-                None => work.await,
-                Some(receiver) => tokio::select! {
-                    biased;
-                    _ = receiver.wait_for(|c| *c) => Err(datafusion::common::DataFusionError::Execution(
-                        "cancelled".to_string(),
-                    )),
-                    result = work => result,
-                },
+            let cancel = async {
+                match cancelled.as_mut() {
+                    Some(receiver) => {
+                        let _ = receiver.wait_for(|c| *c).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel => Err(datafusion::common::DataFusionError::Execution(
+                    "cancelled".to_string(),
+                )),
+                _ = callback_failed.notified() => Err(datafusion::common::DataFusionError::Execution(
+                    "the progress callback raised an exception".to_string(),
+                )),
+                result = quantize_model(&options, &report) => result,
             }
         })
     });
+    if let Some(e) = callback_error.into_inner().expect("callback error") {
+        return Err(e);
+    }
     let summary = summary.map_err(to_py)?;
     if let Some(callback) = &progress {
         callback.call1(py, (1.0, "done"))?;

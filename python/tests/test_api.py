@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -108,3 +109,34 @@ def test_bad_input_raises_python_exceptions(bundled_model, tmp_path):
 
 def test_version():
     assert aq.__version__
+
+
+def test_a_failing_progress_callback_stops_the_run_and_is_raised(bundled_model, tmp_path):
+    quantizer = ArrowQuantV2()
+
+    def fails(fraction, message):
+        raise RuntimeError("callback gave up")
+
+    with pytest.raises(RuntimeError, match="callback gave up"):
+        quantizer.quantize_diffusion_model(bundled_model, tmp_path / "out", progress_callback=fails)
+    # The run stopped: no output, and no partial directory beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A callback of the wrong arity fails the same way, with Python's own TypeError.
+    with pytest.raises(TypeError):
+        quantizer.quantize_diffusion_model(
+            bundled_model, tmp_path / "out", progress_callback=lambda: None
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_batch_rows_with_misleading_shapes_are_refused_by_layer():
+    quantizer = ArrowQuantV2()
+    weights = pa.array([[1.0, 2.0, 3.0, 4.0]], pa.list_(pa.float32()))
+    table = pa.table(
+        {"layer_name": ["w"], "weights": weights, "shape": pa.array([[3, 7]], pa.list_(pa.int64()))}
+    )
+    with pytest.raises(QuantizationError, match=r"layer 'w' \(input row 0\): shape \[3, 7\]"):
+        quantizer.quantize_batch_arrow(table)
+    nulls = pa.table({"layer_name": pa.array([None], pa.string()), "weights": weights})
+    with pytest.raises(QuantizationError, match="layer_name is NULL"):
+        quantizer.quantize_batch_arrow(nulls)
