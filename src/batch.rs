@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float32Array, Float32Builder, Int8Array, Int8Builder, Int64Array, ListArray,
-    OffsetSizeTrait, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    Array, ArrayRef, AsArray, Float32Array, Float32Builder, Int8Array, Int8Builder, Int64Array,
+    ListArray, OffsetSizeTrait, RecordBatch, StringArray, UInt8Array, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -636,8 +636,11 @@ mod tests {
         // NULL names and weights.
         let input = layers(&[4, 4]);
         let names = Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef;
-        let batch =
-            RecordBatch::try_new(input.schema(), vec![names, input.column(1).clone()]).unwrap();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("layer_name", names),
+            ("weights", input.column(1).clone()),
+        ])
+        .unwrap();
         let error = quantize_batch(vec![batch.clone()], batch.schema(), false, &config)
             .await
             .unwrap_err()
