@@ -11,6 +11,12 @@ use super::error::{KernelError, Result};
 const MANTISSA_BITS: u32 = 8;
 const SHIFT: u32 = 23 - MANTISSA_BITS;
 const FORMAT_VERSION: u8 = 1;
+/// One past the largest bucket key of a finite value (`f32::MAX`'s bits shifted): a state
+/// whose buckets reach past it was not written by [`Sketch::to_bytes`].
+const KEY_END: u32 = (f32::MAX.to_bits() >> SHIFT) + 1;
+/// Values a state may count: far beyond any model (2^53, where f64 counts stop being exact),
+/// so that merging states can never overflow the counts.
+const MAX_COUNT: u64 = 1 << 53;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Buckets {
@@ -195,19 +201,40 @@ impl Sketch {
             max: f32::from_bits(u32_at(take(4)?)),
             ..Sketch::default()
         };
+        let mut bucketed = 0u64;
         for which in 0..2 {
             let first = u32_at(take(4)?);
             let len = u32_at(take(4)?) as usize;
+            // Buckets only ever hold keys of finite values; a state that claims others would
+            // make merges allocate up to 2^32 buckets or overflow the keys.
+            if u64::from(first) + len as u64 > u64::from(KEY_END) {
+                return Err(corrupt());
+            }
             let raw = take(len.checked_mul(8).ok_or_else(corrupt)?)?;
             let buckets = Buckets {
                 first,
                 counts: raw.chunks_exact(8).map(u64_at).collect(),
             };
+            for &n in &buckets.counts {
+                bucketed = bucketed.checked_add(n).ok_or_else(corrupt)?;
+            }
             if which == 0 {
                 sketch.positive = buckets
             } else {
                 sketch.negative = buckets
             }
+        }
+        // The buckets hold every counted value, and the summary fields agree with them.
+        let consistent = bucketed == sketch.count
+            && sketch.count <= MAX_COUNT
+            && sketch.sum.is_finite()
+            && if sketch.count == 0 {
+                sketch.min == f32::INFINITY && sketch.max == f32::NEG_INFINITY
+            } else {
+                sketch.min.is_finite() && sketch.max.is_finite() && sketch.min <= sketch.max
+            };
+        if !consistent || !cursor.is_empty() {
+            return Err(corrupt());
         }
         Ok(sketch)
     }
@@ -346,6 +373,48 @@ mod tests {
         assert_eq!(back, a);
         assert!(Sketch::from_bytes(&a.to_bytes()[..20]).is_err());
         assert!(Sketch::from_bytes(&[]).is_err());
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn states_that_no_sketch_writes_are_refused() {
+        // Found by fuzzing quant_params' merge: a bucket far from another (a merge would
+        // allocate ~2^32 buckets), a bucket key that overflows u32, a count near u64::MAX.
+        for found in [
+            "010100000000000000000000000000000000000000000000000000ffff0100000001000000000000000000000000000000",
+            "01010000000000000000000000000000000000000000000000ffffffff0100000001000000000000000000000000000000",
+            "01feffffffffffffff6101000001000000050000ffffffff0000000000000000000000000000000000",
+        ] {
+            assert!(Sketch::from_bytes(&hex(found)).is_err(), "{found}");
+        }
+        let mut s = Sketch::default();
+        s.add(&[1.0, -2.0, 3.5]);
+        let good = s.to_bytes();
+        assert_eq!(Sketch::from_bytes(&good).unwrap(), s);
+        let edit = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            Sketch::from_bytes(&b)
+        };
+        // count (bytes 1..9) disagrees with the buckets.
+        assert!(edit(1, &4u64.to_le_bytes()).is_err());
+        // sum (9..17) not finite; min (17..21) above max (21..25).
+        assert!(edit(9, &f64::NAN.to_le_bytes()).is_err());
+        assert!(edit(17, &10f32.to_le_bytes()).is_err());
+        // A trailing byte.
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(Sketch::from_bytes(&longer).is_err());
+        // The largest finite values still round-trip.
+        let mut extreme = Sketch::default();
+        extreme.add(&[f32::MAX, -f32::MAX, 0.0]);
+        assert_eq!(Sketch::from_bytes(&extreme.to_bytes()).unwrap(), extreme);
     }
 
     #[test]
