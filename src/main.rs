@@ -46,39 +46,60 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Quantize(args) => interruptible(quantize::run(*args)).await,
             Command::Dequantize(args) => interruptible(dequantize::run(args)).await,
-            Command::Inspect(args) => Some(inspect::run(args).await),
+            Command::Inspect(args) => Ok(inspect::run(args).await),
             // The shell handles Ctrl-C itself (it cancels the running query).
-            Command::Sql(args) => Some(sql::run(args).await),
+            Command::Sql(args) => Ok(sql::run(args).await),
             Command::Functions => {
                 print!("{}", arrowquant::catalogue::markdown_table());
-                Some(Ok(()))
+                Ok(Ok(()))
             }
         }
     });
     match result {
-        Some(Ok(())) => ExitCode::SUCCESS,
-        Some(Err(e)) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("arrowquant: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
-        None => {
-            eprintln!("arrowquant: interrupted; no output was left behind");
-            ExitCode::from(130)
+        Err(stop) => {
+            eprintln!(
+                "arrowquant: interrupted by {}; no output was left behind",
+                stop.name
+            );
+            // The shell's convention for a process ended by a signal.
+            ExitCode::from(128 + stop.number)
         }
     }
 }
 
-/// Runs `work` until it ends or Ctrl-C; `None` when interrupted. Dropping the work drops its
-/// partial-output guards, which remove what it had written.
-async fn interruptible<F: Future>(work: F) -> Option<F::Output> {
+/// The signal that stopped a run.
+struct Stop {
+    name: &'static str,
+    number: u8,
+}
+
+/// Runs `work` until it ends or a signal asks the process to stop: SIGINT (Ctrl-C), SIGTERM
+/// (`kill`, service managers, container stops) or SIGHUP (the terminal closed). Dropping the
+/// work drops its partial-output guards, which remove what it had written.
+async fn interruptible<F: Future>(work: F) -> Result<F::Output, Stop> {
     use tokio::signal::unix::{SignalKind, signal};
-    // Registered before the work starts, so an early Ctrl-C is caught too.
-    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
-        return Some(work.await);
+    // Registered before the work starts, so an early signal is caught too.
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return Ok(work.await);
+    };
+    let stop = |name, kind: SignalKind| Stop {
+        name,
+        number: u8::try_from(kind.as_raw_value()).unwrap_or(0),
     };
     tokio::select! {
         biased;
-        _ = interrupt.recv() => None,
-        result = work => Some(result),
+        _ = interrupt.recv() => Err(stop("SIGINT", SignalKind::interrupt())),
+        _ = terminate.recv() => Err(stop("SIGTERM", SignalKind::terminate())),
+        _ = hangup.recv() => Err(stop("SIGHUP", SignalKind::hangup())),
+        result = work => Ok(result),
     }
 }

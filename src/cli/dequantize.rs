@@ -21,6 +21,7 @@ use futures::StreamExt;
 use half::{bf16, f16};
 
 use crate::model::row_layout;
+use crate::pipeline::output::{Inputs, PartialFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutDtype {
@@ -105,12 +106,12 @@ pub async fn dequantize_model(
             )));
         }
     }
-    if output.exists() && !force {
-        return Err(DataFusionError::Plan(format!(
-            "{} already exists (use --force to replace it)",
-            output.display()
-        )));
+    let mut inputs = Inputs::default();
+    for name in ["weights.parquet", "report.parquet", "manifest.json"] {
+        inputs.add(&dir.join(name), "quantized model");
     }
+    inputs.add(dir, "quantized model");
+    let out = PartialFile::create(output, &inputs, force)?;
     let ctx = crate::session::context();
     let report = ctx
         .read_parquet(
@@ -124,27 +125,16 @@ pub async fn dequantize_model(
     let (slots, order, header) = layout(&report, dtype)?;
     let data_bytes: u64 = slots.values().map(|s| s.bytes).sum();
 
-    let partial = output.with_file_name(format!(
-        ".{}.partial-{}",
-        output.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let mut guard = RemoveOnDrop(Some(partial.clone()));
-    let file = File::create(&partial)
-        .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", partial.display()))?;
-    let io = |e: std::io::Error| exec_datafusion_err!("cannot write {}: {e}", partial.display());
+    let file = out.file();
+    let io = |e: std::io::Error| exec_datafusion_err!("cannot write {}: {e}", out.path().display());
     let base = 8 + header.len() as u64;
     file.set_len(base + data_bytes).map_err(io)?;
     file.write_all_at(&(header.len() as u64).to_le_bytes(), 0)
         .map_err(io)?;
     file.write_all_at(header.as_bytes(), 8).map_err(io)?;
 
-    write_rows(&ctx, dir, &slots, dtype, &file, base).await?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&partial, output)
-        .map_err(|e| exec_datafusion_err!("cannot rename into {}: {e}", output.display()))?;
-    guard.0 = None;
+    write_rows(&ctx, dir, &slots, dtype, file, base).await?;
+    out.commit()?;
     Ok((order.len(), data_bytes))
 }
 
@@ -298,15 +288,5 @@ fn encode(values: &[f32], dtype: OutDtype, out: &mut Vec<u8>) {
         OutDtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         OutDtype::F16 => out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
         OutDtype::Bf16 => out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
-    }
-}
-
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

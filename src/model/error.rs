@@ -13,6 +13,9 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
+    #[error("{path}: not a regular file ({kind})")]
+    NotRegular { path: PathBuf, kind: &'static str },
+
     #[error("{path}: not a safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
 
@@ -25,6 +28,9 @@ pub enum ModelError {
 
     #[error("{path}: bad shard index: {reason}")]
     BadIndex { path: PathBuf, reason: String },
+
+    #[error("{path}: bad pipeline index: {reason}")]
+    BadPipeline { path: PathBuf, reason: String },
 
     #[error("{path}: bad JSON: {reason}")]
     BadJson { path: PathBuf, reason: String },

@@ -1,6 +1,7 @@
 //! Reading models: safetensors files, sharded checkpoints, model and pipeline folders.
 
 pub mod error;
+pub mod input;
 pub mod safetensors_file;
 pub mod source;
 

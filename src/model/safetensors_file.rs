@@ -5,7 +5,6 @@
 //! explained here with the tensor it concerns. Tensor bytes are never copied at open: the map is
 //! shared with the Arrow buffers the scan hands out.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -49,11 +48,8 @@ const MAX_HEADER: u64 = 100_000_000;
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let file = super::input::open_regular(path)?;
         let meta = file.metadata().map_err(|e| ModelError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(not_safetensors(path, "not a regular file"));
-        }
         let file_len = meta.len();
         if file_len < 8 {
             return Err(not_safetensors(

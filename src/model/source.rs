@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::ModelError;
+use super::input::read_text;
 use super::safetensors_file::{SafetensorsFile, TensorMeta};
 
 /// One tensor of a model: its full name (with the component prefix) and where it lives.
@@ -34,6 +35,9 @@ pub struct Model {
     /// Tensors in file order, file after file.
     pub tensors: Vec<ModelTensor>,
     pub configs: Vec<ConfigFile>,
+    /// Every file the model was read from (weights, shard indexes, configurations), as opened:
+    /// what a command writing an output must never replace.
+    pub sources: Vec<PathBuf>,
 }
 
 impl Model {
@@ -45,9 +49,11 @@ impl Model {
             files: Vec::new(),
             tensors: Vec::new(),
             configs: Vec::new(),
+            sources: Vec::new(),
         };
         if meta.is_dir() {
-            if path.join("model_index.json").is_file() {
+            // Anything by that name, so that a FIFO or folder there is refused, not skipped.
+            if path.join("model_index.json").exists() {
                 model.add_pipeline(path)?;
             } else {
                 model.add_folder(path, "")?;
@@ -80,7 +86,7 @@ impl Model {
     /// A diffusers pipeline: every component named in `model_index.json` that has weights.
     fn add_pipeline(&mut self, dir: &Path) -> Result<(), ModelError> {
         let index_path = dir.join("model_index.json");
-        let index = read_json(&index_path)?;
+        let index = self.read_json(&index_path)?;
         self.configs.push(ConfigFile {
             component: String::new(),
             path: index_path.clone(),
@@ -99,6 +105,13 @@ impl Model {
             .collect();
         components.sort();
         for component in components {
+            // A key is a folder of this pipeline, never a path out of it.
+            if !is_plain_name(component) {
+                return Err(ModelError::BadPipeline {
+                    path: index_path,
+                    reason: format!("component '{component}' is not a folder name"),
+                });
+            }
             let sub = dir.join(component);
             if sub.is_dir() && has_safetensors(&sub)? {
                 self.add_folder(&sub, &format!("{component}."))?;
@@ -164,7 +177,7 @@ impl Model {
     /// A sharded checkpoint: the shards its `weight_map` names, each tensor checked to be in the
     /// shard the index says.
     fn add_sharded(&mut self, index_path: &Path, prefix: &str) -> Result<(), ModelError> {
-        let index = read_json(index_path)?;
+        let index = self.read_json(index_path)?;
         let bad = |reason: String| ModelError::BadIndex {
             path: index_path.to_path_buf(),
             reason,
@@ -177,7 +190,7 @@ impl Model {
             let Some(shard) = shard.as_str() else {
                 return Err(bad(format!("shard of '{tensor}' is not a string")));
             };
-            if shard.contains('/') || shard.contains('\\') || shard == ".." {
+            if !is_plain_name(shard) {
                 return Err(bad(format!("shard '{shard}' is not a file name")));
             }
             by_shard.entry(shard).or_default().push(tensor);
@@ -196,6 +209,7 @@ impl Model {
         expected: Option<(&Path, &[&str])>,
     ) -> Result<(), ModelError> {
         let file = SafetensorsFile::open(path)?;
+        self.sources.push(path.to_path_buf());
         if let Some((index, names)) = expected {
             for name in names {
                 if !file.tensors().iter().any(|t| t.name == *name) {
@@ -234,8 +248,9 @@ impl Model {
 
     fn add_config(&mut self, dir: &Path, component: &str) -> Result<(), ModelError> {
         let path = dir.join("config.json");
-        if path.is_file() {
-            let json = read_json(&path)?;
+        // Anything by that name is read, so that a FIFO or folder there is refused.
+        if path.exists() {
+            let json = self.read_json(&path)?;
             self.configs.push(ConfigFile {
                 component: component.to_string(),
                 path,
@@ -244,6 +259,24 @@ impl Model {
         }
         Ok(())
     }
+
+    fn read_json(&mut self, path: &Path) -> Result<serde_json::Value, ModelError> {
+        let text = read_text(path, MAX_JSON)?;
+        self.sources.push(path.to_path_buf());
+        serde_json::from_str(&text).map_err(|e| ModelError::BadJson {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The largest JSON file read (a shard index of a very large model is a few MB).
+const MAX_JSON: u64 = 100_000_000;
+
+/// A name that stays in its folder: a shard of an index, a component of a pipeline. Not empty,
+/// not `.` or `..`, no separator (so not absolute either), no NUL.
+pub fn is_plain_name(name: &str) -> bool {
+    !matches!(name, "" | "." | "..") && !name.contains(['/', '\\', '\0'])
 }
 
 /// `name.fp16.safetensors` is a variant of `name.safetensors` (shards, `name-00001-of-00002`,
@@ -266,12 +299,4 @@ fn has_safetensors(dir: &Path) -> Result<bool, ModelError> {
         }
     }
     Ok(false)
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ModelError::BadJson {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
 }

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::activations::{ActivationSummary, calibrate};
 use super::modality::{Detection, detect};
-use super::output::{PartialDir, TableWriter, write_table, write_text};
+use super::output::{Inputs, PartialDir, TableWriter, write_table, write_text};
 use super::plan::{REPORT_SQL, quantize_sql};
 use super::strategy::{TensorPlan, plan, strategy_batch};
 use crate::config::QuantConfig;
@@ -102,7 +102,11 @@ pub async fn quantize_model(
     let started = Instant::now();
     let source = options.model.display().to_string();
     let model = Model::open(&options.model)?;
-    let out = PartialDir::create(&options.output, &options.model, options.force)?;
+    let mut inputs = Inputs::of_model(&model);
+    if let Some(calibration) = &options.config.calibration {
+        inputs.add(Path::new(calibration), "calibration set");
+    }
+    let out = PartialDir::create(&options.output, &inputs, options.force)?;
     let modality = detect(&model);
     let mut plans = plan(&model, &options.config, modality.modality);
     if plans.iter().all(|p| p.setting.is_none()) {
