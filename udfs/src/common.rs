@@ -18,7 +18,7 @@ use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_e
 use datafusion::logical_expr::ColumnarValue;
 
 use crate::kernels::KernelError;
-use crate::kernels::quantized::QuantizedRef;
+use crate::kernels::quantized::{QuantizedRef, check_stored};
 use crate::kernels::scheme::Scheme;
 
 /// An error about one row's data, naming the function and the row within the batch.
@@ -161,14 +161,24 @@ impl<'a> FloatRows<'a> {
                     .map(|v| v.to_f32())
                     .collect(),
             ),
-            DataType::Float64 => Cow::Owned(
-                values
-                    .as_primitive::<Float64Type>()
-                    .values()
+            DataType::Float64 => {
+                let wide = values.as_primitive::<Float64Type>().values();
+                // A finite value beyond f32 would become ±inf and be misreported (or
+                // worse, measured) downstream: found here, named with its row.
+                let mut beyond = false;
+                let narrow = wide
                     .iter()
-                    .map(|&v| v as f32)
-                    .collect(),
-            ),
+                    .map(|&v| {
+                        let f = v as f32;
+                        beyond |= f.is_infinite() & v.is_finite();
+                        f
+                    })
+                    .collect();
+                if beyond {
+                    beyond_f32(function, argument, wide, &offsets, nulls.as_ref())?;
+                }
+                Cow::Owned(narrow)
+            }
             other => {
                 return Err(exec_datafusion_err!(
                     "{function}: argument '{argument}' must be a list of floats, got a list of {other}"
@@ -214,6 +224,36 @@ impl<'a> FloatRows<'a> {
         self.is_valid(row)
             .then(|| &self.values[self.offsets[row]..self.offsets[row + 1]])
     }
+}
+
+/// The error for the first value of a valid row of `values` (Float64) that f32 cannot hold.
+fn beyond_f32(
+    function: &str,
+    argument: &str,
+    values: &[f64],
+    offsets: &[usize],
+    nulls: Option<&NullBuffer>,
+) -> Result<()> {
+    for row in 0..offsets.len() - 1 {
+        if nulls.is_some_and(|n| n.is_null(row)) {
+            continue;
+        }
+        let (start, end) = (offsets[row], offsets[row + 1]);
+        if let Some(i) = values[start..end]
+            .iter()
+            .position(|v| v.is_finite() && (*v as f32).is_infinite())
+        {
+            return Err(row_error(
+                function,
+                row,
+                format!(
+                    "argument '{argument}': value {:e} at index {i} is beyond the range of Float32 (±3.4e38)",
+                    values[start + i]
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,7 +374,9 @@ pub fn coerce_quantized(function: &str, argument: &str, dt: &DataType) -> Result
     }
 }
 
-/// A column of quantized structs, read row by row without copying.
+/// A column of quantized structs, read row by row without copying. [`get`](Self::get) is the
+/// one reader every function taking a quantized value uses: it hands out only rows that passed
+/// [`check_stored`].
 pub struct QuantizedColumn<'a> {
     nulls: Option<NullBuffer>,
     codes: &'a BinaryArray,
@@ -342,6 +384,8 @@ pub struct QuantizedColumn<'a> {
     offsets: &'a ListArray,
     scale_values: &'a [half::f16],
     offset_values: &'a [half::f16],
+    scale_nulls: Option<&'a NullBuffer>,
+    offset_nulls: Option<&'a NullBuffer>,
     bits: &'a UInt8Array,
     group_size: &'a UInt32Array,
     len: &'a UInt32Array,
@@ -349,6 +393,8 @@ pub struct QuantizedColumn<'a> {
 }
 
 impl<'a> QuantizedColumn<'a> {
+    /// Reads the canonical layout ([`quantized_fields`], which planning casts every accepted
+    /// struct to); any other layout is an error, not a panic.
     pub fn new(array: &'a ArrayRef) -> Result<Self> {
         let s = array.as_struct_opt().ok_or_else(|| {
             exec_datafusion_err!("expected a quantized struct, got {}", array.data_type())
@@ -357,19 +403,56 @@ impl<'a> QuantizedColumn<'a> {
             s.column_by_name(name)
                 .ok_or_else(|| exec_datafusion_err!("quantized struct has no field '{name}'"))
         };
-        let scales = column("scales")?.as_list::<i32>();
-        let offsets = column("offsets")?.as_list::<i32>();
+        let wrong = |name: &str, column: &ArrayRef| {
+            exec_datafusion_err!(
+                "quantized struct field '{name}' has type {}, expected {}",
+                column.data_type(),
+                quantized_fields()
+                    .find(name)
+                    .map(|(_, f)| f.data_type().to_string())
+                    .unwrap_or_default()
+            )
+        };
+        let list =
+            |name: &str| -> Result<(&'a ListArray, &'a [half::f16], Option<&'a NullBuffer>)> {
+                let c = column(name)?;
+                let list = c.as_list_opt::<i32>().ok_or_else(|| wrong(name, c))?;
+                let values = list
+                    .values()
+                    .as_primitive_opt::<Float16Type>()
+                    .ok_or_else(|| wrong(name, c))?;
+                Ok((list, values.values(), values.nulls()))
+            };
+        let (scales, scale_values, scale_nulls) = list("scales")?;
+        let (offsets, offset_values, offset_nulls) = list("offsets")?;
+        let codes = column("codes")?;
+        let bits = column("bits")?;
+        let group_size = column("group_size")?;
+        let len = column("len")?;
+        let scheme = column("scheme")?;
         Ok(QuantizedColumn {
             nulls: s.logical_nulls(),
-            codes: column("codes")?.as_binary::<i32>(),
-            scale_values: scales.values().as_primitive::<Float16Type>().values(),
-            offset_values: offsets.values().as_primitive::<Float16Type>().values(),
+            codes: codes
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| wrong("codes", codes))?,
             scales,
             offsets,
-            bits: column("bits")?.as_primitive::<UInt8Type>(),
-            group_size: column("group_size")?.as_primitive::<UInt32Type>(),
-            len: column("len")?.as_primitive::<UInt32Type>(),
-            scheme: column("scheme")?.as_string::<i32>(),
+            scale_values,
+            offset_values,
+            scale_nulls,
+            offset_nulls,
+            bits: bits
+                .as_primitive_opt::<UInt8Type>()
+                .ok_or_else(|| wrong("bits", bits))?,
+            group_size: group_size
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong("group_size", group_size))?,
+            len: len
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong("len", len))?,
+            scheme: scheme
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong("scheme", scheme))?,
         })
     }
 
@@ -381,38 +464,61 @@ impl<'a> QuantizedColumn<'a> {
         self.len() == 0
     }
 
-    /// Row `row`, or `None` when NULL. A row whose own fields are NULL is corrupt.
+    /// Row `row`, checked ([`check_stored`]), or `None` when NULL. A row whose own fields are
+    /// NULL, or whose scales or offsets hold a NULL, is corrupt: a NULL would read as 0. The
+    /// error is the message (callers add the function and row).
     pub fn get(&self, row: usize) -> std::result::Result<Option<QuantizedRef<'a>>, String> {
+        self.checked(row).map_err(|e| e.to_string())
+    }
+
+    fn checked(&self, row: usize) -> std::result::Result<Option<QuantizedRef<'a>>, KernelError> {
         if self.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
             return Ok(None);
         }
-        let fields_valid = self.codes.is_valid(row)
-            && self.scales.is_valid(row)
-            && self.offsets.is_valid(row)
-            && self.bits.is_valid(row)
-            && self.group_size.is_valid(row)
-            && self.len.is_valid(row)
-            && self.scheme.is_valid(row);
-        if !fields_valid {
-            return Err("corrupt quantized value: a field is NULL".to_string());
+        let corrupt = |message: String| KernelError::Corrupt(message);
+        let fields: [(&str, &dyn Array); 7] = [
+            ("codes", self.codes),
+            ("scales", self.scales),
+            ("offsets", self.offsets),
+            ("bits", self.bits),
+            ("group_size", self.group_size),
+            ("len", self.len),
+            ("scheme", self.scheme),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, a)| a.is_null(row)) {
+            return Err(corrupt(format!("field '{name}' is NULL")));
         }
-        let scheme = Scheme::parse(self.scheme.value(row)).map_err(|e| e.to_string())?;
-        let span = |list: &ListArray, values: &'a [half::f16]| {
-            let o = list.value_offsets();
-            let (start, end) = (o[row] as usize, o[row + 1] as usize);
-            values
-                .get(start..end)
-                .ok_or_else(|| "corrupt quantized value: scale list out of bounds".to_string())
-        };
-        Ok(Some(QuantizedRef {
+        let scheme = Scheme::parse(self.scheme.value(row))?;
+        let span =
+            |what: &str, list: &ListArray, values: &'a [half::f16], nulls: Option<&NullBuffer>| {
+                let o = list.value_offsets();
+                let (start, end) = (o[row] as usize, o[row + 1] as usize);
+                if let Some(g) = nulls.and_then(|n| (start..end).find(|&i| n.is_null(i))) {
+                    return Err(corrupt(format!(
+                        "the {what} of group {} is NULL",
+                        g - start
+                    )));
+                }
+                values
+                    .get(start..end)
+                    .ok_or_else(|| corrupt(format!("the {what} list is out of bounds")))
+            };
+        let q = QuantizedRef {
             codes: self.codes.value(row),
-            scales: span(self.scales, self.scale_values)?,
-            offsets: span(self.offsets, self.offset_values)?,
+            scales: span("scale", self.scales, self.scale_values, self.scale_nulls)?,
+            offsets: span(
+                "offset",
+                self.offsets,
+                self.offset_values,
+                self.offset_nulls,
+            )?,
             bits: self.bits.value(row),
             group_size: self.group_size.value(row),
             len: self.len.value(row),
             scheme,
-        }))
+        };
+        check_stored(&q)?;
+        Ok(Some(q))
     }
 }
 

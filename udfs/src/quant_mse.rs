@@ -14,8 +14,10 @@ use crate::common::{
     FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error,
 };
 use crate::doc::DOC_DIFFUSION;
+use crate::kernels::KernelError;
 use crate::kernels::error::check_finite;
-use crate::kernels::thermo::{RangeChoice, check_scale, range_mse};
+use crate::kernels::error::{GRID_BITS, readable};
+use crate::kernels::thermo::{RangeChoice, range_mse};
 use crate::window::float_values;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -37,14 +39,16 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "Mean squared error of a row rounded to the grid offset + scale · k, k = 0 … 2^bits − 1 \
          (values beyond the grid clamp to its ends): how well given parameters — a timestep \
          group's activation range, a smoothed or optimised one — fit these values. NULL \
-         arguments give NULL; a non-positive scale, bits outside 2…8 or NaN values are errors.",
+         arguments give NULL. Errors: bits outside 2 to 8 (7 included: these codes are never \
+         packed), a scale that is not positive, a scale or offset beyond Float32, NaN or ±Inf \
+         values.",
         "quant_mse(values, scale, offset, bits)",
     )
     .with_sql_example("```sql\n> SELECT quant_mse([0.0, 0.5, 1.0, 1.5], 0.5, 0.0, 2);\n0.0\n```")
     .with_argument("values", "List of floats.")
     .with_argument("scale", "Step between codes, > 0.")
     .with_argument("offset", "Value of code 0.")
-    .with_argument("bits", "Code width, 2 to 8.")
+    .with_argument("bits", "Code width, 2 to 8 (7 included).")
     .with_related_udf("quant_params")
     .build()
 });
@@ -95,12 +99,26 @@ impl ScalarUDFImpl for QuantMse {
             };
             let fail = |e| row_error(self.name(), row, e);
             if !(2..=8).contains(&bits) {
-                return Err(fail(format!("bits must be between 2 and 8, got {bits}")));
+                return Err(fail(
+                    KernelError::UnsupportedBits {
+                        bits,
+                        expected: GRID_BITS,
+                    }
+                    .to_string(),
+                ));
             }
-            check_scale(0, scale)
-                .map_err(|_| fail(format!("scale must be positive and finite, got {scale}")))?;
-            if !offset.is_finite() {
-                return Err(fail(format!("offset must be finite, got {offset}")));
+            let limit = f64::from(f32::MAX);
+            if !(scale.is_finite() && scale > 0.0 && scale <= limit) {
+                return Err(fail(format!(
+                    "scale must be positive, finite and within Float32 (3.4e38), got {}",
+                    readable(scale)
+                )));
+            }
+            if !(offset.is_finite() && offset.abs() <= limit) {
+                return Err(fail(format!(
+                    "offset must be finite and within Float32 (±3.4e38), got {}",
+                    readable(offset)
+                )));
             }
             check_finite(v).map_err(|e| fail(e.to_string()))?;
             out.append_value(range_mse(

@@ -12,10 +12,12 @@ use datafusion::logical_expr::{
 };
 
 use crate::common::{
-    FloatRows, check_arity, coerce_float_list, coerce_integer, coerce_string, constant_value,
-    row_error,
+    FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
+    constant_value, row_error,
 };
 use crate::doc::DOC_QUANTIZATION;
+use crate::kernels::KernelError;
+use crate::kernels::error::GRID_BITS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::{RangeParams, Sketch, clip_search};
 
@@ -47,7 +49,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "```sql\n> SELECT layer, tg, quant_params(values, 8) AS p FROM activations GROUP BY layer, tg;\n```",
     )
     .with_argument("values", "List of Float16, Float32 or Float64.")
-    .with_argument("bits", "Code width, 2 to 8 (a constant).")
+    .with_argument("bits", "Code width, 2 to 8 (7 included: no codes are stored), a constant.")
     .with_argument("scheme", "'asym' (default: any range) or 'sym' (a range centred on zero) (a constant).")
     .with_related_udf("quantize")
     .build()
@@ -75,9 +77,14 @@ fn constant(args: &AccumulatorArgs, index: usize) -> Option<ScalarValue> {
 fn parse_bits(value: Option<&ScalarValue>) -> Result<u8> {
     match value {
         Some(ScalarValue::Int64(Some(b))) if (2..=8).contains(b) => Ok(*b as u8),
-        Some(ScalarValue::Int64(Some(b))) => {
-            plan_err!("quant_params: argument 'bits' must be between 2 and 8, got {b}")
-        }
+        Some(ScalarValue::Int64(Some(b))) => Err(arg_error(
+            "quant_params",
+            "bits",
+            &KernelError::UnsupportedBits {
+                bits: *b,
+                expected: GRID_BITS,
+            },
+        )),
         _ => plan_err!("quant_params: argument 'bits' must be a constant integer"),
     }
 }

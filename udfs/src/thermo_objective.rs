@@ -15,7 +15,7 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
 use crate::doc::DOC_THERMODYNAMIC;
-use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_scale};
+use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_range};
 use crate::window::{chain_weights, float_values, partition_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -38,8 +38,9 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          and offset = the value of code 0): Σ mse_g / best_mse_g + lambda_markov · Σ ((s_{g+1} \
          − s_g) / s_g)² + lambda_entropy · Σ H_g / bits, the same value on every row of the \
          partition. Compares any schedule (static, per-group quant_params, smoothed) with the \
-         optimised one under one measure. NULL or empty states, NULL or non-positive scales, \
-         NaN values and negative lambdas are errors.",
+         optimised one under one measure. Errors: NULL or empty states, NaN or ±Inf values, \
+         NULL or non-positive scales, NULL offsets, scales or offsets that are not finite or \
+         beyond Float32, bits outside 2 to 8, negative lambdas.",
         "thermo_objective(state, scale, offset, bits [, lambda_markov [, lambda_entropy]]) OVER (PARTITION BY layer ORDER BY tg)",
     )
     .with_sql_example(
@@ -48,7 +49,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument("state", "The group's values: a list of floats.")
     .with_argument("scale", "The group's scale, > 0.")
     .with_argument("offset", "The value of the group's code 0.")
-    .with_argument("bits", "Code width, 2 to 8 (a constant).")
+    .with_argument("bits", "Code width, 2 to 8 (7 included), a constant.")
     .with_argument("lambda_markov", "Weight of the transition term, a constant ≥ 0 (default 1).")
     .with_argument("lambda_entropy", "Weight of the code entropy term, a constant ≥ 0 (default 0.01).")
     .with_related_udf("thermo_optimize")
@@ -126,8 +127,9 @@ impl PartitionEvaluator for ObjectiveEvaluator {
             groups.push(rows.row(g).ok_or_else(|| missing("state"))?);
             let scale = scales[g].ok_or_else(|| missing("scale"))?;
             let offset = offsets[g].ok_or_else(|| missing("offset"))?;
-            check_scale(g, scale).map_err(|e| partition_error(name, e))?;
-            choices.push(RangeChoice { scale, offset });
+            let choice = RangeChoice { scale, offset };
+            check_range(g, choice).map_err(|e| partition_error(name, e))?;
+            choices.push(choice);
         }
         let objective = chain_objective(&groups, &choices, self.weights)
             .map_err(|e| partition_error(name, e))?;

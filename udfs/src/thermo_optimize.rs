@@ -43,18 +43,21 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          MSE at bits-bit codes, best_mse_g the least MSE the group reaches alone (so the first \
          term is 1 per group at its own optimum), s_g its scale and H_g the entropy of its \
          codes in bits. Candidates per group: 192 clipping ranges (fractions of its extent on \
-         either side of zero) plus every other group's best scale centred on this group's \
-         data; the minimum over all combinations is found exactly by dynamic programming \
-         (O(groups · candidates²)). Returns {scale, offset (the value of code 0), clip_min, \
-         clip_max, mse, objective (of the whole partition, on every row)}. NULL or empty \
-         states and NaN values are errors; lambdas must be constants ≥ 0.",
+         either side of zero) plus the best scale of each of the 16 groups on either side, \
+         centred on this group's data (when that range stays within Float32); the minimum \
+         over all combinations is found exactly by dynamic programming, in time and memory \
+         linear in the number of groups (at most 224 candidates a group: O(groups · 224²)). \
+         Returns {scale, offset (the value of code 0), clip_min, clip_max, mse, objective (of \
+         the whole partition, on every row)}. Errors: NULL or empty states, NaN or ±Inf \
+         values, bits outside 2 to 8 (7 included: the codes are never packed), lambdas that \
+         are not constants ≥ 0.",
         "thermo_optimize(state, bits [, lambda_markov [, lambda_entropy]]) OVER (PARTITION BY layer ORDER BY tg)",
     )
     .with_sql_example(
         "```sql\n> SELECT layer, tg, thermo_optimize(vals, 8, 1.0, 0.01) OVER (PARTITION BY layer ORDER BY tg) AS p\n  FROM (SELECT layer, tg, flatten(array_agg(values)) AS vals FROM calibration GROUP BY layer, tg);\n```",
     )
     .with_argument("state", "The group's values: a list of floats (e.g. flatten(array_agg(values))).")
-    .with_argument("bits", "Code width, 2 to 8 (a constant).")
+    .with_argument("bits", "Code width, 2 to 8 (7 included), a constant.")
     .with_argument("lambda_markov", "Weight of the transition term, a constant ≥ 0 (default 1).")
     .with_argument("lambda_entropy", "Weight of the code entropy term, a constant ≥ 0 (default 0.01).")
     .with_related_udf("markov_violation")

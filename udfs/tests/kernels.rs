@@ -519,3 +519,142 @@ proptest! {
         }
     }
 }
+
+/// Every reader of a stored row (dequantize, measure, signed_codes) runs one check first:
+/// parameters that are not finite, lengths that disagree, widths and schemes that cannot be.
+#[test]
+fn stored_rows_with_bad_parameters_are_refused() {
+    use arrowquant_udfs::kernels::quantized::{check_stored, signed_codes};
+    use half::f16;
+    let x = &gaussian_rows(1, 128, 8)[0];
+    let mut quantizer = Quantizer::default();
+    let asym = spec(4, Some(64), Scheme::Asym);
+    let mut q = QuantizedRow::default();
+    quantizer.quantize(x, &asym, &mut q).unwrap();
+    let good = q.view(&asym, 128);
+    check_stored(&good).unwrap();
+    let nan_scale = [q.scales[0], f16::NAN];
+    let inf_offset = [f16::NEG_INFINITY, q.offsets[1]];
+    let cases: [(QuantizedRef, &str); 6] = [
+        (
+            QuantizedRef {
+                scales: &nan_scale,
+                ..good
+            },
+            "the scale of group 1 is NaN",
+        ),
+        (
+            QuantizedRef {
+                offsets: &inf_offset,
+                ..good
+            },
+            "the offset of group 0 is -inf",
+        ),
+        (
+            QuantizedRef { bits: 7, ..good },
+            "bits = 7 for scheme asym, expected one of 2, 3, 4, 5, 6 or 8",
+        ),
+        (
+            QuantizedRef {
+                len: u32::MAX,
+                ..good
+            },
+            "4294967295 codes of 4 bits need 2147483648 bytes, found 64",
+        ),
+        (
+            QuantizedRef {
+                scheme: Scheme::Sym,
+                ..good
+            },
+            "need 2 scales and 0 offsets (sym), found 2 scales and 2 offsets",
+        ),
+        (
+            QuantizedRef {
+                group_size: 0,
+                ..good
+            },
+            "group_size is 0",
+        ),
+    ];
+    for (bad, message) in cases {
+        let err = check_stored(&bad).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+        assert!(quantizer.dequantize(&bad, &mut Vec::new()).is_err());
+        assert!(quantizer.measure(x, &bad).is_err());
+        assert!(signed_codes(&bad, &mut Vec::new()).is_err());
+    }
+    // GGUF: the scale inside a block, and scales outside the blocks.
+    let q8 = spec(8, None, Scheme::Q8_0);
+    let mut g = QuantizedRow::default();
+    quantizer.quantize(x, &q8, &mut g).unwrap();
+    g.codes[34..36].copy_from_slice(&f16::INFINITY.to_le_bytes());
+    let err = check_stored(&g.view(&q8, 128)).unwrap_err().to_string();
+    assert!(
+        err.contains("block 1 has a non-finite scale or minimum: inf"),
+        "{err}"
+    );
+    assert!(quantizer.measure(x, &g.view(&q8, 128)).is_err());
+    g.codes[34..36].copy_from_slice(&f16::ONE.to_le_bytes());
+    g.scales.push(f16::ONE);
+    let err = check_stored(&g.view(&q8, 128)).unwrap_err().to_string();
+    assert!(err.contains("q8_0 keeps its scales in its blocks"), "{err}");
+}
+
+/// f16 holds ±65504: a GGUF block whose scale or minimum is beyond is refused, naming the
+/// block (llama.cpp would store an infinity there), and one just inside is kept.
+#[test]
+fn gguf_block_parameters_beyond_f16_are_an_error() {
+    let mut quantizer = Quantizer::default();
+    let mut out = QuantizedRow::default();
+    for (scheme, bits, value, block) in [
+        (Scheme::Q8_0, 8, 1e7f32, 2),
+        (Scheme::Q4_0, 4, -6e5, 0),
+        (Scheme::Q5_0, 5, 2e6, 1),
+        (Scheme::Q4_1, 4, -7e4, 3),
+        (Scheme::Q5_1, 5, 3e6, 1),
+    ] {
+        let mut x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.3).sin()).collect();
+        x[block * 32 + 5] = value;
+        let s = spec(bits, None, scheme);
+        for result in [
+            quantizer.quantize(&x, &s, &mut out),
+            quantizer.quantize_measured(&x, &s, &mut out).map(|_| ()),
+        ] {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(err, KernelError::ScaleOverflow { group, .. } if group == block),
+                "{scheme:?}: {err}"
+            );
+        }
+    }
+    // 65504 · 127 gives q8_0 a scale of exactly 65504: kept, and decoded without infinities.
+    let mut x = vec![0.5f32; 32];
+    x[0] = 65504.0 * 127.0;
+    let s = spec(8, None, Scheme::Q8_0);
+    quantizer.quantize(&x, &s, &mut out).unwrap();
+    let mut back = Vec::new();
+    quantizer.dequantize(&out.view(&s, 32), &mut back).unwrap();
+    assert_eq!(back[0], x[0]);
+    assert!(back.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn spatial_results_beyond_f32_are_an_error() {
+    use arrowquant_udfs::kernels::spatial::{clip_outliers, equalize, smooth_scales};
+    let mut out = Vec::new();
+    let err = equalize(&[1.0, 3e38], &[2.0], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("index 1"), "{err}");
+    let err = smooth_scales(&[1.0, 3.3e38], &[1.0, 1e-45], 0.9, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("channel 1"), "{err}");
+    clip_outliers(
+        &[f32::MAX, -f32::MAX, f32::MAX, -f32::MAX, 0.0],
+        1.0,
+        &mut out,
+    )
+    .unwrap();
+    assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+}

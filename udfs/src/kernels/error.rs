@@ -4,8 +4,10 @@ use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum KernelError {
-    #[error("unsupported bit width {bits}: expected one of 2, 3, 4, 5, 6 or 8")]
-    UnsupportedBits { bits: i64 },
+    /// `expected` says which widths the refusing function takes: the packed schemes
+    /// ([`PACKED_BITS`]) or the grid of codes that is never packed ([`GRID_BITS`]).
+    #[error("unsupported bit width {bits}: expected {expected}")]
+    UnsupportedBits { bits: i64, expected: &'static str },
 
     #[error(
         "group size {group_size} out of range: expected 16 to 4096, or 'row' for one group per row"
@@ -47,6 +49,14 @@ pub enum KernelError {
     #[error("non-finite value {value} at index {index}")]
     NonFinite { index: usize, value: f32 },
 
+    /// A NaN or infinity in one of two rows being compared.
+    #[error("argument '{argument}': non-finite value {value} at index {index}")]
+    NonFiniteIn {
+        argument: &'static str,
+        index: usize,
+        value: f32,
+    },
+
     #[error("lists of different lengths: {left} and {right}")]
     LengthMismatch { left: usize, right: usize },
 
@@ -61,7 +71,21 @@ pub enum KernelError {
     Schedule(String),
 }
 
+/// The widths of the packed schemes (`quantize` and what reads its values): 7 has no packing.
+pub const PACKED_BITS: &str = "one of 2, 3, 4, 5, 6 or 8";
+/// The widths of functions that model a grid of `2^bits` codes without storing them.
+pub const GRID_BITS: &str = "2 to 8";
+
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// A number for a message: plain, or in exponent form when plain would be a long run of digits.
+pub fn readable(v: f64) -> String {
+    if v.is_finite() && v != 0.0 && !(1e-6..1e16).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
 
 /// Refuses NaN and ±Inf: they would poison a whole group's scale silently.
 pub fn check_finite(values: &[f32]) -> Result<()> {

@@ -72,11 +72,31 @@ impl GgufFormat {
     }
 }
 
-/// Appends the blocks of `row` to `out`.
+/// Appends the blocks of `row` to `out`. A block whose scale (or minimum) f16 cannot hold is
+/// refused: llama.cpp would store an infinity there and decode the block to NaN and ±inf.
 pub fn quantize_row(format: GgufFormat, row: &[f32], out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
     out.resize(start + format.row_bytes(row.len())?, 0);
     let dst = &mut out[start..];
+    write_blocks(format, row, dst);
+    if let Some((block, _)) = non_finite_param(format, dst) {
+        let x: &[f32; BLOCK] = row[block * BLOCK..][..BLOCK]
+            .try_into()
+            .expect("a whole block");
+        let value = block_params(format, x)
+            .into_iter()
+            .find(|v| !f16::from_f32(*v).is_finite())
+            .unwrap_or(f32::INFINITY);
+        out.truncate(start);
+        return Err(KernelError::ScaleOverflow {
+            group: block,
+            value,
+        });
+    }
+    Ok(())
+}
+
+fn write_blocks(format: GgufFormat, row: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2")
@@ -84,11 +104,50 @@ pub fn quantize_row(format: GgufFormat, row: &[f32], out: &mut Vec<u8>) -> Resul
         {
             // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { quantize_blocks_avx2(format, row, dst) };
-            return Ok(());
+            return;
         }
     }
     quantize_blocks(format, row, dst);
-    Ok(())
+}
+
+/// Byte offsets of a block's f16 parameters: the scale, and the minimum of q4_1 and q5_1.
+fn param_offsets(format: GgufFormat) -> &'static [usize] {
+    match format {
+        GgufFormat::Q4_1 | GgufFormat::Q5_1 => &[0, 2],
+        _ => &[0],
+    }
+}
+
+/// The first block of `bytes` (whole blocks) whose scale or minimum is NaN or infinite, with
+/// that value: what a stored row must not hold.
+pub fn non_finite_param(format: GgufFormat, bytes: &[u8]) -> Option<(usize, f32)> {
+    const EXPONENT: u16 = 0x7c00;
+    let params = param_offsets(format);
+    for (block, src) in bytes.chunks_exact(format.block_bytes()).enumerate() {
+        for &at in params {
+            let bits = u16::from_le_bytes([src[at], src[at + 1]]);
+            if bits & EXPONENT == EXPONENT {
+                return Some((block, f16::from_bits(bits).to_f32()));
+            }
+        }
+    }
+    None
+}
+
+/// The scale and minimum (0 for the centred formats) the reference computes for a block,
+/// before they are rounded to f16: for the message when f16 cannot hold them.
+fn block_params(format: GgufFormat, x: &[f32; BLOCK]) -> [f32; 2] {
+    let spread = |levels: f32| {
+        let (min, max) = min_max(x);
+        [(max - min) / levels, min]
+    };
+    match format {
+        GgufFormat::Q4_0 => [signed_absmax(x) / -8.0, 0.0],
+        GgufFormat::Q5_0 => [signed_absmax(x) / -16.0, 0.0],
+        GgufFormat::Q8_0 => [absmax(x) / 127.0, 0.0],
+        GgufFormat::Q4_1 => spread(15.0),
+        GgufFormat::Q5_1 => spread(31.0),
+    }
 }
 
 /// The block loop compiled for AVX2: the same code, vectorised eight lanes wide (and with

@@ -38,11 +38,9 @@ impl PairSums {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present. The same code as the portable path, in the same order
             // (no FMA contraction): results are bit for bit the same, only the vectors wider.
-            unsafe { sums_avx2(self, a, b) };
-            return Ok(());
+            return unsafe { sums_avx2(self, a, b) };
         }
-        sums(self, a, b);
-        Ok(())
+        sums(self, a, b)
     }
 
     /// Adds another row's sums (for whole-tensor metrics).
@@ -84,17 +82,23 @@ impl PairSums {
 /// many values a cycle as f64 ones, and the error stays far below the fifth decimal a cosine is
 /// read from. The difference a − b of a value and its reconstruction is exact in f32 whenever
 /// they are within a factor of two of each other (Sterbenz), which quantization keeps.
+///
+/// f32 only has the range for squares of values between about 10⁻¹⁹ and 10¹⁹: a block whose
+/// f32 sums overflowed (values beyond about 10¹⁸, or a − b beyond f32::MAX) or are so small
+/// that f32 may have dropped squares (a side of the block all below about 10⁻¹⁵, zeros
+/// included) is summed again in f64, which holds every such product exactly (see
+/// [`wide_block`]). That is decided from the block's own sums, so both implementations, and
+/// parts of whole blocks, still agree bit for bit; ordinary weights never leave the f32 path.
 #[inline(always)]
-fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
+fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) -> Result<()> {
     const L: usize = 8;
     s.n += a.len();
     let mut max = 0f32;
-    for (block_a, block_b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+    for (index, (block_a, block_b)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
         let (mut dot, mut aa, mut bb, mut se, mut mx) =
             ([0f32; L], [0f32; L], [0f32; L], [0f32; L], [0f32; L]);
         let chunks_a = block_a.chunks_exact(L);
         let chunks_b = block_b.chunks_exact(L);
-        let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
         for (ca, cb) in chunks_a.zip(chunks_b) {
             for i in 0..L {
                 let (x, y) = (ca[i], cb[i]);
@@ -107,27 +111,36 @@ fn sums(s: &mut PairSums, a: &[f32], b: &[f32]) {
                 mx[i] = if ae > mx[i] { ae } else { mx[i] };
             }
         }
-        end_block(s, &mut max, [dot, aa, bb, se, mx], tail_a, tail_b);
+        let lanes = [dot, aa, bb, se, mx];
+        end_block(s, &mut max, lanes, block_a, block_b, index * BLOCK)?;
     }
     // The largest of f32 values converts to f64 exactly: merging parts' maxima is exact.
     s.max_abs_err = s.max_abs_err.max(f64::from(max));
+    Ok(())
 }
 
 /// Values a block of [`sums`] adds in f32 before moving the block's sums to f64.
 pub const BLOCK: usize = 256;
 
+/// Below this a block's Σa² or Σb² (or its Σ(a−b)², when a ≠ b) may have lost terms that f32
+/// cannot hold (squares under 2⁻¹²⁶, at most 2⁻¹¹⁸ a block): the block is summed in f64.
+const TINY: f64 = 1.0 / (1u128 << 90) as f64;
+
 /// The end of a block, shared by both implementations: the values past the last whole
-/// vector go to lane 0, then each sum's lanes move to f64 in lane order.
+/// vector go to lane 0, then each sum's lanes move to f64 in lane order — or, when the f32
+/// sums overflowed or may have underflowed, the block is summed in f64 instead.
 #[inline(always)]
 fn end_block(
     s: &mut PairSums,
     max: &mut f32,
     lanes: [[f32; 8]; 5],
-    tail_a: &[f32],
-    tail_b: &[f32],
-) {
+    block_a: &[f32],
+    block_b: &[f32],
+    first: usize,
+) -> Result<()> {
     let [mut dot, mut aa, mut bb, mut se, mut mx] = lanes;
-    for (&x, &y) in tail_a.iter().zip(tail_b) {
+    let whole = block_a.len() / 8 * 8;
+    for (&x, &y) in block_a[whole..].iter().zip(&block_b[whole..]) {
         let e = x - y;
         dot[0] += x * y;
         aa[0] += x * x;
@@ -136,11 +149,66 @@ fn end_block(
         mx[0] = mx[0].max(e.abs());
     }
     let wide = |v: [f32; 8]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
-    s.dot += wide(dot);
-    s.aa += wide(aa);
-    s.bb += wide(bb);
-    s.sq_err += wide(se);
-    *max = mx.iter().fold(*max, |m, &v| m.max(v));
+    let (dot, aa, bb, se) = (wide(dot), wide(aa), wide(bb), wide(se));
+    let block_max = mx.iter().fold(0f32, |m, &v| m.max(v));
+    // An f32 lane that overflowed is infinite (or NaN), and so is its f64 sum.
+    let fits = dot.is_finite()
+        && aa.is_finite()
+        && bb.is_finite()
+        && se.is_finite()
+        && aa >= TINY
+        && bb >= TINY
+        && (se >= TINY || block_max == 0.0);
+    if !fits {
+        return wide_block(s, block_a, block_b, first);
+    }
+    s.dot += dot;
+    s.aa += aa;
+    s.bb += bb;
+    s.sq_err += se;
+    *max = max.max(block_max);
+    Ok(())
+}
+
+/// A block summed in f64: products of f32 values are exact there, and their sums cannot
+/// overflow (f32::MAX² · 2⁶⁴ is still far below f64::MAX). Also where non-finite values are
+/// found (they make the f32 sums non-finite): they are an error naming their side and index.
+#[cold]
+#[inline(never)]
+fn wide_block(s: &mut PairSums, a: &[f32], b: &[f32], first: usize) -> Result<()> {
+    // A block of zeros (padding, pruned weights) adds nothing: one quick pass says so.
+    let bits = a
+        .iter()
+        .chain(b)
+        .fold(0u32, |acc, v| acc | (v.to_bits() << 1));
+    if bits == 0 {
+        return Ok(());
+    }
+    let (mut dot, mut aa, mut bb, mut se, mut mx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        for (argument, value) in [("a", x), ("b", y)] {
+            if !value.is_finite() {
+                return Err(KernelError::NonFiniteIn {
+                    argument,
+                    index: first + i,
+                    value,
+                });
+            }
+        }
+        let (x, y) = (f64::from(x), f64::from(y));
+        let e = x - y;
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+        se += e * e;
+        mx = mx.max(e.abs());
+    }
+    s.dot += dot;
+    s.aa += aa;
+    s.bb += bb;
+    s.sq_err += se;
+    s.max_abs_err = s.max_abs_err.max(mx);
+    Ok(())
 }
 
 /// [`sums`] with AVX2 intrinsics: the eight lanes of each block live in registers, then go
@@ -148,7 +216,7 @@ fn end_block(
 /// as 128-bit shuffles and spills, five times slower.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
+unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) -> Result<()> {
     use std::arch::x86_64::*;
 
     const L: usize = 8;
@@ -161,7 +229,7 @@ unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
         out
     };
-    for (block_a, block_b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+    for (index, (block_a, block_b)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
         let (mut dot, mut aa, mut bb, mut se, mut mx) = (
             _mm256_setzero_ps(),
             _mm256_setzero_ps(),
@@ -169,8 +237,8 @@ unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
             _mm256_setzero_ps(),
             _mm256_setzero_ps(),
         );
-        let (chunks_a, tail_a) = block_a.as_chunks::<L>();
-        let (chunks_b, tail_b) = block_b.as_chunks::<L>();
+        let (chunks_a, _) = block_a.as_chunks::<L>();
+        let (chunks_b, _) = block_b.as_chunks::<L>();
         for (ca, cb) in chunks_a.iter().zip(chunks_b) {
             // SAFETY: each chunk holds exactly 8 f32.
             let (x, y) = unsafe { (_mm256_loadu_ps(ca.as_ptr()), _mm256_loadu_ps(cb.as_ptr())) };
@@ -183,9 +251,10 @@ unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) {
             mx = _mm256_max_ps(_mm256_andnot_ps(sign, e), mx);
         }
         let lanes = [lanes(dot), lanes(aa), lanes(bb), lanes(se), lanes(mx)];
-        end_block(s, &mut max, lanes, tail_a, tail_b);
+        end_block(s, &mut max, lanes, block_a, block_b, index * BLOCK)?;
     }
     s.max_abs_err = s.max_abs_err.max(f64::from(max));
+    Ok(())
 }
 
 pub fn cosine_from(dot: f64, aa: f64, bb: f64) -> Option<f64> {
@@ -231,7 +300,7 @@ mod tests {
             .map(|x| x + ((*x * 1000.0).sin() * 0.001))
             .collect();
         let mut portable = PairSums::default();
-        sums(&mut portable, &a, &b);
+        sums(&mut portable, &a, &b).unwrap();
         assert_eq!(PairSums::of(&a, &b).unwrap(), portable);
     }
 
@@ -286,5 +355,128 @@ mod tests {
         assert_eq!(empty.mse(), None);
         let exact = PairSums::of(&[1.0], &[1.0]).unwrap();
         assert_eq!(exact.sqnr_db(), Some(f64::INFINITY));
+    }
+
+    /// Rows whose blocks take every path: ordinary values, values near f32::MAX, differences
+    /// beyond it, tiny values, zeros, and a mix within one row.
+    fn awkward_rows() -> Vec<(Vec<f32>, Vec<f32>)> {
+        let n = 3 * BLOCK + 37;
+        let wave = |i: usize, k: f32| ((i as f32) * k).sin();
+        let mut out = vec![
+            (
+                (0..n).map(|i| wave(i, 0.37) * 3.0e38).collect(),
+                (0..n).map(|i| wave(i, 0.37) * 2.9e38).collect(),
+            ),
+            (
+                (0..n).map(|i| wave(i, 0.11).signum() * f32::MAX).collect(),
+                (0..n).map(|i| -wave(i, 0.11).signum() * f32::MAX).collect(),
+            ),
+            (
+                (0..n).map(|i| wave(i, 0.7) * 1e-30).collect(),
+                (0..n).map(|i| wave(i, 0.7) * 1.1e-30).collect(),
+            ),
+            (vec![0.0; n], vec![0.0; n]),
+            (vec![0.0; n], (0..n).map(|i| wave(i, 0.5)).collect()),
+        ];
+        // One row, every kind of block in turn.
+        let (a, b): (Vec<f32>, Vec<f32>) = out
+            .iter()
+            .flat_map(|(a, b)| a[..BLOCK].iter().copied().zip(b[..BLOCK].iter().copied()))
+            .unzip();
+        out.push((a, b));
+        out
+    }
+
+    fn exact(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64, f64) {
+        let (mut dot, mut aa, mut bb, mut se, mut mx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            dot += x * y;
+            aa += x * x;
+            bb += y * y;
+            se += (x - y) * (x - y);
+            mx = mx.max((x - y).abs());
+        }
+        (dot, aa, bb, se, mx)
+    }
+
+    #[test]
+    fn values_near_the_ends_of_f32_are_summed_in_f64() {
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-6 * want.abs().max(1e-300);
+        for (a, b) in awkward_rows() {
+            let s = PairSums::of(&a, &b).unwrap();
+            let (dot, aa, bb, se, mx) = exact(&a, &b);
+            for (got, want) in [(s.dot, dot), (s.aa, aa), (s.bb, bb), (s.sq_err, se)] {
+                assert!(got.is_finite() && close(got, want), "{got} vs {want}");
+            }
+            assert!(close(s.max_abs_err, mx), "{} vs {mx}", s.max_abs_err);
+            assert_eq!(s.mse().map(f64::is_finite), Some(true));
+            assert_eq!(s.sqnr_db().map(|v| v.is_nan()), Some(false));
+            if aa > 0.0 && bb > 0.0 {
+                let want = dot / (aa.sqrt() * bb.sqrt());
+                assert!((s.cosine().unwrap() - want).abs() < 1e-9);
+            }
+        }
+        // The figures of the extreme pair: opposite rows of f32::MAX.
+        let m = f64::from(f32::MAX);
+        let s = PairSums::of(&[f32::MAX, -f32::MAX], &[-f32::MAX, f32::MAX]).unwrap();
+        assert_eq!(s.cosine(), Some(-1.0));
+        assert_eq!(s.mse(), Some(4.0 * m * m));
+        assert_eq!(s.max_abs_error(), Some(2.0 * m));
+        assert!((s.sqnr_db().unwrap() - 10.0 * 0.25f64.log10()).abs() < 1e-12);
+        // Tiny rows keep their angle instead of losing every square.
+        let t = PairSums::of(&[1e-30, 2e-30], &[2e-30, 4e-30]).unwrap();
+        assert!((t.cosine().unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn both_paths_agree_bit_for_bit_on_awkward_rows() {
+        for (a, b) in awkward_rows() {
+            let mut portable = PairSums::default();
+            sums(&mut portable, &a, &b).unwrap();
+            assert_eq!(PairSums::of(&a, &b).unwrap(), portable);
+            // Parts of whole blocks still add up to the whole.
+            let mut parts = PairSums::default();
+            for (x, y) in a.chunks(2 * BLOCK).zip(b.chunks(2 * BLOCK)) {
+                parts.accumulate(x, y).unwrap();
+            }
+            assert_eq!(parts, portable);
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_with_their_side_and_index() {
+        let mut a: Vec<f32> = (0..700).map(|i| i as f32 * 0.01).collect();
+        let b = a.clone();
+        a[613] = f32::NAN;
+        let err = PairSums::of(&a, &b).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelError::NonFiniteIn {
+                    argument: "a",
+                    index: 613,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = PairSums::of(&b, &a).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelError::NonFiniteIn {
+                    argument: "b",
+                    index: 613,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = PairSums::of(&[1.0, f32::NEG_INFINITY], &[1.0, 1.0]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "argument 'a': non-finite value -inf at index 1"
+        );
     }
 }

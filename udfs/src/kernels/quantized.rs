@@ -3,11 +3,11 @@
 use half::f16;
 
 use super::affine::{self, AffineOutput};
-use super::error::{KernelError, Result, check_finite};
+use super::error::{KernelError, PACKED_BITS, Result, check_finite};
 use super::gguf;
 use super::metrics::{self, PairSums};
 use super::packing;
-use super::scheme::{QuantSpec, Scheme};
+use super::scheme::{QuantSpec, SUPPORTED_BITS, Scheme};
 
 /// A quantized row as stored: packed codes (or GGUF blocks) and per-group parameters.
 #[derive(Debug, Default, Clone)]
@@ -91,7 +91,7 @@ impl Quantizer {
         packing::unpack(q.codes, q.bits, len, &mut self.unpacked)?;
         affine::dequantize_row(
             &self.unpacked,
-            q.group_size.max(1) as usize,
+            q.group_size as usize,
             q.bits,
             q.scheme.is_symmetric(),
             q.scales,
@@ -135,7 +135,8 @@ impl Quantizer {
                     &mut self.values,
                 );
             }
-            sums.accumulate(xs, &self.values)?;
+            sums.accumulate(xs, &self.values)
+                .map_err(|e| shift_error(e, start, 0))?;
         }
         Ok(sums)
     }
@@ -156,11 +157,12 @@ impl Quantizer {
             out.group_size = gguf::BLOCK as u32;
             for (piece, xs) in x.chunks(PIECE).enumerate() {
                 let start = piece * PIECE;
-                check_finite(xs).map_err(|e| shift_error(e, start, 0))?;
+                let shift = |e| shift_error(e, start, start / gguf::BLOCK);
+                check_finite(xs).map_err(shift)?;
                 let from = out.codes.len();
-                gguf::quantize_row(format, xs, &mut out.codes)?;
+                gguf::quantize_row(format, xs, &mut out.codes).map_err(shift)?;
                 gguf::dequantize_row(format, &out.codes[from..], xs.len(), &mut self.values)?;
-                sums.accumulate(xs, &self.values)?;
+                sums.accumulate(xs, &self.values).map_err(shift)?;
             }
             return Ok(sums);
         }
@@ -194,7 +196,8 @@ impl Quantizer {
                 &self.affine.offsets,
                 &mut self.values,
             );
-            sums.accumulate(xs, &self.values)?;
+            sums.accumulate(xs, &self.values)
+                .map_err(|e| shift_error(e, start, 0))?;
         }
         Ok(sums)
     }
@@ -252,6 +255,15 @@ fn shift_error(error: KernelError, first_value: usize, first_group: usize) -> Ke
             index: index + first_value,
             value,
         },
+        KernelError::NonFiniteIn {
+            argument,
+            index,
+            value,
+        } => KernelError::NonFiniteIn {
+            argument,
+            index: index + first_value,
+            value,
+        },
         KernelError::ScaleOverflow { group, value } => KernelError::ScaleOverflow {
             group: group + first_group,
             value,
@@ -268,58 +280,90 @@ fn lcm(a: usize, b: usize) -> usize {
     a / x * b
 }
 
-/// Checks every length of a stored row against its width, scheme and group size, so that
-/// reading it piece by piece cannot go out of bounds.
-fn check_stored(q: &QuantizedRef<'_>) -> Result<()> {
+/// The one check of a stored row, run before anything reads it (dequantize, measure,
+/// signed_codes, and the SQL reader of quantized structs for every function taking one): width,
+/// scheme, group size, every length, and the parameters themselves. A corrupted or hand-made
+/// value is an error naming what is wrong (and the group), never an out-of-bounds read, an
+/// allocation sized by `len` (it is checked against the bytes that are there first) or NaN in
+/// the output.
+pub fn check_stored(q: &QuantizedRef<'_>) -> Result<()> {
     let len = q.len as usize;
+    let corrupt = |message: String| Err(KernelError::Corrupt(message));
     if let Some(format) = q.scheme.gguf() {
         if q.bits != format.bits() || q.group_size as usize != gguf::BLOCK {
-            return Err(KernelError::Corrupt(format!(
+            return corrupt(format!(
                 "{} stores {}-bit codes in groups of {}, but the value says bits = {}, group_size = {}",
                 format.name(),
                 format.bits(),
                 gguf::BLOCK,
                 q.bits,
                 q.group_size
-            )));
+            ));
+        }
+        if !len.is_multiple_of(gguf::BLOCK) {
+            return corrupt(format!(
+                "len = {len} is not a whole number of {} blocks of {}",
+                format.name(),
+                gguf::BLOCK
+            ));
         }
         let expected = format.row_bytes(len)?;
         if q.codes.len() != expected {
-            return Err(KernelError::Corrupt(format!(
+            return corrupt(format!(
                 "{len} values in {} need {expected} bytes, found {}",
                 format.name(),
                 q.codes.len()
-            )));
+            ));
+        }
+        if !q.scales.is_empty() || !q.offsets.is_empty() {
+            return corrupt(format!(
+                "{} keeps its scales in its blocks, but the value also has {} scales and {} offsets",
+                format.name(),
+                q.scales.len(),
+                q.offsets.len()
+            ));
+        }
+        if let Some((block, value)) = gguf::non_finite_param(format, q.codes) {
+            return corrupt(format!(
+                "block {block} has a non-finite scale or minimum: {value}"
+            ));
         }
         return Ok(());
     }
-    if !(2..=8).contains(&q.bits) || q.bits == 7 {
-        return Err(KernelError::Corrupt(format!(
-            "unsupported bit width {}",
-            q.bits
-        )));
+    if !SUPPORTED_BITS.contains(&q.bits) {
+        return corrupt(format!(
+            "bits = {} for scheme {}, expected {PACKED_BITS}",
+            q.bits,
+            q.scheme.name()
+        ));
     }
-    if q.group_size == 0 && len > 0 {
-        return Err(KernelError::Corrupt("group_size is 0".to_string()));
+    if q.group_size == 0 {
+        return corrupt("group_size is 0".to_string());
     }
     let needed = packing::packed_len(len, q.bits);
     if q.codes.len() != needed {
-        return Err(KernelError::Corrupt(format!(
+        return corrupt(format!(
             "{len} codes of {} bits need {needed} bytes, found {}",
             q.bits,
             q.codes.len()
-        )));
+        ));
     }
-    let group = q.group_size.max(1) as usize;
+    let group = q.group_size as usize;
     let groups = len.div_ceil(group);
     let symmetric = q.scheme.is_symmetric();
-    if q.scales.len() != groups || (!symmetric && q.offsets.len() != groups) {
-        return Err(KernelError::Corrupt(format!(
-            "{len} values in groups of {group} need {groups} scales{}, found {} scales and {} offsets",
-            if symmetric { "" } else { " and offsets" },
+    let offsets = if symmetric { 0 } else { groups };
+    if q.scales.len() != groups || q.offsets.len() != offsets {
+        return corrupt(format!(
+            "{len} values in groups of {group} need {groups} scales and {offsets} offsets ({}), found {} scales and {} offsets",
+            q.scheme.name(),
             q.scales.len(),
             q.offsets.len()
-        )));
+        ));
+    }
+    for (what, values) in [("scale", q.scales), ("offset", q.offsets)] {
+        if let Some(g) = values.iter().position(|v| !v.is_finite()) {
+            return corrupt(format!("the {what} of group {g} is {}", values[g]));
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What a `quantize` call asks for: bit width, group size and scheme, validated once.
 
-use super::error::{KernelError, Result};
+use super::error::{KernelError, PACKED_BITS, Result};
 
 /// The storage schemes `quantize` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,7 +171,10 @@ impl QuantSpec {
         let bits = u8::try_from(bits)
             .ok()
             .filter(|b| SUPPORTED_BITS.contains(b))
-            .ok_or(KernelError::UnsupportedBits { bits })?;
+            .ok_or(KernelError::UnsupportedBits {
+                bits,
+                expected: PACKED_BITS,
+            })?;
         Ok(QuantSpec {
             bits,
             group: group.unwrap_or(GroupSize::Fixed(DEFAULT_GROUP)),
@@ -201,7 +204,7 @@ mod tests {
         assert!(QuantSpec::new(4, None, Scheme::Asym).is_ok());
         assert!(matches!(
             QuantSpec::new(7, None, Scheme::Asym),
-            Err(KernelError::UnsupportedBits { bits: 7 })
+            Err(KernelError::UnsupportedBits { bits: 7, .. })
         ));
         assert!(matches!(
             QuantSpec::new(4, None, Scheme::Q8_0),

@@ -45,14 +45,23 @@ pub fn smooth_scales(
     check_finite(act_absmax)?;
     check_finite(weight_absmax)?;
     out.clear();
-    out.extend(act_absmax.iter().zip(weight_absmax).map(|(&a, &w)| {
+    for (j, (&a, &w)) in act_absmax.iter().zip(weight_absmax).enumerate() {
         let (a, w) = (f64::from(a.abs()), f64::from(w.abs()));
         if a == 0.0 || w == 0.0 {
-            1.0
-        } else {
-            (a.powf(alpha) / w.powf(1.0 - alpha)) as f32
+            out.push(1.0);
+            continue;
         }
-    }));
+        // Computed in f64 (always finite for f32 maxima); f32 must hold the factor, or it
+        // would scale a channel to ±inf or to zero.
+        let factor = a.powf(alpha) / w.powf(1.0 - alpha);
+        let stored = factor as f32;
+        if !stored.is_finite() || stored < f32::MIN_POSITIVE {
+            return Err(spatial_error(format!(
+                "channel {j}: the factor {factor:e} (act_absmax {a:e}, weight_absmax {w:e}) is outside the range of Float32 (1.2e-38 to 3.4e38)"
+            )));
+        }
+        out.push(stored);
+    }
     Ok(())
 }
 
@@ -71,6 +80,14 @@ pub fn equalize(row: &[f32], factors: &[f32], out: &mut Vec<f32>) -> Result<()> 
     out.reserve(row.len());
     for (chunk, &f) in row.chunks_exact(width).zip(factors) {
         out.extend(chunk.iter().map(|v| v * f));
+    }
+    // A product beyond f32 is ±inf: refused rather than handed to a quantizer.
+    if let Err(KernelError::NonFinite { index, .. }) = check_finite(out) {
+        return Err(spatial_error(format!(
+            "value {:e} at index {index} times its channel's factor {:e} is beyond the range of Float32",
+            row[index],
+            factors[index / width]
+        )));
     }
     Ok(())
 }

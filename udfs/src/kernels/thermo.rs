@@ -11,7 +11,7 @@
 //! - [`adaptive_segments`]: the optimal segmentation of a per-timestep statistic into groups of
 //!   least within-group squared deviation, also by dynamic programming.
 
-use crate::kernels::error::{KernelError, Result, check_finite};
+use crate::kernels::error::{GRID_BITS, KernelError, Result, check_finite, readable};
 
 fn schedule_error(message: String) -> KernelError {
     KernelError::Schedule(message)
@@ -26,6 +26,22 @@ pub fn check_scale(position: usize, scale: f64) -> Result<()> {
             "scale at position {position} of the partition must be positive and finite, got {scale}"
         )))
     }
+}
+
+/// Refuses a grid that does not describe f32 values: a scale that is not positive and finite,
+/// or a scale or offset beyond f32 (where `offset + scale · code` is no longer a value).
+pub fn check_range(position: usize, choice: RangeChoice) -> Result<()> {
+    check_scale(position, choice.scale)?;
+    let limit = f64::from(f32::MAX);
+    for (what, value) in [("scale", choice.scale), ("offset", choice.offset)] {
+        if !(value.is_finite() && value.abs() <= limit) {
+            return Err(schedule_error(format!(
+                "{what} at position {position} of the partition must be finite and within Float32 (±3.4e38), got {}",
+                readable(value)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Phase 1: `|s(t+1) − s(t)| / |s(t)|` for each position; `None` where there is no next value or
@@ -103,15 +119,24 @@ pub fn smooth_steps(points: &[(f64, f64)], method: SmoothMethod) -> Result<Vec<f
     if knots.len() < 2 {
         return Ok(points.iter().map(|p| p.1).collect());
     }
+    // Differences of values near f64::MAX overflow (1e308 − (−1e308)): such a series is
+    // smoothed scaled down by a power of two (exact), then scaled back.
+    let unit = power_of_two_unit(knots.iter().map(|k| k.1));
+    if unit != 1.0 {
+        let scaled: Vec<(f64, f64)> = points.iter().map(|&(x, v)| (x, v / unit)).collect();
+        let out = smooth_steps(&scaled, method)?;
+        // Every method stays within the knots' range; the clamp keeps the last rounding so.
+        let (lowest, highest) = knot_range(&knots);
+        return Ok(out
+            .into_iter()
+            .map(|v| (v * unit).clamp(lowest, highest))
+            .collect());
+    }
     let second_derivatives = match method {
         SmoothMethod::Cubic => natural_spline(&knots),
         _ => Vec::new(),
     };
-    let (lowest, highest) = knots
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), k| {
-            (lo.min(k.1), hi.max(k.1))
-        });
+    let (lowest, highest) = knot_range(&knots);
     let mut interval = 0;
     let mut out = Vec::with_capacity(points.len());
     for &(x, _) in points {
@@ -156,6 +181,27 @@ pub fn smooth_steps(points: &[(f64, f64)], method: SmoothMethod) -> Result<Vec<f
     Ok(out)
 }
 
+fn knot_range(knots: &[(f64, f64)]) -> (f64, f64) {
+    knots
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), k| {
+            (lo.min(k.1), hi.max(k.1))
+        })
+}
+
+/// 1, or, for values so large that their differences and squares could overflow f64, the
+/// power of two to divide them by (exact) so that they are near 1.
+fn power_of_two_unit(values: impl Iterator<Item = f64>) -> f64 {
+    const LARGE: f64 = 1e150;
+    let largest = values.fold(0.0f64, |m, v| m.max(v.abs()));
+    if largest <= LARGE {
+        return 1.0;
+    }
+    // 2^e ≤ largest < 2^(e+1), with e between 498 and 1023.
+    let e = ((largest.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    2f64.powi(e)
+}
+
 /// Second derivatives of the natural cubic spline through `knots` (Thomas algorithm).
 fn natural_spline(knots: &[(f64, f64)]) -> Vec<f64> {
     let n = knots.len();
@@ -184,9 +230,18 @@ fn natural_spline(knots: &[(f64, f64)]) -> Vec<f64> {
     m
 }
 
+/// The exact search of [`adaptive_segments`] refuses partitions that would take more than this
+/// many steps (about (groups − 2) · (rows − groups)² / 2; a second or so) …
+pub const ADAPTIVE_MAX_STEPS: u64 = 1 << 28;
+/// … or more than this many back-pointers (4 bytes each: 64 MB; about groups · (rows − groups)).
+pub const ADAPTIVE_MAX_CELLS: u64 = 1 << 24;
+
 /// Adaptive grouping: group ids (0, 1, …, non-decreasing) cutting `stats` into `groups`
 /// contiguous non-empty runs with the least total squared deviation from their run means.
-/// Exact: O(groups · n²) dynamic programming over prefix sums.
+/// Exact: dynamic programming over prefix sums, in O(groups · (n − groups)²) time and
+/// O(groups · (n − groups)) memory, bounded by [`ADAPTIVE_MAX_STEPS`] and
+/// [`ADAPTIVE_MAX_CELLS`] (the cost is not Monge for unsorted series, so the usual speed-ups
+/// would not be exact).
 pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
     let n = stats.len();
     if groups == 0 || groups > n {
@@ -200,12 +255,25 @@ pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
             stats[position]
         )));
     }
-    // Shifting by the mean keeps the prefix sums well conditioned.
-    let mean = stats.iter().sum::<f64>() / n as f64;
+    // Run g (0-based) of an optimal cut ends somewhere in g + 1 ..= n − (groups − 1 − g):
+    // `span` end positions, each tried against `span` starts at most.
+    let span = (n - groups + 1) as u64;
+    let middle = groups.saturating_sub(2) as u64;
+    let steps = middle * span * (span + 1) / 2 + span;
+    let cells = middle * span;
+    if steps > ADAPTIVE_MAX_STEPS || cells > ADAPTIVE_MAX_CELLS {
+        return Err(schedule_error(format!(
+            "{n} timesteps in {groups} groups need {steps} steps and {cells} back-pointers of the exact search, more than its limits of {ADAPTIVE_MAX_STEPS} and {ADAPTIVE_MAX_CELLS} (about (num_groups − 2) · (rows − num_groups)² / 2 and num_groups · (rows − num_groups)); use fewer groups or timesteps, or timestep_group for fixed groups"
+        )));
+    }
+    // Scaled by a power of two when huge, so that squares stay finite (the cut is the same);
+    // shifted by the mean, which keeps the prefix sums well conditioned.
+    let unit = power_of_two_unit(stats.iter().copied());
+    let mean = stats.iter().map(|v| v / unit).sum::<f64>() / n as f64;
     let mut sum = vec![0.0; n + 1];
     let mut sum_sq = vec![0.0; n + 1];
     for (i, v) in stats.iter().enumerate() {
-        let d = v - mean;
+        let d = v / unit - mean;
         sum[i + 1] = sum[i] + d;
         sum_sq[i + 1] = sum_sq[i] + d * d;
     }
@@ -214,31 +282,50 @@ pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
         let s = sum[b] - sum[a];
         ((sum_sq[b] - sum_sq[a]) - s * s / (b - a) as f64).max(0.0)
     };
-    // best[g][i]: least cost of cutting stats[..i] into g + 1 runs; start[g][i]: where the
-    // last run begins.
-    let mut best = vec![vec![f64::INFINITY; n + 1]; groups];
-    let mut start = vec![vec![0usize; n + 1]; groups];
-    for (i, first) in best[0].iter_mut().enumerate().skip(1) {
-        *first = cost(0, i);
-    }
-    for g in 1..groups {
-        for i in g + 1..=n {
+    // best[i]: least cost of cutting stats[..i] into the runs so far; start[g][i − g − 1]:
+    // where run g begins when it ends at i (runs 1 ..= groups − 2; the last run ends at n).
+    let span = span as usize;
+    let mut best: Vec<f64> = (0..=n)
+        .map(|i| if i == 0 { f64::INFINITY } else { cost(0, i) })
+        .collect();
+    let mut start: Vec<Vec<u32>> = Vec::with_capacity(groups);
+    start.push(Vec::new());
+    for g in 1..groups.saturating_sub(1) {
+        let mut next = vec![f64::INFINITY; n + 1];
+        let mut from = vec![0u32; span];
+        for i in g + 1..g + 1 + span {
             for j in g..i {
-                let candidate = best[g - 1][j] + cost(j, i);
-                if candidate < best[g][i] {
-                    best[g][i] = candidate;
-                    start[g][i] = j;
+                let candidate = best[j] + cost(j, i);
+                if candidate < next[i] {
+                    next[i] = candidate;
+                    from[i - g - 1] = j as u32;
                 }
             }
         }
+        best = next;
+        start.push(from);
     }
     let mut ids = vec![0; n];
     let mut end = n;
-    for g in (0..groups).rev() {
-        let begin = if g == 0 { 0 } else { start[g][end] };
-        ids[begin..end].fill(g);
+    if groups >= 2 {
+        // The last run: every start that leaves the earlier runs one value each at least.
+        let g = groups - 1;
+        let (mut begin, mut least) = (g, f64::INFINITY);
+        for j in g..n {
+            let candidate = best[j] + cost(j, n);
+            if candidate < least {
+                (begin, least) = (j, candidate);
+            }
+        }
+        ids[begin..].fill(g);
         end = begin;
+        for g in (1..groups - 1).rev() {
+            let begin = start[g][end - g - 1] as usize;
+            ids[begin..end].fill(g);
+            end = begin;
+        }
     }
+    ids[..end].fill(0);
     Ok(ids)
 }
 
@@ -275,9 +362,11 @@ fn range_mse_entropy(
     let mut histogram = [0u32; 256];
     let mut err = 0.0;
     for &v in values {
+        // max/min rather than clamp: a NaN code (0 · ∞ under a subnormal scale) becomes 0.
         let code = ((f64::from(v) - choice.offset) * inverse)
             .round()
-            .clamp(0.0, top);
+            .max(0.0)
+            .min(top);
         let d = f64::from(v) - (choice.offset + code * choice.scale);
         err += d * d;
         if entropy {
@@ -311,7 +400,10 @@ pub struct ChainWeights {
 impl ChainWeights {
     pub fn new(bits: i64, lambda_markov: f64, lambda_entropy: f64) -> Result<Self> {
         if !(2..=8).contains(&bits) {
-            return Err(KernelError::UnsupportedBits { bits });
+            return Err(KernelError::UnsupportedBits {
+                bits,
+                expected: GRID_BITS,
+            });
         }
         for (name, value) in [
             ("lambda_markov", lambda_markov),
@@ -409,6 +501,14 @@ fn markov_cost(from: f64, to: f64) -> f64 {
     r * r
 }
 
+/// The candidate of least MSE (the first of equals).
+fn best_of(candidates: &[Candidate]) -> Candidate {
+    *candidates
+        .iter()
+        .min_by(|a, b| a.mse.total_cmp(&b.mse))
+        .expect("grid is not empty")
+}
+
 /// The prepared optimisation problem: candidates and their costs per group.
 struct Chain {
     candidates: Vec<Vec<Candidate>>,
@@ -417,8 +517,17 @@ struct Chain {
     weights: ChainWeights,
 }
 
+/// Each group also takes the best scales of this many groups on either side of it,
+/// re-centred on its own data. A window rather than every other group: the candidates per
+/// group, and so the work per transition, stay bounded however long the chain (with every
+/// group, 4000 groups meant 4000 candidates a group and minutes of search); a scale held
+/// across more groups than this is still reachable, one window at a time. Chains of up to
+/// `NEIGHBOURS + 1` groups see every other group, as before.
+pub const NEIGHBOURS: usize = 16;
+
 impl Chain {
-    fn new(groups: &[&[f32]], weights: ChainWeights) -> Result<Self> {
+    /// Each group's grid of candidates, evaluated, and the weight of its MSE term.
+    fn grids(groups: &[&[f32]], weights: ChainWeights) -> Result<Self> {
         for (g, values) in groups.iter().enumerate() {
             if values.is_empty() {
                 return Err(schedule_error(format!(
@@ -429,7 +538,7 @@ impl Chain {
                 .map_err(|e| schedule_error(format!("group at position {g}: {e}")))?;
         }
         let levels = weights.levels();
-        let mut candidates: Vec<Vec<Candidate>> = groups
+        let candidates: Vec<Vec<Candidate>> = groups
             .iter()
             .map(|values| {
                 grid_candidates(values, levels)
@@ -438,37 +547,16 @@ impl Chain {
                     .collect()
             })
             .collect();
-        let best: Vec<Candidate> = candidates
-            .iter()
-            .map(|cs| {
-                *cs.iter()
-                    .min_by(|a, b| a.mse.total_cmp(&b.mse))
-                    .expect("grid is not empty")
-            })
-            .collect();
-        // Every group may also take any other group's best scale, centred where its own best
-        // range is centred.
-        for (g, values) in groups.iter().enumerate() {
-            let own = best[g].choice;
-            let middle = own.offset + own.scale * f64::from(levels) / 2.0;
-            for (h, other) in best.iter().enumerate() {
-                if h != g {
-                    let scale = other.choice.scale;
-                    let choice = RangeChoice {
-                        scale,
-                        offset: middle - scale * f64::from(levels) / 2.0,
-                    };
-                    candidates[g].push(evaluate(values, choice, &weights));
-                }
-            }
-        }
-        let mse_weight = best
+        let mse_weight = candidates
             .iter()
             .zip(groups)
-            .map(|(b, values)| {
+            .map(|(cs, values)| {
                 let mean_square =
                     values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / values.len() as f64;
-                1.0 / b.mse.max(mean_square * 1e-12).max(f64::MIN_POSITIVE)
+                1.0 / best_of(cs)
+                    .mse
+                    .max(mean_square * 1e-12)
+                    .max(f64::MIN_POSITIVE)
             })
             .collect();
         Ok(Self {
@@ -476,6 +564,35 @@ impl Chain {
             mse_weight,
             weights,
         })
+    }
+
+    fn new(groups: &[&[f32]], weights: ChainWeights) -> Result<Self> {
+        let mut chain = Self::grids(groups, weights)?;
+        let levels = f64::from(weights.levels());
+        let best: Vec<RangeChoice> = chain
+            .candidates
+            .iter()
+            .map(|cs| best_of(cs).choice)
+            .collect();
+        // A group may also take a neighbour's best scale, centred where its own best range is
+        // centred, when that range stays within f32 (the range is returned as f32).
+        let limit = f64::from(f32::MAX);
+        for (g, values) in groups.iter().enumerate() {
+            let own = best[g];
+            let middle = own.offset + own.scale * levels / 2.0;
+            let window = g.saturating_sub(NEIGHBOURS)..(g + NEIGHBOURS + 1).min(groups.len());
+            for h in window.filter(|&h| h != g) {
+                let scale = best[h].scale;
+                let choice = RangeChoice {
+                    scale,
+                    offset: middle - scale * levels / 2.0,
+                };
+                if choice.offset >= -limit && choice.clip_max(levels) <= limit {
+                    chain.candidates[g].push(evaluate(values, choice, &weights));
+                }
+            }
+        }
+        Ok(chain)
     }
 
     fn unary(&self, g: usize, c: &Candidate) -> f64 {
@@ -577,7 +694,8 @@ pub fn chain_objective(
     choices: &[RangeChoice],
     weights: ChainWeights,
 ) -> Result<f64> {
-    let chain = Chain::new(groups, weights)?;
+    // Only the MSE weights are needed: the grids give them, without the neighbours.
+    let chain = Chain::grids(groups, weights)?;
     let mut total = 0.0;
     for (g, (values, choice)) in groups.iter().zip(choices).enumerate() {
         let c = evaluate(values, *choice, &weights);
@@ -786,5 +904,176 @@ mod tests {
             optimize_chain(&[&[1.0, f32::NAN]], ChainWeights::new(4, 1.0, 0.0).unwrap()).is_err()
         );
         assert!(optimize_chain(&[&[]], ChainWeights::new(4, 1.0, 0.0).unwrap()).is_err());
+    }
+
+    /// The search as it was before its bounds: every cut end for every run, for comparison.
+    fn adaptive_reference(stats: &[f64], groups: usize) -> Vec<usize> {
+        let n = stats.len();
+        let mean = stats.iter().sum::<f64>() / n as f64;
+        let mut sum = vec![0.0; n + 1];
+        let mut sum_sq = vec![0.0; n + 1];
+        for (i, v) in stats.iter().enumerate() {
+            let d = v - mean;
+            sum[i + 1] = sum[i] + d;
+            sum_sq[i + 1] = sum_sq[i] + d * d;
+        }
+        let cost = |a: usize, b: usize| {
+            let s = sum[b] - sum[a];
+            ((sum_sq[b] - sum_sq[a]) - s * s / (b - a) as f64).max(0.0)
+        };
+        let mut best = vec![vec![f64::INFINITY; n + 1]; groups];
+        let mut start = vec![vec![0usize; n + 1]; groups];
+        for (i, first) in best[0].iter_mut().enumerate().skip(1) {
+            *first = cost(0, i);
+        }
+        for g in 1..groups {
+            for i in g + 1..=n {
+                for j in g..i {
+                    let candidate = best[g - 1][j] + cost(j, i);
+                    if candidate < best[g][i] {
+                        best[g][i] = candidate;
+                        start[g][i] = j;
+                    }
+                }
+            }
+        }
+        let mut ids = vec![0; n];
+        let mut end = n;
+        for g in (0..groups).rev() {
+            let begin = if g == 0 { 0 } else { start[g][end] };
+            ids[begin..end].fill(g);
+            end = begin;
+        }
+        ids
+    }
+
+    #[test]
+    fn adaptive_segments_equal_the_unbounded_search() {
+        let data = seeded_groups(11, 1, 60);
+        let stats: Vec<f64> = data[0].iter().map(|&v| f64::from(v)).collect();
+        for groups in [1, 2, 3, 5, 17, 58, 59, 60] {
+            assert_eq!(
+                adaptive_segments(&stats, groups).unwrap(),
+                adaptive_reference(&stats, groups),
+                "{groups} groups"
+            );
+        }
+        // Ties (a constant series) break the same way.
+        for groups in [1, 2, 4] {
+            assert_eq!(
+                adaptive_segments(&[2.0; 7], groups).unwrap(),
+                adaptive_reference(&[2.0; 7], groups)
+            );
+        }
+    }
+
+    #[test]
+    fn adaptive_segments_refuse_searches_beyond_their_bound() {
+        let stats = vec![1.0; 4000];
+        assert!(adaptive_segments(&stats, 36).is_ok());
+        let err = adaptive_segments(&stats, 37).unwrap_err().to_string();
+        assert!(
+            err.contains("4000 timesteps in 37 groups need") && err.contains("268435456"),
+            "{err}"
+        );
+        // Few groups, or almost one group per timestep, stay cheap whatever the length.
+        assert!(adaptive_segments(&vec![1.0; 100_000], 2).is_ok());
+        assert!(adaptive_segments(&stats, 3990).is_ok());
+    }
+
+    #[test]
+    fn huge_values_are_smoothed_and_segmented_without_overflow() {
+        let big = f64::MAX;
+        let points: Vec<(f64, f64)> = (0..8)
+            .map(|i| (i as f64, if i < 4 { -big } else { big }))
+            .collect();
+        for method in [
+            SmoothMethod::Linear,
+            SmoothMethod::Cubic,
+            SmoothMethod::Sigmoid,
+        ] {
+            let out = smooth_steps(&points, method).unwrap();
+            assert!(out.iter().all(|v| v.is_finite()), "{method:?}: {out:?}");
+            assert!(out.windows(2).all(|w| w[1] >= w[0]), "{method:?}: {out:?}");
+            assert_eq!((out[0], out[7]), (-big, big));
+        }
+        // Linear through the centres 1.5 and 5.5: a quarter of the way at 2.5.
+        let out = smooth_steps(&points, SmoothMethod::Linear).unwrap();
+        assert!((out[3] / big + 0.25).abs() < 1e-12, "{}", out[3]);
+        let stats = [1e308, 1.1e308, -1e308, -1.2e308, 1e308];
+        assert_eq!(adaptive_segments(&stats, 3).unwrap(), vec![0, 0, 1, 1, 2]);
+    }
+
+    #[test]
+    fn long_chains_keep_a_bounded_candidate_set() {
+        let data = seeded_groups(21, 300, 16);
+        let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+        let weights = ChainWeights::new(4, 1.0, 0.0).unwrap();
+        let chain = Chain::new(&slices, weights).unwrap();
+        let most = chain.candidates.iter().map(Vec::len).max().unwrap();
+        assert!(most <= 192 + 2 * NEIGHBOURS, "{most} candidates");
+        let solution = chain.solve();
+        let choices: Vec<RangeChoice> = solution.groups.iter().map(|g| g.choice).collect();
+        let again = chain_objective(&slices, &choices, weights).unwrap();
+        assert!((again - solution.objective).abs() <= 1e-9 * again.max(1.0));
+    }
+
+    #[test]
+    fn chains_of_huge_values_give_ranges_within_f32() {
+        let groups: Vec<Vec<f32>> = vec![
+            vec![f32::MAX, -f32::MAX, 0.0, 1e38],
+            vec![f32::MAX, f32::MAX * 0.99],
+            vec![-f32::MAX, 3e38, -3e38],
+        ];
+        let slices: Vec<&[f32]> = groups.iter().map(Vec::as_slice).collect();
+        let solution = optimize_chain(&slices, ChainWeights::new(8, 1.0, 0.01).unwrap()).unwrap();
+        assert!(solution.objective.is_finite());
+        for g in &solution.groups {
+            let top = g.choice.clip_max(255.0);
+            assert!(g.mse.is_finite(), "{g:?}");
+            assert!(
+                (g.choice.offset as f32).is_finite() && (top as f32).is_finite(),
+                "{g:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn range_mse_of_a_subnormal_scale_is_not_nan() {
+        let choice = RangeChoice {
+            scale: 5e-324,
+            offset: 0.0,
+        };
+        assert!(range_mse(&[0.0, 1.0], choice, 15).is_finite());
+        assert!(
+            check_range(
+                0,
+                RangeChoice {
+                    scale: 1e39,
+                    offset: 0.0
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            check_range(
+                0,
+                RangeChoice {
+                    scale: 1.0,
+                    offset: -1e39
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            check_range(
+                0,
+                RangeChoice {
+                    scale: 1.0,
+                    offset: f64::NAN
+                }
+            )
+            .is_err()
+        );
     }
 }
