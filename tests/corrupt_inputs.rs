@@ -521,3 +521,25 @@ fn inspect_names_the_tensor_with_nan() {
         "tensor 'b.weight' row 3: non-finite value NaN at index 2",
     );
 }
+
+/// A quantized value whose codes were cut short: the decoder refuses it, and the error names
+/// the tensor and row (the decoder itself only sees a row of a batch).
+#[tokio::test]
+async fn a_corrupt_quantized_value_names_its_tensor_and_row() {
+    let (dir, out) = copy_of_output("edit-codes");
+    rewrite(
+        &out.join("weights.parquet"),
+        "SELECT layer, \"row\", shape, dtype, \
+                CASE WHEN layer = 'down_blocks.0.resnets.0.conv1.weight' AND \"row\" = 4 \
+                     THEN named_struct('codes', arrow_cast(X'0000', 'Binary'), 'scales', q['scales'], \
+                                       'offsets', q['offsets'], 'bits', q['bits'], \
+                                       'group_size', q['group_size'], 'len', q['len'], \
+                                       'scheme', q['scheme']) \
+                     ELSE q END AS q, data FROM t",
+    )
+    .await;
+    dequantize_refused(
+        &dir,
+        "tensor 'down_blocks.0.resnets.0.conv1.weight' row 4: ",
+    );
+}

@@ -813,25 +813,39 @@ async fn locate_bad_value(ctx: &SessionContext) -> Option<DataFusionError> {
     };
     while let Some(batch) = stream.next().await {
         let batch = batch.ok()?;
-        if decode(batch.clone()).await.is_ok() {
+        let Err(mut error) = decode(batch.clone()).await else {
             continue;
-        }
-        for i in 0..batch.num_rows() {
-            if let Err(e) = decode(batch.slice(i, 1)).await {
-                let layer = utf8(&batch, 0).ok()?;
-                let layer = layer.as_string::<i32>();
-                let row = batch.column(1).as_primitive::<Int64Type>();
-                let message = super::error_line(&e);
-                let reason = message
-                    .split_once("row 0: ")
-                    .map_or(message.as_str(), |(_, r)| r);
-                return Some(exec_datafusion_err!(
-                    "tensor '{}' row {}: corrupt quantized value: {reason}",
-                    layer.value(i),
-                    row.value(i)
-                ));
+        };
+        // Halve the failing range until one row is left: a few decodes, not one per row.
+        let (mut first, mut len) = (0, batch.num_rows());
+        while len > 1 {
+            let half = len / 2;
+            match decode(batch.slice(first, half)).await {
+                Err(e) => {
+                    error = e;
+                    len = half;
+                }
+                Ok(_) => {
+                    first += half;
+                    len -= half;
+                }
             }
         }
+        if let Err(e) = decode(batch.slice(first, 1)).await {
+            error = e;
+        }
+        let layer = utf8(&batch, 0).ok()?;
+        let layer = layer.as_string::<i32>();
+        let row = batch.column(1).as_primitive::<Int64Type>();
+        let message = super::error_line(&error);
+        let reason = message
+            .split_once("row 0: ")
+            .map_or(message.as_str(), |(_, r)| r);
+        return Some(exec_datafusion_err!(
+            "tensor '{}' row {}: {reason}",
+            layer.value(first),
+            row.value(first)
+        ));
     }
     None
 }
