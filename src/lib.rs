@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
+pub mod guard;
 pub mod model;
 pub mod pipeline;
 pub mod session;

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 
 use super::sql::Format;
+use crate::model::Model;
 use crate::pipeline::plan::sql_string;
 
 /// List a model's tensors: dtype, shape, bytes, and statistics of their values.
@@ -19,6 +20,26 @@ pub struct InspectArgs {
     /// Only the header: no pass over the values.
     #[arg(long)]
     pub header_only: bool,
+}
+
+/// The first tensor row holding NaN or ±Inf, as an error naming the tensor, row and value
+/// (walked again with the scan's own reader; this runs only after the query failed).
+fn locate_non_finite(model: &Model) -> Option<DataFusionError> {
+    use arrowquant_udfs::kernels::error::check_finite;
+    for (index, t) in model.tensors.iter().enumerate() {
+        let mut found = None;
+        crate::tables::scan::for_each_row(model, index, |row, values| match check_finite(values) {
+            Ok(()) => true,
+            Err(e) => {
+                found = Some(exec_datafusion_err!("tensor '{}' row {row}: {e}", t.layer));
+                false
+            }
+        });
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
 
 /// The query `inspect` runs.
@@ -44,11 +65,18 @@ pub async fn run(args: InspectArgs) -> Result<()> {
     let ctx = crate::session::context();
     let model = args.model.display().to_string();
     // Open first: a bad model is reported as itself, not as a failed query.
-    let opened = crate::model::Model::open(&args.model)?;
+    let opened = Model::open(&args.model)?;
     let detection = crate::pipeline::modality::detect(&opened);
     let df = ctx.sql(&inspect_sql(&model, args.header_only)).await?;
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    let batches = match df.collect().await {
+        Ok(batches) => batches,
+        // The aggregate numbers rows within a batch; name the tensor and its row instead.
+        Err(e) if e.find_root().to_string().contains("weight_stats_agg: row ") => {
+            return Err(locate_non_finite(&opened).unwrap_or(e));
+        }
+        Err(e) => return Err(e),
+    };
     let format: datafusion_cli::print_format::PrintFormat = args.format.into();
     let mut out = std::io::stdout();
     format.print_batches(

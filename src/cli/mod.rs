@@ -21,6 +21,8 @@ pub fn error_line(error: &DataFusionError) -> String {
         DataFusionError::External(e) => e.to_string(),
         DataFusionError::Plan(s) | DataFusionError::Execution(s) => s.clone(),
         DataFusionError::IoError(e) => e.to_string(),
+        // A task that panicked, joined as an error: say so plainly.
+        DataFusionError::ExecutionJoin(e) => format!("internal error: {e}"),
         other => other.strip_backtrace(),
     };
     text.lines()

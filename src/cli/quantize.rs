@@ -173,7 +173,13 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
         config,
         force: args.force,
     };
-    let summary = quantize_model(&options, &report).await;
+    // The calibration set is Parquet, read while the run goes: a page the parquet crate
+    // panics on ends the run with an error.
+    let summary = crate::guard::catch_panics(
+        "the model or calibration set",
+        quantize_model(&options, &report),
+    )
+    .await;
     bar.finish_and_clear();
     let summary = summary?;
     if args.json {

@@ -11,6 +11,7 @@ use datafusion_cli::object_storage::instrumented::InstrumentedObjectStoreRegistr
 use datafusion_cli::print_format::PrintFormat;
 use datafusion_cli::print_options::{MaxRows, PrintOptions};
 
+use crate::guard::catch_panics;
 use crate::session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,10 +71,16 @@ pub async fn run(args: SqlArgs) -> Result<()> {
         color: false,
         instrumented_registry: registry,
     };
+    // A corrupt Parquet file queried by path can make the parquet crate panic while the
+    // query runs; that ends the command with an error, not an abort.
+    let what = "the files the SQL reads";
     if args.commands.is_empty() && args.files.is_empty() {
-        return exec::exec_from_repl(&ctx, &mut print_options)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)));
+        return catch_panics(what, async {
+            exec::exec_from_repl(&ctx, &mut print_options)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .await;
     }
     // A file runs as one script: its first failing statement stops it with an error (and a
     // non-zero exit), instead of being printed and skipped.
@@ -84,6 +91,9 @@ pub async fn run(args: SqlArgs) -> Result<()> {
         })?;
         scripts.push(text);
     }
-    exec::exec_from_commands(&ctx, scripts, &print_options).await?;
-    exec::exec_from_commands(&ctx, args.commands, &print_options).await
+    catch_panics(what, async {
+        exec::exec_from_commands(&ctx, scripts, &print_options).await?;
+        exec::exec_from_commands(&ctx, args.commands, &print_options).await
+    })
+    .await
 }

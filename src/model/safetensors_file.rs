@@ -183,10 +183,7 @@ fn explain(path: &Path, map: &[u8], error: SafeTensorError) -> ModelError {
         ),
         SafeTensorError::TensorInvalidInfo | SafeTensorError::MisalignedSlice => {
             match tensor_with_wrong_size(map) {
-                Some((tensor, expected, actual)) => bad_tensor(
-                    tensor,
-                    format!("data offsets span {actual} bytes but dtype × shape needs {expected}"),
-                ),
+                Some((tensor, reason)) => bad_tensor(tensor, reason),
                 None => not_safetensors(path, error.to_string()),
             }
         }
@@ -205,8 +202,8 @@ fn explain(path: &Path, map: &[u8], error: SafeTensorError) -> ModelError {
     }
 }
 
-/// The first tensor whose byte span disagrees with its dtype and shape.
-fn tensor_with_wrong_size(map: &[u8]) -> Option<(String, usize, usize)> {
+/// The first tensor whose byte span disagrees with its dtype and shape, and what is wrong.
+fn tensor_with_wrong_size(map: &[u8]) -> Option<(String, String)> {
     let n = u64::from_le_bytes(map.get(..8)?.try_into().ok()?) as usize;
     let header = std::str::from_utf8(map.get(8..8 + n)?).ok()?;
     let table: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).ok()?;
@@ -223,8 +220,28 @@ fn tensor_with_wrong_size(map: &[u8]) -> Option<(String, usize, usize)> {
             .try_fold(info.dtype.bitsize(), |a, &d| a.checked_mul(d))?;
         let (s, e) = info.data_offsets;
         let actual = e.saturating_sub(s);
-        if bits % 8 != 0 || bits / 8 != actual {
-            return Some((name, bits.div_ceil(8), actual));
+        if !bits.is_multiple_of(8) {
+            // Sub-byte dtypes (F4, F6) whose elements do not fill whole bytes: the format
+            // stores whole bytes, and so does every reader.
+            return Some((
+                name,
+                format!(
+                    "dtype {:?} ({} bits an element) × shape {:?} is {bits} bits, not a whole \
+                     number of bytes: a safetensors tensor must fill whole bytes",
+                    info.dtype,
+                    info.dtype.bitsize(),
+                    info.shape
+                ),
+            ));
+        }
+        if bits / 8 != actual {
+            return Some((
+                name,
+                format!(
+                    "data offsets span {actual} bytes but dtype × shape needs {}",
+                    bits / 8
+                ),
+            ));
         }
     }
     None

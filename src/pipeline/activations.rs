@@ -149,6 +149,10 @@ async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
     if !Path::new(path).is_file() {
         return Err(plan_error(format!("calibration {path}: no such file")));
     }
+    // The footer is decoded here, before DataFusion reads it: a corrupt one is an error
+    // naming the file, not a panic inside the parquet crate.
+    crate::guard::check_parquet(Path::new(path))
+        .map_err(|e| plan_error(format!("calibration {}", crate::cli::error_line(&e))))?;
     ctx.register_parquet("calibration", path, ParquetReadOptions::default())
         .await
         .map_err(|e| {
