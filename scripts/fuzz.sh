@@ -13,8 +13,9 @@
 #   -d DIR      only this fuzz workspace (fuzz/light or fuzz; may be repeated)
 #   TARGET      only these targets (default: every target of the workspaces)
 # Environment: FUZZ_TARGET_DIR (build folder, default fuzz/target), FUZZ_SANITIZER (address or
-# none; default address), FUZZ_CORPUS_OUT (keep the inputs the runs found there, a folder per
-# target).
+# none; default address), FUZZ_CODEGEN_UNITS (cargo-fuzz builds with 1; 16 builds fuzz/ much
+# faster, the runs a little slower), FUZZ_CORPUS_OUT (keep the inputs the runs found there, a
+# folder per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,9 @@ for dir in "${dirs[@]}"; do
     # Release with debug assertions and overflow checks: an overflow is a crash, as in tests.
     flags=(--fuzz-dir "$dir" -O -a --sanitizer "${FUZZ_SANITIZER:-address}"
         --target-dir "${FUZZ_TARGET_DIR:-$PWD/fuzz/target}/$(basename "$dir")")
+    if [ -n "${FUZZ_CODEGEN_UNITS:-}" ]; then
+        flags+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
+    fi
     echo "== cargo fuzz build $dir"
     start=$(date +%s)
     cargo fuzz build "${flags[@]}"
