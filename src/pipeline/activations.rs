@@ -145,7 +145,7 @@ fn measure_sql(view: &str, bits: u8) -> String {
 }
 
 /// Registers the calibration file as `calibration` and checks its columns.
-async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
+pub async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
     if !Path::new(path).is_file() {
         return Err(plan_error(format!("calibration {path}: no such file")));
     }
