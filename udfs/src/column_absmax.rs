@@ -17,7 +17,7 @@ use crate::common::{
     float32_list_builder, row_error,
 };
 use crate::doc::DOC_SPATIAL;
-use crate::kernels::spatial::fold_absmax;
+use crate::kernels::spatial::{channel_width, fold_absmax};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ColumnAbsmax {
@@ -125,6 +125,10 @@ impl AbsmaxAccumulator {
 
     /// The maxima a row of `len` values folds into, created by the first row.
     fn maxima_for(&mut self, len: usize) -> std::result::Result<&mut Vec<f32>, String> {
+        if let Some(channels) = self.channels {
+            // Checked before the maxima are sized by it: channels is the caller's number.
+            channel_width(len, channels).map_err(|e| e.to_string())?;
+        }
         let width = self.channels.unwrap_or(len);
         let maxima = self.maxima.get_or_insert_with(|| vec![0.0; width]);
         if self.channels.is_none() && maxima.len() != len {

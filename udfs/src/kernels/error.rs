@@ -26,7 +26,7 @@ pub enum KernelError {
     #[error("scheme {scheme} stores {expected}-bit codes, but bits = {bits} was asked for")]
     SchemeBits {
         scheme: &'static str,
-        bits: u8,
+        bits: i64,
         expected: u8,
     },
 

@@ -144,7 +144,7 @@ impl QuantSpec {
             if bits != i64::from(expected) {
                 return Err(KernelError::SchemeBits {
                     scheme: scheme.name(),
-                    bits: u8::try_from(bits).unwrap_or(u8::MAX),
+                    bits,
                     expected,
                 });
             }
