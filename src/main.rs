@@ -62,12 +62,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(stop) => {
-            eprintln!(
-                "arrowquant: interrupted by {}; no output was left behind",
-                stop.name
-            );
-            // The shell's convention for a process ended by a signal.
-            ExitCode::from(128 + stop.number)
+            stop.report();
+            ExitCode::from(stop.exit_code())
         }
     }
 }
@@ -78,28 +74,80 @@ struct Stop {
     number: u8,
 }
 
-/// Runs `work` until it ends or a signal asks the process to stop: SIGINT (Ctrl-C), SIGTERM
-/// (`kill`, service managers, container stops) or SIGHUP (the terminal closed). Dropping the
-/// work drops its partial-output guards, which remove what it had written.
+impl Stop {
+    /// The shell's convention for a process ended by a signal.
+    fn exit_code(&self) -> u8 {
+        128 + self.number
+    }
+
+    /// Says so once, whether the run or the watchdog gets there first.
+    fn report(&self) {
+        static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!(
+                "arrowquant: interrupted by {}; no output was left behind",
+                self.name
+            );
+        }
+    }
+}
+
+/// How long a stopped run has to drop its work (and with it its partial output) before the
+/// process removes the partials itself and exits: the work answers at its next await, which
+/// blocking code (a slow disk, a wedged network file system) can delay indefinitely.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The signals that ask the process to stop: SIGINT (Ctrl-C), SIGTERM (`kill`, service managers,
+/// container stops) and SIGHUP (the terminal closed).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        let stop = |name, number| Stop { name, number };
+        tokio::select! {
+            _ = self.interrupt.recv() => stop("SIGINT", 2),
+            _ = self.terminate.recv() => stop("SIGTERM", 15),
+            _ = self.hangup.recv() => stop("SIGHUP", 1),
+        }
+    }
+}
+
+/// Runs `work` until it ends or a stop signal arrives. Dropping the work drops its
+/// partial-output guards, which remove what it had written; should the work not be dropped
+/// within [`GRACE`], a watchdog removes the partials and exits.
 async fn interruptible<F: Future>(work: F) -> Result<F::Output, Stop> {
-    use tokio::signal::unix::{SignalKind, signal};
     // Registered before the work starts, so an early signal is caught too.
-    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let Ok(mut signals) = Signals::new() else {
         return Ok(work.await);
     };
-    let stop = |name, kind: SignalKind| Stop {
-        name,
-        number: u8::try_from(kind.as_raw_value()).unwrap_or(0),
-    };
+    // Every listener hears every signal; this one runs on the runtime's workers, not on this
+    // thread, which the work may be blocking.
+    if let Ok(mut watchdog) = Signals::new() {
+        tokio::spawn(async move {
+            let stop = watchdog.next().await;
+            std::thread::spawn(move || {
+                std::thread::sleep(GRACE);
+                stop.report();
+                arrowquant::pipeline::output::exit_removing_partials(i32::from(stop.exit_code()))
+            });
+        });
+    }
     tokio::select! {
         biased;
-        _ = interrupt.recv() => Err(stop("SIGINT", SignalKind::interrupt())),
-        _ = terminate.recv() => Err(stop("SIGTERM", SignalKind::terminate())),
-        _ = hangup.recv() => Err(stop("SIGHUP", SignalKind::hangup())),
+        stop = signals.next() => Err(stop),
         result = work => Ok(result),
     }
 }

@@ -664,3 +664,35 @@ fn hostile_output_paths() {
     assert_fails_with(&o, "names no file of its own");
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
 }
+
+#[test]
+fn a_run_stuck_in_blocking_code_still_stops_on_sigterm() {
+    // Reading a FIFO nobody writes blocks the work itself (a configuration file may be a pipe,
+    // so it is waited on): the signal must stop the process anyway.
+    let dir = scratch("stuck");
+    small_model(&dir.join("m/model.safetensors"));
+    mkfifo(&dir.join("config.yaml"));
+    let child = command(
+        &["quantize", "m", "-o", "out", "--config", "config.yaml"],
+        &dir,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child, "stuck");
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted by SIGTERM"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("out").exists());
+    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+}

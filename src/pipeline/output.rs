@@ -23,6 +23,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -163,6 +164,26 @@ impl Kind {
 /// outputs at once, even to the same destination.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// The partials this process is writing, so that a signal can remove them even while the work
+/// is stuck in blocking code and cannot be dropped. A partial is listed from its creation to
+/// its commit; whoever holds the lock may remove what is listed.
+static LIVE: Mutex<Vec<(PathBuf, Kind)>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<(PathBuf, Kind)>> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes every partial output of this process and exits with `code`: for a signal that the
+/// work did not answer in time. The registry stays locked until the exit, so no commit or
+/// swap runs meanwhile.
+pub fn exit_removing_partials(code: i32) -> ! {
+    let registry = live();
+    for (path, kind) in registry.iter() {
+        let _ = remove(path, *kind);
+    }
+    std::process::exit(code)
+}
+
 /// An output being written: removed on drop unless committed.
 #[derive(Debug)]
 struct Partial {
@@ -221,10 +242,18 @@ impl Partial {
         }
         std::fs::create_dir_all(&partial.parent)
             .map_err(|e| io_error("cannot create", &partial.parent, e))?;
+        let mut registry = live();
         let (path, file) = partial.claim_partial()?;
+        registry.push((path.clone(), kind));
         partial.path = path;
         partial.armed = true;
         Ok((partial, file))
+    }
+
+    /// The partial is no longer this run's to remove (committed, or holding what is not ours).
+    fn disarm(&mut self, registry: &mut Vec<(PathBuf, Kind)>) {
+        self.armed = false;
+        registry.retain(|(path, _)| path != &self.path);
     }
 
     fn target(&self) -> PathBuf {
@@ -355,7 +384,7 @@ impl Partial {
         let target = self.target();
         match rename_noreplace(&self.path, &target, self.kind) {
             Ok(()) => {
-                self.armed = false;
+                self.disarm(&mut live());
                 return Ok(self.shown.clone());
             }
             Err(e) if is_exists(&e) => {}
@@ -370,12 +399,15 @@ impl Partial {
         }
         self.check_replaceable(&target)?;
         self.replace(&target)?;
-        self.armed = false;
+        self.disarm(&mut live());
         Ok(self.shown.clone())
     }
 
     /// Swaps the partial with `target` and removes what came out, once checked.
     fn replace(&mut self, target: &Path) -> Result<()> {
+        // Until the swap is checked, the partial's path may hold what is not ours: no signal
+        // may remove it meanwhile.
+        let mut registry = live();
         match exchange(&self.path, target) {
             Ok(()) => {}
             Err(e) if is_unsupported(&e) => return self.replace_by_moving_aside(target),
@@ -388,7 +420,7 @@ impl Partial {
                 Ok(()) => Err(refusal),
                 Err(e) => {
                     // Never remove what we may not: leave it where it is, and say where.
-                    self.armed = false;
+                    self.disarm(&mut registry);
                     Err(DataFusionError::Execution(format!(
                         "{refusal}; it changed while this run was writing and is now at {}, \
                          where it could not be moved back from: {e}",
@@ -442,9 +474,11 @@ impl Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
+        let mut registry = live();
         if self.armed {
             let _ = remove(&self.path, self.kind);
         }
+        self.disarm(&mut registry);
     }
 }
 
@@ -878,7 +912,7 @@ mod tests {
         let mut inner = partial.0;
         let target = inner.target();
         inner.replace_by_moving_aside(&target).unwrap();
-        inner.armed = false;
+        inner.disarm(&mut live());
         assert_eq!(
             std::fs::read_to_string(out.join("weights.parquet")).unwrap(),
             "new"
