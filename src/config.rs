@@ -883,8 +883,9 @@ mod tests {
         assert!(m.contains("7 bits is not supported"), "{m}");
         let m = err(&env(&[("ARROW_QUANT_PROFILE", "mobile")]), None);
         assert!(m.contains("unknown profile 'mobile'"), "{m}");
-        let y = Settings::from_yaml("c.yaml", "group_sise: 64\n").unwrap();
-        let m = err(&env(&[]), Some(&y));
+        let m = Settings::from_yaml("c.yaml", "group_sise: 64\n")
+            .unwrap_err()
+            .to_string();
         assert!(m.contains("c.yaml: unknown key 'group_sise'"), "{m}");
         let y = Settings::from_yaml("c.yaml", "min_cosine: 1.5\n").unwrap();
         assert!(err(&env(&[]), Some(&y)).contains("key 'min_cosine'"));
@@ -950,7 +951,6 @@ mod tests {
             ),
             ("42\n", "c.yaml: expected a mapping of configuration keys to values, got the single value '42'".to_string()),
             ("just text\n", "got the single value 'just text'".to_string()),
-            ("bit_width: 99999999999999999999999\n", "key 'bit_width'".to_string()),
             ("profile: [edge\n", "c.yaml: not valid YAML".to_string()),
         ] {
             let m = err(text);
@@ -996,6 +996,7 @@ mod tests {
             "activation_bits: 9\n",
             "group_size: 8\n",
             "group_size: -64\n",
+            "bit_width: 99999999999999999999999\n",
         ] {
             let key = text.split(':').next().unwrap();
             let m = resolve_err(text);
@@ -1024,7 +1025,7 @@ mod tests {
         std::fs::write(&binary, b"bit_width: 4\nscheme: \xff\xfe\n").unwrap();
         let m = Settings::from_yaml_file(&binary).unwrap_err().to_string();
         assert!(
-            m.ends_with("binary.yaml: not UTF-8 text (invalid byte at offset 22)"),
+            m.ends_with("binary.yaml: not UTF-8 text (invalid byte at offset 21)"),
             "{m}"
         );
         let huge = dir.join("huge.yaml");

@@ -518,7 +518,7 @@ fn bad_safetensors_are_refused_clearly() {
     refused(
         "json",
         &with_header("{\"a\": {\"dtype\": ", 0),
-        "header is not a valid tensor table",
+        "tensor 'a': header entry is not a valid tensor description: EOF while parsing",
     );
     refused(
         "out-of-range",

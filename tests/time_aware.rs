@@ -466,3 +466,37 @@ fn repeated_records_of_a_timestep_are_samples() {
     assert_eq!(schedule("twice"), schedule("once"));
     assert_eq!(schedule("once")[0][0], schedule("once")[0][1]);
 }
+
+/// A layer whose activations are all equal has a range of zero width: it gets a small
+/// positive scale (the offset alone reproduces the value) instead of failing the run.
+#[test]
+fn a_constant_layer_gets_a_minimal_scale() {
+    let dir = scratch("time-aware-constant");
+    let constant = calibration_file(
+        &dir,
+        "constant.parquet",
+        "SELECT 'conv_in' AS layer, CAST(i * 50 AS INT) AS timestep, [3.0, 3.0, 3.0] AS \"values\" \
+         FROM generate_series(0, 19) AS s(i)",
+    );
+    let model = bundled_model();
+    for extra in [&[][..], &["--optimize", "--smoothing", "cubic"][..]] {
+        let mut args = vec![
+            "quantize",
+            model.to_str().unwrap(),
+            "-o",
+            "out",
+            "-q",
+            "--force",
+            "--calibration",
+            &constant,
+        ];
+        args.extend_from_slice(extra);
+        let o = arrowquant(&args, &dir);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let rows = sql_rows(
+            &dir,
+            "SELECT min(scale) > 0, max(scale) <= 3.0 / 1024, min(\"offset\"), max(\"offset\") FROM 'out/activation_params.parquet'",
+        );
+        assert_eq!(rows[0], ["true", "true", "3.0", "3.0"], "{extra:?}");
+    }
+}

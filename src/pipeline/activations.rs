@@ -103,21 +103,25 @@ pub fn calibration_sql(config: &QuantConfig) -> Vec<String> {
         ),
         format!(
             "CREATE VIEW static_schedule AS\n\
-             SELECT c.layer, c.timestep, c.\"values\", s.p['scale'] AS scale, s.p['offset'] AS \"offset\"\n\
+             SELECT c.layer, c.timestep, c.\"values\", {} AS scale, s.p['offset'] AS \"offset\"\n\
              FROM calibration_groups c JOIN (SELECT layer, quant_params(\"values\", {bits}) AS p\n\
-             \x20                              FROM calibration GROUP BY layer) s ON c.layer = s.layer"
+             \x20                              FROM calibration GROUP BY layer) s ON c.layer = s.layer",
+            usable_scale("s.p")
         ),
-        "CREATE VIEW schedule_before AS\n\
-         SELECT c.layer, c.timestep, c.\"values\", g.p['scale'] AS scale, g.p['offset'] AS \"offset\"\n\
-         FROM calibration_groups c JOIN group_params g ON c.layer = g.layer AND c.tg = g.tg"
-            .to_string(),
+        format!(
+            "CREATE VIEW schedule_before AS\n\
+             SELECT c.layer, c.timestep, c.\"values\", {} AS scale, g.p['offset'] AS \"offset\"\n\
+             FROM calibration_groups c JOIN group_params g ON c.layer = g.layer AND c.tg = g.tg",
+            usable_scale("g.p")
+        ),
         format!(
             "CREATE VIEW timestep_ranges AS\n\
              SELECT layer, timestep, tg, {} AS scale, {} AS \"offset\"\n\
-             FROM (SELECT DISTINCT c.layer, c.timestep, c.tg, g.q['scale'] AS scale, g.q['offset'] AS \"offset\"\n\
+             FROM (SELECT DISTINCT c.layer, c.timestep, c.tg, {} AS scale, g.q['offset'] AS \"offset\"\n\
              \x20     FROM calibration_groups c JOIN chosen_params g ON c.layer = g.layer AND c.tg = g.tg)",
             smooth("scale"),
-            smooth("offset")
+            smooth("offset"),
+            usable_scale("g.q")
         ),
         "CREATE VIEW schedule_after AS\n\
          SELECT c.layer, c.timestep, c.tg, c.\"values\", r.scale, r.\"offset\"\n\
@@ -126,12 +130,23 @@ pub fn calibration_sql(config: &QuantConfig) -> Vec<String> {
     ]
 }
 
+/// The scale of parameters struct `p`, made usable for a range of zero width (a layer or group
+/// whose activations are all equal): any positive scale then reproduces the value exactly
+/// (code 0 is the offset), so a small one relative to the value is used instead of 0.
+fn usable_scale(p: &str) -> String {
+    format!(
+        "CASE WHEN {p}['scale'] > 0 THEN {p}['scale'] \
+         ELSE CAST(greatest(abs({p}['offset']), 1.0) / 1024.0 AS FLOAT) END"
+    )
+}
+
 /// The `activation_params.parquet` query.
 pub fn params_sql(config: &QuantConfig) -> String {
     format!(
         "SELECT layer, CAST(tg AS INT) AS \"group\", first_timestep, last_timestep,\n\
-         \x20      q['scale'] AS scale, q['offset'] AS \"offset\", CAST({} AS TINYINT UNSIGNED) AS bits\n\
+         \x20      {} AS scale, q['offset'] AS \"offset\", CAST({} AS TINYINT UNSIGNED) AS bits\n\
          FROM chosen_params ORDER BY layer, tg",
+        usable_scale("q"),
         config.activation_bits
     )
 }
@@ -424,8 +439,8 @@ pub async fn calibrate(
         return Ok(None);
     };
     register_calibration(ctx, path).await?;
-    let records = check_calibration(ctx, config, path).await?;
     check_layers(ctx, model, path).await?;
+    let records = check_calibration(ctx, config, path).await?;
     for statement in calibration_sql(config) {
         ctx.sql(&statement).await?;
     }
