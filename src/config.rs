@@ -5,11 +5,15 @@
 //! the profile's defaults. The profile itself is chosen by the same order. Every key is checked:
 //! an unknown key or a bad value is an error that names the key and where it came from.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
+use arrowquant_udfs::kernels::KernelError;
 use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// Deployment profiles.
@@ -179,7 +183,8 @@ impl fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
+            // `10.0`, not `10`: a float given for a whole number is shown as given.
+            Value::Float(x) => write!(f, "{x:?}"),
             Value::Text(s) => write!(f, "{s}"),
         }
     }
@@ -214,43 +219,321 @@ impl Settings {
             .map(|(_, v)| v)
     }
 
-    /// The settings of a YAML file: a mapping of keys to scalars.
+    /// The settings of a YAML file: a mapping of keys to scalars. The file is read up to
+    /// [`MAX_CONFIG_BYTES`]: a configuration has a dozen keys, and a larger file (or a device
+    /// that never ends) is a mistake, not something to hold in memory.
     pub fn from_yaml_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let origin = path.display().to_string();
+        let file_error = |reason: String| ConfigError::File {
+            path: origin.clone(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| file_error(e.to_string()))?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(file_error(format!(
+                "over {MAX_CONFIG_BYTES} bytes, too large for a configuration file"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            file_error(format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
         })?;
-        Settings::from_yaml(&path.display().to_string(), &text)
+        Settings::from_yaml(&origin, &text)
     }
 
+    /// The settings of a YAML document. An empty document (or only comments) sets nothing.
+    /// Every value must be a scalar: a null, a list, a mapping or a tagged value is refused
+    /// with the key and what the key expects.
     pub fn from_yaml(origin: &str, text: &str) -> Result<Settings, ConfigError> {
-        let map: Option<BTreeMap<String, Value>> =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::File {
-                path: origin.to_string(),
-                reason: format!("not a mapping of configuration keys to values: {e}"),
-            })?;
+        let file_error = |reason: String| ConfigError::File {
+            path: origin.to_string(),
+            reason,
+        };
+        // Repeated keys and non-finite numbers reach the checks below, which name the key.
+        let mut options = serde_saphyr::Options::default();
+        options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+        options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+        let document: YamlDocument = serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| file_error(format!("not valid YAML: {e}")))?;
+        let entries = match document {
+            YamlDocument::Empty => Vec::new(),
+            YamlDocument::Map(entries) => entries,
+            YamlDocument::Other(kind) => {
+                return Err(file_error(format!(
+                    "expected a mapping of configuration keys to values, got {kind}"
+                )));
+            }
+        };
         let mut settings = Settings::new(origin);
-        for (key, value) in map.unwrap_or_default() {
-            settings.set(&key, value);
+        let mut seen = HashSet::new();
+        for (key, value) in entries {
+            let key = match key {
+                YamlScalar::Value(Value::Text(k)) => k,
+                YamlScalar::Value(other) => other.to_string(),
+                YamlScalar::Other(kind) => {
+                    return Err(file_error(format!(
+                        "a key must be text, got {kind} (known keys: {})",
+                        KEYS.join(", ")
+                    )));
+                }
+            };
+            let Some(expects) = expected(&key) else {
+                return Err(ConfigError::UnknownKey {
+                    origin: origin.to_string(),
+                    key,
+                });
+            };
+            if !seen.insert(key.clone()) {
+                return Err(ConfigError::BadValue {
+                    origin: origin.to_string(),
+                    key,
+                    reason: "given twice".to_string(),
+                });
+            }
+            match value {
+                YamlScalar::Value(v) => {
+                    settings.set(&key, v);
+                }
+                YamlScalar::Other(kind) => {
+                    return Err(ConfigError::BadValue {
+                        origin: origin.to_string(),
+                        key,
+                        reason: format!("expected {expects}, got {kind}"),
+                    });
+                }
+            }
         }
         Ok(settings)
     }
 
-    /// `ARROW_QUANT_*` variables from an environment (pass `std::env::vars()`).
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Settings {
+    /// `ARROW_QUANT_*` variables of the process environment. Other variables are not decoded:
+    /// they may hold anything, including bytes that are not UTF-8.
+    pub fn from_process_env() -> Result<Settings, ConfigError> {
+        Settings::from_env(std::env::vars_os())
+    }
+
+    /// `ARROW_QUANT_*` variables from an environment (`std::env::vars_os()`, or pairs of
+    /// strings in tests). A variable of ours whose name or value is not UTF-8 is an error
+    /// naming it.
+    pub fn from_env<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Settings, ConfigError>
+    where
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        const PREFIX: &str = "ARROW_QUANT_";
         let mut settings = Settings::new("environment");
-        let mut found: Vec<(String, String)> = vars
-            .into_iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("ARROW_QUANT_")
-                    .map(|rest| (rest.to_string(), v))
-            })
-            .collect();
+        let mut found: Vec<(String, String)> = Vec::new();
+        for (name, value) in vars {
+            let (name, value): (OsString, OsString) = (name.into(), value.into());
+            // A lossy view keeps an ASCII prefix intact, so names of ours are recognised
+            // whatever follows it.
+            let shown = name.to_string_lossy();
+            let Some(rest) = shown.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let not_unicode = |what: &str| ConfigError::BadValue {
+                origin: "environment".to_string(),
+                key: rest.to_ascii_lowercase(),
+                reason: format!("{what} of {shown} is not valid UTF-8"),
+            };
+            if name.to_str().is_none() {
+                return Err(not_unicode("the name"));
+            }
+            let Some(value) = value.to_str() else {
+                return Err(not_unicode("the value"));
+            };
+            found.push((rest.to_string(), value.to_string()));
+        }
         found.sort();
         for (key, value) in found {
             settings.set(&key.to_ascii_lowercase(), Value::Text(value));
         }
-        settings
+        Ok(settings)
+    }
+}
+
+/// The largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// What each key accepts, for messages; `None` for an unknown key.
+fn expected(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "profile" => "a profile name (edge, local or cloud)",
+        "bit_width" | "sensitive_bit_width" => "a bit width (2, 3, 4, 5, 6 or 8)",
+        "group_size" => "a group size (16 to 4096) or 'row'",
+        "scheme" => {
+            "a scheme name (asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1 or q8_0)"
+        }
+        "min_cosine" => "a number in (0, 1]",
+        "fallback" | "optimize" => "true or false",
+        "calibration" => "the path of a Parquet file",
+        "activation_bits" => "a whole number from 2 to 8",
+        "timestep_groups" | "num_timesteps" => "a whole number from 1 to 1000000",
+        "grouping" => "uniform, log or adaptive",
+        "smoothing" => "none, linear, cubic or sigmoid",
+        "lambda_markov" | "lambda_entropy" => "a number ≥ 0",
+        _ => return None,
+    })
+}
+
+/// A YAML document as read: a mapping, nothing at all, or something else (named for the
+/// message). Values of every shape are accepted here, so that a bad one is refused with its
+/// key rather than with the parser's "did not match any variant".
+enum YamlDocument {
+    Empty,
+    Map(Vec<(YamlScalar, YamlScalar)>),
+    Other(String),
+}
+
+/// One key or value: a scalar, or what it was instead.
+enum YamlScalar {
+    Value(Value),
+    Other(String),
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = YamlScalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Value(Value::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Value(Value::Int(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<YamlScalar, E> {
+        Ok(match i64::try_from(v) {
+            Ok(v) => YamlScalar::Value(Value::Int(v)),
+            Err(_) => YamlScalar::Other(format!("the number {v}, out of range")),
+        })
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<YamlScalar, E> {
+        Ok(match i64::try_from(v) {
+            Ok(v) => YamlScalar::Value(Value::Int(v)),
+            Err(_) => YamlScalar::Other(format!("the number {v}, out of range")),
+        })
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<YamlScalar, E> {
+        self.visit_i128(i128::try_from(v).unwrap_or(i128::MAX))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Value(Value::Float(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Value(Value::Text(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Value(Value::Text(v)))
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Other("binary data".into()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<YamlScalar, E> {
+        Ok(YamlScalar::Other(
+            "null (no value; leave the key out for the default)".into(),
+        ))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<YamlScalar, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<YamlScalar, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<YamlScalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(YamlScalar::Other("a list".into()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<YamlScalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(YamlScalar::Other("a mapping".into()))
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<YamlScalar, A::Error> {
+        let (tag, variant): (String, _) = data.variant()?;
+        de::VariantAccess::newtype_variant::<IgnoredAny>(variant)?;
+        Ok(YamlScalar::Other(format!("a value tagged !{tag}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for YamlScalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = YamlDocument;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a mapping of configuration keys to values")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<YamlDocument, E> {
+        Ok(YamlDocument::Empty)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<YamlDocument, E> {
+        Ok(YamlDocument::Empty)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<YamlDocument, D::Error> {
+        d.deserialize_any(DocumentVisitor)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<YamlDocument, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry::<YamlScalar, YamlScalar>()? {
+            // A configuration has a dozen keys: stop early on a file of thousands.
+            if entries.len() > 4 * KEYS.len() {
+                return Err(de::Error::custom(format!(
+                    "over {} entries, more than a configuration has",
+                    4 * KEYS.len()
+                )));
+            }
+            entries.push(entry);
+        }
+        Ok(YamlDocument::Map(entries))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<YamlDocument, A::Error> {
+        other_document(ScalarVisitor.visit_seq(seq)?)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<YamlDocument, E> {
+        other_document(ScalarVisitor.visit_bool(v)?)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<YamlDocument, E> {
+        other_document(ScalarVisitor.visit_i64(v)?)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<YamlDocument, E> {
+        other_document(ScalarVisitor.visit_u64(v)?)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<YamlDocument, E> {
+        other_document(ScalarVisitor.visit_f64(v)?)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<YamlDocument, E> {
+        other_document(ScalarVisitor.visit_str(v)?)
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<YamlDocument, A::Error> {
+        other_document(ScalarVisitor.visit_enum(data)?)
+    }
+}
+
+fn other_document<E>(what: YamlScalar) -> Result<YamlDocument, E> {
+    Ok(YamlDocument::Other(match what {
+        YamlScalar::Value(v) => format!("the single value '{v}'"),
+        YamlScalar::Other(kind) => kind,
+    }))
+}
+
+impl<'de> Deserialize<'de> for YamlDocument {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DocumentVisitor)
     }
 }
 
@@ -274,12 +557,32 @@ impl QuantConfig {
             }
         }
         let mut config = profile.defaults();
+        // Where each key was last set; keys absent here hold the profile's defaults.
+        let mut set_by: HashMap<&str, &str> = HashMap::new();
         for source in &sources {
             for (key, value) in &source.values {
                 config.apply(&source.origin, key, value)?;
+                set_by.insert(key.as_str(), source.origin.as_str());
             }
         }
-        config.validate("configuration")?;
+        // A GGUF scheme fixes its code width and block size. A width or group size the user
+        // set must agree with it (the rule `quantize` applies in SQL); one left at the
+        // profile's default takes the scheme's, so the manifest records what was used.
+        if let Some(format) = Scheme::parse(&config.scheme).ok().and_then(|s| s.gguf()) {
+            if !set_by.contains_key("bit_width") {
+                config.bit_width = format.bits();
+            }
+            if !set_by.contains_key("group_size") {
+                config.group_size = format.block_values().to_string();
+            }
+        }
+        config.check(&|key| {
+            set_by
+                .get(key)
+                .copied()
+                .unwrap_or("profile defaults")
+                .to_string()
+        })?;
         Ok(config)
     }
 
@@ -287,7 +590,7 @@ impl QuantConfig {
     pub fn from_profile(name: &str) -> Result<QuantConfig, ConfigError> {
         let mut explicit = Settings::new("profile argument");
         explicit.set("profile", Value::Text(name.to_string()));
-        QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
+        QuantConfig::resolve(&Settings::from_process_env()?, None, &explicit)
     }
 
     fn apply(&mut self, origin: &str, key: &str, value: &Value) -> Result<(), ConfigError> {
@@ -369,31 +672,42 @@ impl QuantConfig {
         Ok(())
     }
 
-    /// Checks the combination: the scheme must accept the bit width and group size.
+    /// Checks the combination: the scheme must accept the bit width and group size, and the
+    /// schedule must hold the timestep groups.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let scheme = Scheme::parse(&self.scheme).expect("checked when set");
-        let group = GroupSize::parse(&self.group_size).expect("checked when set");
-        let group = if scheme.gguf().is_some() {
-            None
-        } else {
-            Some(group)
+        self.check(&|_| origin.to_string())
+    }
+
+    /// [`validate`](Self::validate), naming the origin of each key through `origin_of`.
+    fn check(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::BadValue {
+            origin: origin_of(key),
+            key: key.to_string(),
+            reason,
         };
-        QuantSpec::new(i64::from(self.bit_width), group, scheme).map_err(|e| {
-            ConfigError::BadValue {
-                origin: origin.to_string(),
-                key: "scheme".to_string(),
-                reason: e.to_string(),
-            }
+        let scheme = Scheme::parse(&self.scheme).map_err(|e| bad("scheme", e.to_string()))?;
+        let group =
+            GroupSize::parse(&self.group_size).map_err(|e| bad("group_size", e.to_string()))?;
+        QuantSpec::new(i64::from(self.bit_width), Some(group), scheme).map_err(|e| match e {
+            KernelError::SchemeGroup { scheme, block, .. } => bad(
+                "group_size",
+                format!(
+                    "scheme {scheme} uses blocks of {block} values, but group size {} was asked \
+                     for (leave group_size out, or set it to {block})",
+                    self.group_size
+                ),
+            ),
+            KernelError::SchemeBits { .. } => bad("bit_width", e.to_string()),
+            _ => bad("scheme", e.to_string()),
         })?;
         if self.timestep_groups > self.num_timesteps {
-            return Err(ConfigError::BadValue {
-                origin: origin.to_string(),
-                key: "timestep_groups".to_string(),
-                reason: format!(
+            return Err(bad(
+                "timestep_groups",
+                format!(
                     "{} groups for a schedule of {} timesteps (num_timesteps)",
                     self.timestep_groups, self.num_timesteps
                 ),
-            });
+            ));
         }
         Ok(())
     }
@@ -474,7 +788,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Settings {
-        Settings::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Settings::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
     }
 
     #[test]
@@ -569,20 +883,277 @@ mod tests {
         assert!(m.contains("7 bits is not supported"), "{m}");
         let m = err(&env(&[("ARROW_QUANT_PROFILE", "mobile")]), None);
         assert!(m.contains("unknown profile 'mobile'"), "{m}");
-        let y = Settings::from_yaml("c.yaml", "group_sise: 64\n").unwrap();
-        let m = err(&env(&[]), Some(&y));
+        let m = Settings::from_yaml("c.yaml", "group_sise: 64\n")
+            .unwrap_err()
+            .to_string();
         assert!(m.contains("c.yaml: unknown key 'group_sise'"), "{m}");
         let y = Settings::from_yaml("c.yaml", "min_cosine: 1.5\n").unwrap();
         assert!(err(&env(&[]), Some(&y)).contains("key 'min_cosine'"));
         let y = Settings::from_yaml("c.yaml", "group_size: 7\n").unwrap();
         assert!(err(&env(&[]), Some(&y)).contains("key 'group_size'"));
-        let y = Settings::from_yaml("c.yaml", "scheme: q8_0\n").unwrap();
+        let y = Settings::from_yaml("c.yaml", "scheme: q8_0\nbit_width: 4\n").unwrap();
         let m = err(&env(&[]), Some(&y));
-        assert!(m.contains("key 'scheme'"), "{m}");
+        assert_eq!(
+            m,
+            "c.yaml: key 'bit_width': scheme q8_0 stores 8-bit codes, but bits = 4 was asked for"
+        );
         let bad = Settings::from_yaml("c.yaml", "- a\n- b\n")
             .unwrap_err()
             .to_string();
-        assert!(bad.contains("c.yaml: not a mapping"), "{bad}");
+        assert_eq!(
+            bad,
+            "c.yaml: expected a mapping of configuration keys to values, got a list"
+        );
+    }
+
+    /// Every YAML value of the wrong shape is refused with its key and what the key expects.
+    #[test]
+    fn yaml_errors_name_the_key() {
+        let err = |text: &str| Settings::from_yaml("c.yaml", text).unwrap_err().to_string();
+        let resolve_err = |text: &str| {
+            let y = Settings::from_yaml("c.yaml", text).unwrap();
+            QuantConfig::resolve(&env(&[]), Some(&y), &Settings::new("flags"))
+                .unwrap_err()
+                .to_string()
+        };
+        let null = "null (no value; leave the key out for the default)";
+        for (text, message) in [
+            (
+                "bit_width:\n",
+                format!("c.yaml: key 'bit_width': expected a bit width (2, 3, 4, 5, 6 or 8), got {null}"),
+            ),
+            (
+                "calibration: ~\n",
+                format!("c.yaml: key 'calibration': expected the path of a Parquet file, got {null}"),
+            ),
+            (
+                "group_size: [32, 64]\n",
+                "c.yaml: key 'group_size': expected a group size (16 to 4096) or 'row', got a list"
+                    .to_string(),
+            ),
+            (
+                "scheme: {name: q4_0}\n",
+                "c.yaml: key 'scheme': expected a scheme name (asym, sym, asym_minmax, sym_minmax, \
+                 q4_0, q4_1, q5_0, q5_1 or q8_0), got a mapping"
+                    .to_string(),
+            ),
+            (
+                "bits: 4\n",
+                format!("c.yaml: unknown key 'bits' (known keys: {})", KEYS.join(", ")),
+            ),
+            (
+                "bit_width: 4\nbit_width: 8\n",
+                "c.yaml: key 'bit_width': given twice".to_string(),
+            ),
+            (
+                "[a, b]: 4\n",
+                "c.yaml: a key must be text, got a list".to_string(),
+            ),
+            ("42\n", "c.yaml: expected a mapping of configuration keys to values, got the single value '42'".to_string()),
+            ("just text\n", "got the single value 'just text'".to_string()),
+            ("profile: [edge\n", "c.yaml: not valid YAML".to_string()),
+        ] {
+            let m = err(text);
+            assert!(m.contains(&message), "{text:?}: {m}");
+        }
+        // A tag the configuration does not know is a value of the wrong shape, named.
+        let m = Settings::from_yaml("c.yaml", "bit_width: !wide 4\n")
+            .map(|y| {
+                QuantConfig::resolve(&env(&[]), Some(&y), &Settings::new("flags"))
+                    .map(|c| c.bit_width.to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| e.to_string());
+        assert!(m == "4" || m.contains("key 'bit_width'"), "{m}");
+        // Scalars of the wrong type for their key.
+        assert_eq!(
+            resolve_err("timestep_groups: 10.5\n"),
+            "c.yaml: key 'timestep_groups': 10.5 is not a whole number"
+        );
+        assert_eq!(
+            resolve_err("timestep_groups: 10.0\n"),
+            "c.yaml: key 'timestep_groups': 10.0 is not a whole number"
+        );
+        assert_eq!(
+            resolve_err("min_cosine: high\n"),
+            "c.yaml: key 'min_cosine': 'high' is not a number"
+        );
+        assert!(resolve_err("scheme: 4\n").contains("c.yaml: key 'scheme': unknown scheme '4'"));
+        assert!(resolve_err("optimize: 2\n").contains("key 'optimize': 2 is not true or false"));
+        // Numbers out of their range, NaN and infinities.
+        for text in [
+            "min_cosine: .nan\n",
+            "min_cosine: 2.0\n",
+            "min_cosine: 0\n",
+            "lambda_markov: .nan\n",
+            "lambda_entropy: -1\n",
+            "lambda_markov: .inf\n",
+            "timestep_groups: 0\n",
+            "timestep_groups: 1000000000\n",
+            "num_timesteps: 0\n",
+            "bit_width: 7\n",
+            "bit_width: 1\n",
+            "activation_bits: 9\n",
+            "group_size: 8\n",
+            "group_size: -64\n",
+            "bit_width: 99999999999999999999999\n",
+        ] {
+            let key = text.split(':').next().unwrap();
+            let m = resolve_err(text);
+            assert!(
+                m.starts_with(&format!("c.yaml: key '{key}': ")),
+                "{text:?}: {m}"
+            );
+        }
+        // An empty document, or only comments, sets nothing.
+        for text in ["", "# nothing yet\n", "---\n"] {
+            assert!(
+                Settings::from_yaml("c.yaml", text)
+                    .unwrap()
+                    .values
+                    .is_empty(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_files_that_are_not_text_or_too_large() {
+        let dir = std::env::temp_dir().join(format!("arrowquant-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let binary = dir.join("binary.yaml");
+        std::fs::write(&binary, b"bit_width: 4\nscheme: \xff\xfe\n").unwrap();
+        let m = Settings::from_yaml_file(&binary).unwrap_err().to_string();
+        assert!(
+            m.ends_with("binary.yaml: not UTF-8 text (invalid byte at offset 21)"),
+            "{m}"
+        );
+        let huge = dir.join("huge.yaml");
+        let mut text = "bit_width: 4\n".to_string();
+        text.push_str(&"# padding\n".repeat(200_000));
+        std::fs::write(&huge, text).unwrap();
+        let m = Settings::from_yaml_file(&huge).unwrap_err().to_string();
+        assert!(m.contains("too large for a configuration file"), "{m}");
+        let m = Settings::from_yaml_file(&dir.join("missing.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("missing.yaml: No such file"), "{m}");
+        let m = Settings::from_yaml_file(&dir).unwrap_err().to_string();
+        assert!(m.starts_with(&dir.display().to_string()), "{m}");
+        let many: String = (0..100).map(|i| format!("k{i}: 1\n")).collect();
+        let m = Settings::from_yaml("c.yaml", &many)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("more than a configuration has"), "{m}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn environment_that_is_not_unicode() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = |b: &[u8]| OsString::from_vec(b.to_vec());
+        // Someone else's variable: not decoded, not an error.
+        let s = Settings::from_env([
+            (raw(b"LESSCHARSET"), raw(b"latin\xff")),
+            (raw(b"X\xff"), raw(b"1")),
+            (raw(b"ARROW_QUANT_BIT_WIDTH"), raw(b"8")),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.values,
+            vec![("bit_width".to_string(), Value::Text("8".into()))]
+        );
+        let m = Settings::from_env([(raw(b"ARROW_QUANT_SCHEME"), raw(b"q4\xff0"))])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            m,
+            "environment: key 'scheme': the value of ARROW_QUANT_SCHEME is not valid UTF-8"
+        );
+        let m = Settings::from_env([(raw(b"ARROW_QUANT_B\xffTS"), raw(b"4"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("the name of ARROW_QUANT_B\u{fffd}TS is not valid UTF-8"),
+            "{m}"
+        );
+    }
+
+    /// A GGUF scheme's block size and width: an explicit group size or width that disagrees is
+    /// refused (as `quantize` refuses it in SQL), a defaulted one takes the scheme's.
+    #[test]
+    fn gguf_scheme_against_group_size_and_width() {
+        let none = Settings::new("flags");
+        let flags = |pairs: &[(&str, &str)]| {
+            let mut f = Settings::new("command line");
+            for (k, v) in pairs {
+                f.set(k, Value::Text(v.to_string()));
+            }
+            f
+        };
+        // Defaulted: the profile's 64 and 8 bits give way to the scheme's 32 and 4 bits.
+        for profile in ["local", "cloud", "edge"] {
+            let c = QuantConfig::resolve(
+                &env(&[]),
+                None,
+                &flags(&[("profile", profile), ("scheme", "q4_0")]),
+            )
+            .unwrap();
+            assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 4), "{profile}");
+        }
+        let c = QuantConfig::resolve(&env(&[("ARROW_QUANT_SCHEME", "q8_0")]), None, &none).unwrap();
+        assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 8));
+        // Explicit and agreeing.
+        let c = QuantConfig::resolve(
+            &env(&[]),
+            None,
+            &flags(&[("scheme", "q5_1"), ("group_size", "32"), ("bit_width", "5")]),
+        )
+        .unwrap();
+        assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 5));
+        // Explicit and disagreeing, from each source, named with its source.
+        let expected = |origin: &str, g: &str| {
+            format!(
+                "{origin}: key 'group_size': scheme q4_0 uses blocks of 32 values, but group size \
+                 {g} was asked for (leave group_size out, or set it to 32)"
+            )
+        };
+        let m = QuantConfig::resolve(
+            &env(&[]),
+            None,
+            &flags(&[("scheme", "q4_0"), ("group_size", "64")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(m, expected("command line", "64"));
+        let m = QuantConfig::resolve(
+            &env(&[
+                ("ARROW_QUANT_SCHEME", "q4_0"),
+                ("ARROW_QUANT_GROUP_SIZE", "row"),
+            ]),
+            None,
+            &none,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(m, expected("environment", "row"));
+        let y = Settings::from_yaml("c.yaml", "group_size: 128\n").unwrap();
+        let m = QuantConfig::resolve(&env(&[]), Some(&y), &flags(&[("scheme", "q4_0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(m, expected("c.yaml", "128"));
+        let m = QuantConfig::resolve(
+            &env(&[("ARROW_QUANT_BIT_WIDTH", "8")]),
+            None,
+            &flags(&[("scheme", "q4_1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            m,
+            "environment: key 'bit_width': scheme q4_1 stores 4-bit codes, but bits = 8 was asked for"
+        );
     }
 
     #[test]

@@ -518,7 +518,7 @@ fn bad_safetensors_are_refused_clearly() {
     refused(
         "json",
         &with_header("{\"a\": {\"dtype\": ", 0),
-        "header is not a valid tensor table",
+        "tensor 'a': header entry is not a valid tensor description: EOF while parsing",
     );
     refused(
         "out-of-range",
@@ -534,7 +534,7 @@ fn bad_safetensors_are_refused_clearly() {
             r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
             12,
         ),
-        "tensor 'b': data offsets overlap another tensor",
+        "tensor 'b': data offsets [4, 12] overlap another tensor ('a' ends at 8)",
     );
     refused(
         "size",
@@ -706,4 +706,283 @@ fn rows_over_two_gib_are_refused() {
     );
     assert!(!dir.join("out").exists());
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A small model of two 4-bit-friendly tensors, for runs that test the configuration.
+fn small_model(dir: &Path) -> String {
+    write_safetensors(
+        &dir.join("m/model.safetensors"),
+        &[
+            Tensor::f32("a.weight", &[32, 64], &values(32 * 64, 1)),
+            Tensor::f32("b.weight", &[32, 64], &values(32 * 64, 2)),
+        ],
+    );
+    "m".to_string()
+}
+
+fn manifest_of(dir: &Path, out: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(out).join("manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// `--scheme q4_0` with a group size the user set is refused as SQL refuses it, from flags,
+/// environment and YAML; with the profile's default group size it takes the block size, and the
+/// manifest records what was used.
+#[test]
+fn gguf_scheme_and_group_size_agree_everywhere() {
+    let dir = scratch("gguf-group");
+    let m = small_model(&dir);
+    let expected = "key 'group_size': scheme q4_0 uses blocks of 32 values, but group size 64 \
+                    was asked for";
+    let o = arrowquant(
+        &[
+            "quantize",
+            &m,
+            "-o",
+            "o",
+            "--scheme",
+            "q4_0",
+            "--group-size",
+            "64",
+        ],
+        &dir,
+    );
+    assert_fails_with(&o, &format!("command line: {expected}"));
+    let o = command(&["quantize", &m, "-o", "o", "--scheme", "q4_0"], &dir)
+        .env("ARROW_QUANT_GROUP_SIZE", "64")
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &format!("environment: {expected}"));
+    std::fs::write(dir.join("c.yaml"), "scheme: q4_0\ngroup_size: 64\n").unwrap();
+    let o = arrowquant(&["quantize", &m, "-o", "o", "--config", "c.yaml"], &dir);
+    assert_fails_with(&o, &format!("c.yaml: {expected}"));
+    assert!(!dir.join("o").exists());
+    no_partial_dirs(&dir);
+    // SQL refuses the same combination.
+    let o = arrowquant(
+        &[
+            "sql",
+            "-q",
+            "-c",
+            "SELECT quantize([1.0, 2.0], 4, 64, 'q4_0')",
+        ],
+        &dir,
+    );
+    assert_fails_with(&o, "uses blocks of 32 values, but group size 64");
+
+    // Defaulted: the block size is used and recorded, whichever profile, from flags or env.
+    for (out, extra, env) in [
+        ("d1", vec!["--scheme", "q4_0"], None),
+        ("d2", vec!["--profile", "cloud", "--scheme", "q4_0"], None),
+        ("d3", vec![], Some(("ARROW_QUANT_SCHEME", "q4_0"))),
+    ] {
+        let mut cmd = command(&["quantize", &m, "-o", out, "-q"], &dir);
+        cmd.args(&extra);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{out}: {}", stderr(&o));
+        let manifest = manifest_of(&dir, out);
+        assert_eq!(manifest["config"]["scheme"], "q4_0", "{out}");
+        assert_eq!(manifest["config"]["group_size"], "32", "{out}");
+        assert_eq!(manifest["config"]["bit_width"], 4, "{out}");
+    }
+    // Explicit and agreeing is fine.
+    let o = arrowquant(
+        &[
+            "quantize",
+            &m,
+            "-o",
+            "e",
+            "-q",
+            "--scheme",
+            "q8_0",
+            "--group-size",
+            "32",
+            "--bits",
+            "8",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(manifest_of(&dir, "e")["config"]["group_size"], "32");
+}
+
+/// Variables that are not UTF-8: someone else's is ignored, one of ours is named.
+#[cfg(unix)]
+#[test]
+fn environment_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = scratch("env-not-utf8");
+    let m = small_model(&dir);
+    let raw = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    let o = command(&["quantize", &m, "-o", "o", "-q"], &dir)
+        .env(raw(b"SOME_TOOL_SETTING"), raw(b"caf\xe9"))
+        .env(raw(b"LATIN1_\xe9"), "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = command(&["quantize", &m, "-o", "o2", "-q"], &dir)
+        .env("ARROW_QUANT_SCHEME", raw(b"q4\xff0"))
+        .output()
+        .unwrap();
+    assert_fails_with(
+        &o,
+        "environment: key 'scheme': the value of ARROW_QUANT_SCHEME is not valid UTF-8",
+    );
+    assert!(!dir.join("o2").exists());
+}
+
+/// A tensor whose values no f16 scale can hold is kept, with the reason, and the run goes on.
+#[test]
+fn tensors_beyond_f16_range_are_kept() {
+    let dir = scratch("beyond-f16");
+    let mut big = values(32 * 64, 3);
+    big[5 * 64 + 7] = 3.0e6;
+    big[9 * 64] = -1.0e6;
+    let mut also = values(32 * 64, 4);
+    also[0] = -2.0e6;
+    write_safetensors(
+        &dir.join("m/model.safetensors"),
+        &[
+            Tensor::f32("a.weight", &[32, 64], &values(32 * 64, 1)),
+            Tensor::f32("big.weight", &[32, 64], &big),
+            Tensor::f32("c.weight", &[32, 64], &values(32 * 64, 2)),
+            Tensor::f32("huge.weight", &[32, 64], &also),
+        ],
+    );
+    let o = arrowquant(&["quantize", "m", "-o", "out", "-q", "--json"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["quantized"].as_u64(), v["kept"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    let report = v["tensors_report"].as_array().unwrap();
+    let row = |name: &str| report.iter().find(|t| t["layer"] == name).unwrap();
+    for (name, max) in [("big.weight", "3e6"), ("huge.weight", "2e6")] {
+        let t = row(name);
+        assert_eq!(t["action"], "keep", "{t}");
+        let why = t["reason"].as_str().unwrap();
+        assert!(
+            why.starts_with(&format!("values beyond f16 range: max |x| = {max} (row ")),
+            "{why}"
+        );
+        assert!(why.contains("beyond the range of f16"), "{why}");
+    }
+    assert_eq!(row("a.weight")["action"], "quantize");
+    assert_eq!(row("c.weight")["action"], "quantize");
+    // The kept tensors round-trip exactly; the file holds every row once.
+    let o = arrowquant(&["dequantize", "out", "-o", "back.safetensors"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = std::fs::read(dir.join("back.safetensors")).unwrap();
+    let back = SafeTensors::deserialize(&back).unwrap();
+    let t = back.tensor("big.weight").unwrap();
+    let restored: Vec<f32> = t
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(restored, big);
+}
+
+fn header_file(dir: &Path, name: &str, header: &str, data_len: usize) -> String {
+    std::fs::write(dir.join(name), with_header(header, data_len)).unwrap();
+    name.to_string()
+}
+
+/// Headers that are hostile rather than broken: each refused with the tensor named, in memory
+/// that does not grow with the JSON's nesting.
+#[test]
+fn hostile_headers_are_refused_clearly() {
+    let dir = scratch("hostile-headers");
+    let inspect = |file: &str| arrowquant(&["inspect", "--header-only", file], &dir);
+    let w = r#""w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}"#;
+    let rank: String = std::iter::repeat_n("1", 65).collect::<Vec<_>>().join(",");
+    let f = header_file(
+        &dir,
+        "rank.safetensors",
+        &format!(r#"{{"w":{{"dtype":"F32","shape":[{rank}],"data_offsets":[0,4]}}}}"#),
+        4,
+    );
+    assert_fails_with(
+        &inspect(&f),
+        "tensor 'w': header entry is not a valid tensor description: shape has more than 64 dimensions",
+    );
+    let f = header_file(&dir, "twice.safetensors", &format!("{{{w},{w}}}"), 16);
+    assert_fails_with(&inspect(&f), "tensor 'w': appears twice in the header");
+    let f = header_file(
+        &dir,
+        "meta.safetensors",
+        &format!(r#"{{"__metadata__":{{"format":["pt"]}},{w}}}"#),
+        16,
+    );
+    assert_fails_with(
+        &inspect(&f),
+        "header is not a valid tensor table: invalid type: sequence, expected a string",
+    );
+    // Nesting far past serde_json's recursion limit, in the metadata and in an unknown field.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let f = header_file(
+        &dir,
+        "deep-meta.safetensors",
+        &format!(r#"{{"__metadata__":{{"a":{deep}}},{w}}}"#),
+        16,
+    );
+    assert_fails_with(&inspect(&f), "header is not a valid tensor table");
+    let f = header_file(
+        &dir,
+        "deep-field.safetensors",
+        &format!(r#"{{"w":{{"dtype":"F32","shape":[2,2],"data_offsets":[0,16],"x":{deep}}}}}"#),
+        16,
+    );
+    // Unknown fields are skipped (iteratively), as the format allows.
+    let o = inspect(&f);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = header_file(&dir, "list.safetensors", "[1, 2]", 0);
+    assert_fails_with(
+        &inspect(&f),
+        "header is not a valid tensor table: invalid type: sequence, expected a JSON object",
+    );
+    let f = header_file(
+        &dir,
+        "gap.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+        8,
+    );
+    assert_fails_with(
+        &inspect(&f),
+        "tensor 'a': data offsets [4, 8] leave a gap after byte 0",
+    );
+    let f = header_file(
+        &dir,
+        "backwards.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#,
+        8,
+    );
+    assert_fails_with(
+        &inspect(&f),
+        "tensor 'a': data offsets [8, 0] end before they start",
+    );
+    let f = header_file(
+        &dir,
+        "overflow.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#,
+        0,
+    );
+    assert_fails_with(
+        &inspect(&f),
+        "tensor 'a': shape [4294967296, 4294967296] overflows",
+    );
+    let f = header_file(&dir, "trailing.safetensors", &format!("{{{w}}} x"), 16);
+    assert_fails_with(
+        &inspect(&f),
+        "header is not a valid tensor table: trailing characters",
+    );
+    // Padding with spaces, as the safetensors writer aligns headers, is fine.
+    let f = header_file(&dir, "padded.safetensors", &format!("{{{w}}}      "), 16);
+    let o = inspect(&f);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

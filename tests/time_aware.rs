@@ -348,3 +348,155 @@ fn bad_calibration_inputs_are_refused_clearly() {
     );
     assert!(!dir.join("out").exists());
 }
+
+/// A calibration layer the model does not have is an error naming it and the nearest model
+/// layers: its ranges would be written for nothing and the real layer would get none.
+#[test]
+fn calibration_layers_must_be_model_layers() {
+    let dir = scratch("time-aware-layers");
+    let records = |layer: &str| {
+        format!(
+            "SELECT '{layer}' AS layer, CAST(i * 50 AS INT) AS timestep, [1.0, 2.0 + i] AS \"values\" \
+             FROM generate_series(0, 19) AS s(i)"
+        )
+    };
+    let typo = calibration_file(
+        &dir,
+        "typo.parquet",
+        &format!("{} UNION ALL {}", records("conv_in"), records("conv_inn")),
+    );
+    refused(
+        &dir,
+        &["--calibration", &typo],
+        "layer 'conv_inn' matches no layer of the model; nearest model layers: 'conv_in', ",
+    );
+    let none = calibration_file(
+        &dir,
+        "none.parquet",
+        &format!(
+            "{} UNION ALL {}",
+            records("text_encoder.layer.0"),
+            records("vae.decoder.conv")
+        ),
+    );
+    refused(
+        &dir,
+        &["--calibration", &none],
+        "matches no layer of the model (nor does the other calibration layer)",
+    );
+    let null = calibration_file(
+        &dir,
+        "null.parquet",
+        &format!(
+            "{} UNION ALL SELECT CAST(NULL AS VARCHAR), 5, [1.0]",
+            records("conv_in")
+        ),
+    );
+    refused(
+        &dir,
+        &["--calibration", &null],
+        "a record has no layer (NULL)",
+    );
+}
+
+/// Several records of one (layer, timestep) are samples of the same step: doubling every
+/// record changes neither the groups nor the ranges nor the Markov checks.
+#[test]
+fn repeated_records_of_a_timestep_are_samples() {
+    let dir = scratch("time-aware-repeated");
+    let good = bundled_calibration().display().to_string();
+    let doubled = calibration_file(
+        &dir,
+        "doubled.parquet",
+        &format!("SELECT * FROM '{good}' UNION ALL SELECT * FROM '{good}'"),
+    );
+    let model = bundled_model();
+    let run = |calibration: &str, out: &str| {
+        let o = arrowquant(
+            &[
+                "quantize",
+                model.to_str().unwrap(),
+                "-o",
+                out,
+                "-q",
+                "--calibration",
+                calibration,
+                "--grouping",
+                "adaptive",
+                "--smoothing",
+                "linear",
+            ],
+            &dir,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(out).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        manifest["summary"]["activations"].clone()
+    };
+    let once = run(&good, "once");
+    let twice = run(&doubled, "twice");
+    assert_eq!(twice["records"], 2 * once["records"].as_u64().unwrap());
+    for key in [
+        "layers",
+        "groups",
+        "markov_violations_before",
+        "markov_violations_after",
+    ] {
+        assert_eq!(once[key], twice[key], "{key}");
+    }
+    let params = |out: &str| {
+        sql_rows(
+            &dir,
+            &format!(
+                "SELECT layer, \"group\", first_timestep, last_timestep FROM '{out}/activation_params.parquet' ORDER BY layer, \"group\""
+            ),
+        )
+    };
+    assert_eq!(params("once"), params("twice"));
+    let schedule = |out: &str| {
+        sql_rows(
+            &dir,
+            &format!(
+                "SELECT count(*), count(DISTINCT layer || '/' || CAST(timestep AS VARCHAR)) FROM '{out}/activation_schedule.parquet'"
+            ),
+        )
+    };
+    assert_eq!(schedule("twice"), schedule("once"));
+    assert_eq!(schedule("once")[0][0], schedule("once")[0][1]);
+}
+
+/// A layer whose activations are all equal has a range of zero width: it gets a small
+/// positive scale (the offset alone reproduces the value) instead of failing the run.
+#[test]
+fn a_constant_layer_gets_a_minimal_scale() {
+    let dir = scratch("time-aware-constant");
+    let constant = calibration_file(
+        &dir,
+        "constant.parquet",
+        "SELECT 'conv_in' AS layer, CAST(i * 50 AS INT) AS timestep, [3.0, 3.0, 3.0] AS \"values\" \
+         FROM generate_series(0, 19) AS s(i)",
+    );
+    let model = bundled_model();
+    for extra in [&[][..], &["--optimize", "--smoothing", "cubic"][..]] {
+        let mut args = vec![
+            "quantize",
+            model.to_str().unwrap(),
+            "-o",
+            "out",
+            "-q",
+            "--force",
+            "--calibration",
+            &constant,
+        ];
+        args.extend_from_slice(extra);
+        let o = arrowquant(&args, &dir);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let rows = sql_rows(
+            &dir,
+            "SELECT min(scale) > 0, max(scale) <= 3.0 / 1024, min(\"offset\"), max(\"offset\") FROM 'out/activation_params.parquet'",
+        );
+        assert_eq!(rows[0], ["true", "true", "3.0", "3.0"], "{extra:?}");
+    }
+}

@@ -68,8 +68,8 @@ fn prepare(
     settings: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(QuantConfig, ArrowArrayStreamReader, SchemaRef, bool)> {
     let explicit = settings_from_dict("config", settings)?;
-    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
-        .map_err(config_error)?;
+    let env = Settings::from_process_env().map_err(config_error)?;
+    let config = QuantConfig::resolve(&env, None, &explicit).map_err(config_error)?;
     let reader = import_stream(data)?;
     let schema = reader.schema();
     let has_shape = check_schema(&schema).map_err(PyValueError::new_err)?;

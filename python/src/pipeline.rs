@@ -83,12 +83,8 @@ fn resolve_config(settings: Option<&Bound<'_, PyDict>>, yaml: Option<PathBuf>) -
         .map(Settings::from_yaml_file)
         .transpose()
         .map_err(config_error)?;
-    let config = QuantConfig::resolve(
-        &Settings::from_env(std::env::vars()),
-        yaml.as_ref(),
-        &explicit,
-    )
-    .map_err(config_error)?;
+    let env = Settings::from_process_env().map_err(config_error)?;
+    let config = QuantConfig::resolve(&env, yaml.as_ref(), &explicit).map_err(config_error)?;
     Ok(serde_json::to_string(&config).expect("plain data serializes"))
 }
 
@@ -134,8 +130,8 @@ fn quantize(
 ) -> PyResult<String> {
     let mut cancelled = cancel.map(|c| c.sender.subscribe());
     let explicit = settings_from_dict("config", settings)?;
-    let config = QuantConfig::resolve(&Settings::from_env(std::env::vars()), None, &explicit)
-        .map_err(config_error)?;
+    let env = Settings::from_process_env().map_err(config_error)?;
+    let config = QuantConfig::resolve(&env, None, &explicit).map_err(config_error)?;
     if !model.exists() {
         return Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
             "{}: no such file or directory",

@@ -43,7 +43,10 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub no_fallback: bool,
     /// Recorded activations (Parquet: layer, timestep, values) to calibrate activation ranges
-    /// per timestep group from; writes activation_params.parquet.
+    /// per timestep group from; writes activation_params.parquet. Each layer names a module of
+    /// the model (`conv_in` for the tensor `conv_in.weight`; in a pipeline folder also
+    /// `unet.conv_in.weight`); a layer that matches none is an error naming the nearest ones.
+    /// Several records of one (layer, timestep), e.g. from several prompts, are samples of it.
     #[arg(long, value_name = "ACTS.parquet")]
     pub calibration: Option<PathBuf>,
     /// Code width of activations (2 to 8).
@@ -134,12 +137,9 @@ impl QuantizeArgs {
             .map(Settings::from_yaml_file)
             .transpose()
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        QuantConfig::resolve(
-            &Settings::from_env(std::env::vars()),
-            yaml.as_ref(),
-            &self.settings(),
-        )
-        .map_err(|e| DataFusionError::Plan(e.to_string()))
+        let env = Settings::from_process_env().map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        QuantConfig::resolve(&env, yaml.as_ref(), &self.settings())
+            .map_err(|e| DataFusionError::Plan(e.to_string()))
     }
 }
 

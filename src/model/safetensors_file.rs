@@ -1,8 +1,8 @@
 //! One safetensors file, memory-mapped and validated.
 //!
-//! The header is parsed and checked by the `safetensors` crate (offsets contiguous, sizes equal
-//! to dtype × shape, data ending where the file ends); when it refuses a file, the error is
-//! explained here with the tensor it concerns. Tensor bytes are never copied at open: the map is
+//! The header is parsed here into typed entries and checked as the `safetensors` crate checks
+//! it (offsets contiguous, sizes equal to dtype × shape, data ending where the file ends), with
+//! errors that name the tensor at fault. Tensor bytes are never copied at open: the map is
 //! shared with the Arrow buffers the scan hands out.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::buffer::Buffer;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorInfo};
+use safetensors::tensor::Dtype;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::error::ModelError;
 
@@ -131,20 +132,228 @@ pub fn read_table(path: &Path, bytes: &[u8]) -> Result<Vec<TensorMeta>, ModelErr
             format!("header length {header_len} is over the format's limit of {MAX_HEADER}"),
         ));
     }
-    let (n, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| explain(path, bytes, e))?;
-    let data_start = 8 + n;
-    Ok(metadata
-        .offset_keys()
-        .into_iter()
-        .map(|name| {
-            let info = metadata.info(&name).expect("a key of the header");
-            TensorMeta {
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                start: data_start + info.data_offsets.0,
-                len: info.data_offsets.1 - info.data_offsets.0,
-                name,
+    let header = &bytes[8..8 + header_len as usize];
+    let entries = parse_header(path, header)?;
+    check_layout(path, 8 + header.len(), file_len, entries)
+}
+
+/// The most dimensions a tensor may have. PyTorch and NumPy stop at 64; a longer shape is a
+/// corrupt or hostile header, and refusing it keeps memory in step with the tensors described.
+pub const MAX_RANK: usize = 64;
+
+/// A tensor's entry in the header, as written. Unknown fields are skipped without being built.
+#[derive(serde::Deserialize)]
+struct Entry {
+    dtype: Dtype,
+    #[serde(deserialize_with = "bounded_shape")]
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+    struct ShapeVisitor;
+    impl<'de> Visitor<'de> for ShapeVisitor {
+        type Value = Vec<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_RANK} dimensions")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<usize>, A::Error> {
+            let mut shape = Vec::new();
+            while let Some(d) = seq.next_element::<usize>()? {
+                if shape.len() == MAX_RANK {
+                    return Err(de::Error::custom(format!(
+                        "shape has more than {MAX_RANK} dimensions"
+                    )));
+                }
+                shape.push(d);
             }
+            Ok(shape)
+        }
+    }
+    d.deserialize_seq(ShapeVisitor)
+}
+
+/// Reads the header's JSON straight into typed entries, one per tensor, so that memory
+/// follows the tensors described rather than the JSON's shape (a generic JSON value, or
+/// serde's buffering for `#[serde(flatten)]`, costs tens of bytes per JSON token). Nesting
+/// stays under serde_json's recursion limit (128); skipped values are skipped iteratively.
+fn parse_header(path: &Path, header: &[u8]) -> Result<Vec<(String, Entry)>, ModelError> {
+    let text = std::str::from_utf8(header)
+        .map_err(|e| not_safetensors(path, format!("header is not UTF-8: {e}")))?;
+    // The tensor being read when an error occurs, to name it.
+    let current = std::cell::RefCell::new(None::<String>);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = (&mut de)
+        .deserialize_map(HeaderVisitor { current: &current })
+        .and_then(|entries| de.end().map(|()| entries));
+    let entries = result.map_err(|e| match current.take() {
+        Some(tensor) => ModelError::BadTensor {
+            path: path.to_path_buf(),
+            tensor,
+            reason: format!("header entry is not a valid tensor description: {e}"),
+        },
+        None => not_safetensors(path, format!("header is not a valid tensor table: {e}")),
+    })?;
+    let mut names = std::collections::HashSet::with_capacity(entries.len());
+    for (name, _) in &entries {
+        if !names.insert(name.as_str()) {
+            return Err(ModelError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                reason: "appears twice in the header".into(),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+struct HeaderVisitor<'a> {
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> Visitor<'de> for HeaderVisitor<'_> {
+    type Value = Vec<(String, Entry)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of tensor names to {dtype, shape, data_offsets}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if name == "__metadata__" {
+                // Free-form text pairs, as the format defines them; nothing here reads them.
+                map.next_value::<Option<MetadataCheck>>()?;
+                continue;
+            }
+            *self.current.borrow_mut() = Some(name);
+            let entry = map.next_value::<Entry>()?;
+            let name = self.current.borrow_mut().take().expect("set above");
+            entries.push((name, entry));
+        }
+        Ok(entries)
+    }
+}
+
+/// Checks `__metadata__` is a map of strings to strings without keeping it.
+struct MetadataCheck;
+
+impl<'de> serde::Deserialize<'de> for MetadataCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetadataCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("__metadata__ as an object of strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetadataCheck, A::Error> {
+                while map.next_entry::<String, String>()?.is_some() {}
+                Ok(MetadataCheck)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Checks the entries describe the data exactly: sorted by offset they are contiguous from
+/// the end of the header, each spans dtype × shape bytes, and the last ends where the file
+/// does. Returns the tensors in file order.
+fn check_layout(
+    path: &Path,
+    data_start: usize,
+    file_len: u64,
+    mut entries: Vec<(String, Entry)>,
+) -> Result<Vec<TensorMeta>, ModelError> {
+    entries.sort_by_key(|(_, e)| e.data_offsets);
+    let bad = |tensor: &str, reason: String| ModelError::BadTensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        reason,
+    };
+    let mut end = 0usize;
+    let mut previous: Option<&str> = None;
+    for (name, e) in &entries {
+        let (s, t) = e.data_offsets;
+        if t < s {
+            return Err(bad(
+                name,
+                format!("data offsets [{s}, {t}] end before they start"),
+            ));
+        }
+        if s < end {
+            return Err(bad(
+                name,
+                format!(
+                    "data offsets [{s}, {t}] overlap another tensor ('{}' ends at {end})",
+                    previous.unwrap_or("")
+                ),
+            ));
+        }
+        if s > end {
+            return Err(bad(
+                name,
+                format!(
+                    "data offsets [{s}, {t}] leave a gap after byte {end} (tensor data must be \
+                     contiguous)"
+                ),
+            ));
+        }
+        let bits = e
+            .shape
+            .iter()
+            .try_fold(e.dtype.bitsize(), |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    format!("shape {:?} overflows the address space", e.shape),
+                )
+            })?;
+        if !bits.is_multiple_of(8) {
+            // Sub-byte dtypes (F4, F6) whose elements do not fill whole bytes: the format
+            // stores whole bytes, and so does every reader.
+            return Err(bad(
+                name,
+                format!(
+                    "dtype {:?} ({} bits an element) × shape {:?} is {bits} bits, not a whole \
+                     number of bytes: a safetensors tensor must fill whole bytes",
+                    e.dtype,
+                    e.dtype.bitsize(),
+                    e.shape
+                ),
+            ));
+        }
+        if bits / 8 != t - s {
+            return Err(bad(
+                name,
+                format!(
+                    "data offsets span {} bytes but dtype × shape needs {}",
+                    t - s,
+                    bits / 8
+                ),
+            ));
+        }
+        end = t;
+        previous = Some(name);
+    }
+    if data_start as u64 + end as u64 != file_len {
+        return Err(not_safetensors(
+            path,
+            format!(
+                "tensor data does not end where the file ends: the header describes {end} bytes \
+                 of data, the file holds {} after the header (offsets out of range or trailing \
+                 bytes)",
+                file_len - data_start as u64
+            ),
+        ));
+    }
+    Ok(entries
+        .into_iter()
+        .map(|(name, e)| TensorMeta {
+            dtype: e.dtype,
+            start: data_start + e.data_offsets.0,
+            len: e.data_offsets.1 - e.data_offsets.0,
+            shape: e.shape,
+            name,
         })
         .collect())
 }
@@ -161,90 +370,6 @@ fn not_safetensors(path: &Path, reason: impl Into<String>) -> ModelError {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
-}
-
-/// Turns the `safetensors` crate's refusal into a message that names the tensor at fault.
-fn explain(path: &Path, map: &[u8], error: SafeTensorError) -> ModelError {
-    let bad_tensor = |tensor: String, reason: String| ModelError::BadTensor {
-        path: path.to_path_buf(),
-        tensor,
-        reason,
-    };
-    match error {
-        SafeTensorError::InvalidHeader(e) => {
-            not_safetensors(path, format!("header is not UTF-8: {e}"))
-        }
-        SafeTensorError::InvalidHeaderDeserialization(e) => {
-            not_safetensors(path, format!("header is not a valid tensor table: {e}"))
-        }
-        SafeTensorError::InvalidOffset(tensor) => bad_tensor(
-            tensor,
-            "data offsets overlap another tensor, leave a gap, or end before they start".into(),
-        ),
-        SafeTensorError::TensorInvalidInfo | SafeTensorError::MisalignedSlice => {
-            match tensor_with_wrong_size(map) {
-                Some((tensor, reason)) => bad_tensor(tensor, reason),
-                None => not_safetensors(path, error.to_string()),
-            }
-        }
-        SafeTensorError::MetadataIncompleteBuffer => not_safetensors(
-            path,
-            format!(
-                "tensor data does not end where the file ends ({} bytes): offsets out of range or \
-                 trailing bytes",
-                map.len()
-            ),
-        ),
-        SafeTensorError::ValidationOverflow => {
-            not_safetensors(path, "a tensor's shape overflows the address space")
-        }
-        other => not_safetensors(path, other.to_string()),
-    }
-}
-
-/// The first tensor whose byte span disagrees with its dtype and shape, and what is wrong.
-fn tensor_with_wrong_size(map: &[u8]) -> Option<(String, String)> {
-    let n = u64::from_le_bytes(map.get(..8)?.try_into().ok()?) as usize;
-    let header = std::str::from_utf8(map.get(8..8 + n)?).ok()?;
-    let table: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).ok()?;
-    for (name, value) in table {
-        if name == "__metadata__" {
-            continue;
-        }
-        let Ok(info) = serde_json::from_value::<TensorInfo>(value) else {
-            continue;
-        };
-        let bits = info
-            .shape
-            .iter()
-            .try_fold(info.dtype.bitsize(), |a, &d| a.checked_mul(d))?;
-        let (s, e) = info.data_offsets;
-        let actual = e.saturating_sub(s);
-        if !bits.is_multiple_of(8) {
-            // Sub-byte dtypes (F4, F6) whose elements do not fill whole bytes: the format
-            // stores whole bytes, and so does every reader.
-            return Some((
-                name,
-                format!(
-                    "dtype {:?} ({} bits an element) × shape {:?} is {bits} bits, not a whole \
-                     number of bytes: a safetensors tensor must fill whole bytes",
-                    info.dtype,
-                    info.dtype.bitsize(),
-                    info.shape
-                ),
-            ));
-        }
-        if bits / 8 != actual {
-            return Some((
-                name,
-                format!(
-                    "data offsets span {actual} bytes but dtype × shape needs {}",
-                    bits / 8
-                ),
-            ));
-        }
-    }
-    None
 }
 
 /// The name the checkpoint uses for a dtype (`F32`, `BF16`, ...).

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::output::{PartialDir, write_table};
 use crate::config::QuantConfig;
+use crate::model::Model;
 
 /// What calibration produced, for the summary and the manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -52,13 +53,25 @@ fn plan_error(message: String) -> DataFusionError {
 pub fn calibration_sql(config: &QuantConfig) -> Vec<String> {
     let bits = config.activation_bits;
     let groups = config.timestep_groups;
-    let group_expr = match config.grouping.as_str() {
+    // Several records of one (layer, timestep) are samples of the same step: groups,
+    // smoothing and Markov checks are functions of the timestep, so they run over distinct
+    // timesteps and every record of a timestep shares its group and range.
+    let groups_view = match config.grouping.as_str() {
         "adaptive" => format!(
-            "timestep_group_adaptive(array_max(\"values\") - array_min(\"values\"), {groups}) \
-             OVER (PARTITION BY layer ORDER BY timestep)"
+            "CREATE VIEW calibration_groups AS\n\
+             SELECT c.layer, CAST(c.timestep AS BIGINT) AS timestep, c.\"values\", g.tg\n\
+             FROM calibration c JOIN (\n\
+             \x20 SELECT layer, timestep,\n\
+             \x20        timestep_group_adaptive(hi - lo, {groups}) OVER (PARTITION BY layer ORDER BY timestep) AS tg\n\
+             \x20 FROM (SELECT layer, timestep, max(array_max(\"values\")) AS hi, min(array_min(\"values\")) AS lo\n\
+             \x20       FROM calibration GROUP BY layer, timestep)\n\
+             ) g ON c.layer = g.layer AND c.timestep = g.timestep"
         ),
         spacing => format!(
-            "timestep_group(timestep, {}, {groups}, '{spacing}')",
+            "CREATE VIEW calibration_groups AS\n\
+             SELECT layer, CAST(timestep AS BIGINT) AS timestep, \"values\",\n\
+             \x20      timestep_group(timestep, {}, {groups}, '{spacing}') AS tg\n\
+             FROM calibration",
             config.num_timesteps
         ),
     };
@@ -77,11 +90,7 @@ pub fn calibration_sql(config: &QuantConfig) -> Vec<String> {
         ),
     };
     vec![
-        format!(
-            "CREATE VIEW calibration_groups AS\n\
-             SELECT layer, CAST(timestep AS BIGINT) AS timestep, \"values\", {group_expr} AS tg\n\
-             FROM calibration"
-        ),
+        groups_view,
         format!(
             "CREATE VIEW group_params AS\n\
              SELECT layer, tg, min(timestep) AS first_timestep, max(timestep) AS last_timestep,\n\
@@ -94,31 +103,50 @@ pub fn calibration_sql(config: &QuantConfig) -> Vec<String> {
         ),
         format!(
             "CREATE VIEW static_schedule AS\n\
-             SELECT c.layer, c.timestep, c.\"values\", s.p['scale'] AS scale, s.p['offset'] AS \"offset\"\n\
+             SELECT c.layer, c.timestep, c.\"values\", {} AS scale, s.p['offset'] AS \"offset\"\n\
              FROM calibration_groups c JOIN (SELECT layer, quant_params(\"values\", {bits}) AS p\n\
-             \x20                              FROM calibration GROUP BY layer) s ON c.layer = s.layer"
+             \x20                              FROM calibration GROUP BY layer) s ON c.layer = s.layer",
+            usable_scale("s.p")
         ),
-        "CREATE VIEW schedule_before AS\n\
-         SELECT c.layer, c.timestep, c.\"values\", g.p['scale'] AS scale, g.p['offset'] AS \"offset\"\n\
-         FROM calibration_groups c JOIN group_params g ON c.layer = g.layer AND c.tg = g.tg"
-            .to_string(),
         format!(
-            "CREATE VIEW schedule_after AS\n\
-             SELECT layer, timestep, tg, \"values\", {} AS scale, {} AS \"offset\"\n\
-             FROM (SELECT c.layer, c.timestep, c.tg, c.\"values\", g.q['scale'] AS scale, g.q['offset'] AS \"offset\"\n\
+            "CREATE VIEW schedule_before AS\n\
+             SELECT c.layer, c.timestep, c.\"values\", {} AS scale, g.p['offset'] AS \"offset\"\n\
+             FROM calibration_groups c JOIN group_params g ON c.layer = g.layer AND c.tg = g.tg",
+            usable_scale("g.p")
+        ),
+        format!(
+            "CREATE VIEW timestep_ranges AS\n\
+             SELECT layer, timestep, tg, {} AS scale, {} AS \"offset\"\n\
+             FROM (SELECT DISTINCT c.layer, c.timestep, c.tg, {} AS scale, g.q['offset'] AS \"offset\"\n\
              \x20     FROM calibration_groups c JOIN chosen_params g ON c.layer = g.layer AND c.tg = g.tg)",
             smooth("scale"),
-            smooth("offset")
+            smooth("offset"),
+            usable_scale("g.q")
         ),
+        "CREATE VIEW schedule_after AS\n\
+         SELECT c.layer, c.timestep, c.tg, c.\"values\", r.scale, r.\"offset\"\n\
+         FROM calibration_groups c JOIN timestep_ranges r ON c.layer = r.layer AND c.timestep = r.timestep"
+            .to_string(),
     ]
+}
+
+/// The scale of parameters struct `p`, made usable for a range of zero width (a layer or group
+/// whose activations are all equal): any positive scale then reproduces the value exactly
+/// (code 0 is the offset), so a small one relative to the value is used instead of 0.
+fn usable_scale(p: &str) -> String {
+    format!(
+        "CASE WHEN {p}['scale'] > 0 THEN {p}['scale'] \
+         ELSE CAST(greatest(abs({p}['offset']), 1.0) / 1024.0 AS FLOAT) END"
+    )
 }
 
 /// The `activation_params.parquet` query.
 pub fn params_sql(config: &QuantConfig) -> String {
     format!(
         "SELECT layer, CAST(tg AS INT) AS \"group\", first_timestep, last_timestep,\n\
-         \x20      q['scale'] AS scale, q['offset'] AS \"offset\", CAST({} AS TINYINT UNSIGNED) AS bits\n\
+         \x20      {} AS scale, q['offset'] AS \"offset\", CAST({} AS TINYINT UNSIGNED) AS bits\n\
          FROM chosen_params ORDER BY layer, tg",
+        usable_scale("q"),
         config.activation_bits
     )
 }
@@ -128,19 +156,20 @@ fn schedule_sql(config: &QuantConfig) -> String {
     format!(
         "SELECT layer, timestep, CAST(tg AS INT) AS \"group\", CAST(scale AS FLOAT) AS scale,\n\
          \x20      CAST(\"offset\" AS FLOAT) AS \"offset\", CAST({} AS TINYINT UNSIGNED) AS bits\n\
-         FROM schedule_after ORDER BY layer, timestep",
+         FROM timestep_ranges ORDER BY layer, timestep",
         config.activation_bits
     )
 }
 
 /// Mean MSE and Markov violations of one per-timestep schedule view.
+/// The MSE is over records; violations are between consecutive distinct timesteps (every
+/// record of a timestep has the same range).
 fn measure_sql(view: &str, bits: u8) -> String {
     format!(
-        "SELECT avg(quant_mse(\"values\", scale, \"offset\", {bits})) AS mse,\n\
-         \x20      count(*) FILTER (WHERE violation) AS violations\n\
-         FROM (SELECT \"values\", scale, \"offset\",\n\
-         \x20            markov_violation(scale) OVER (PARTITION BY layer ORDER BY timestep) AS violation\n\
-         \x20     FROM {view})"
+        "SELECT (SELECT avg(quant_mse(\"values\", scale, \"offset\", {bits})) FROM {view}) AS mse,\n\
+         \x20      (SELECT count(*) FILTER (WHERE violation)\n\
+         \x20       FROM (SELECT markov_violation(scale) OVER (PARTITION BY layer ORDER BY timestep) AS violation\n\
+         \x20             FROM (SELECT DISTINCT layer, timestep, scale FROM {view}))) AS violations"
     )
 }
 
@@ -285,6 +314,103 @@ async fn check_groups(ctx: &SessionContext, config: &QuantConfig, path: &str) ->
     Ok(())
 }
 
+/// Whether calibration layer `layer` (a module, as a forward hook names it) is the module of
+/// model tensor `tensor`: `conv_in` is the module of `conv_in.weight`, and, in a diffusers
+/// pipeline whose tensors carry their component's name, of `unet.conv_in.weight`.
+pub fn layer_matches(layer: &str, tensor: &str) -> bool {
+    let module_of = |name: &str| {
+        name == layer || (name.starts_with(layer) && name[layer.len()..].starts_with('.'))
+    };
+    module_of(tensor)
+        || tensor
+            .split_once('.')
+            .is_some_and(|(_, rest)| module_of(rest))
+}
+
+/// Every calibration layer must be a layer of the model: activation ranges recorded under a
+/// name the model does not have would be written for nothing, and the model's real layer
+/// would get none, silently.
+async fn check_layers(ctx: &SessionContext, model: &Model, path: &str) -> Result<()> {
+    let batches = query(ctx, "SELECT DISTINCT layer FROM calibration ORDER BY layer").await?;
+    let mut layers = Vec::new();
+    for b in &batches {
+        let column = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let column = column.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            if column.is_null(i) {
+                return Err(plan_error(format!(
+                    "calibration {path}: a record has no layer (NULL)"
+                )));
+            }
+            layers.push(column.value(i).to_string());
+        }
+    }
+    let unmatched: Vec<&String> = layers
+        .iter()
+        .filter(|l| !model.tensors.iter().any(|t| layer_matches(l, &t.layer)))
+        .collect();
+    let Some(first) = unmatched.first() else {
+        return Ok(());
+    };
+    let others = match (unmatched.len() - 1, unmatched.len() == layers.len()) {
+        (0, _) => String::new(),
+        (1, true) => " (nor does the other calibration layer)".to_string(),
+        (n, true) => format!(" (nor do the other {n} calibration layers)"),
+        (1, false) => " (nor does 1 other calibration layer)".to_string(),
+        (n, false) => format!(" (nor do {n} other calibration layers)"),
+    };
+    let nearest = nearest_modules(first, model)
+        .into_iter()
+        .map(|m| format!("'{m}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(plan_error(format!(
+        "calibration {path}: layer '{first}' matches no layer of the model{others}; nearest \
+         model layers: {nearest} (a calibration layer names a module, e.g. 'conv_in' for \
+         the tensor 'conv_in.weight')"
+    )))
+}
+
+/// The model's modules (tensor names without their last part) nearest to `layer` by edit
+/// distance, at most three.
+fn nearest_modules<'a>(layer: &str, model: &'a Model) -> Vec<&'a str> {
+    let mut modules: Vec<&str> = model
+        .tensors
+        .iter()
+        .map(|t| {
+            t.layer
+                .rsplit_once('.')
+                .map_or(t.layer.as_str(), |(m, _)| m)
+        })
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
+    let mut ranked: Vec<(usize, &str)> = modules
+        .into_iter()
+        .map(|m| (edit_distance(layer, m), m))
+        .collect();
+    ranked.sort_unstable();
+    ranked.into_iter().take(3).map(|(_, m)| m).collect()
+}
+
+/// Levenshtein distance over the first 256 characters of each name (enough to rank names,
+/// and bounded whatever the calibration file holds).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().take(256).collect();
+    let b: Vec<char> = b.chars().take(256).collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
 async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     ctx.sql(sql).await?.collect().await
 }
@@ -310,12 +436,14 @@ async fn measure(ctx: &SessionContext, view: &str, bits: u8) -> Result<(f64, i64
 pub async fn calibrate(
     ctx: &SessionContext,
     config: &QuantConfig,
+    model: &Model,
     out: &PartialDir,
 ) -> Result<Option<ActivationSummary>> {
     let Some(path) = config.calibration.as_deref() else {
         return Ok(None);
     };
     register_calibration(ctx, path).await?;
+    check_layers(ctx, model, path).await?;
     let records = check_calibration(ctx, config, path).await?;
     for statement in calibration_sql(config) {
         ctx.sql(&statement).await?;

@@ -118,7 +118,7 @@ pub async fn quantize_model(
     }
 
     // Small and quick: a bad calibration set fails before the long pass.
-    let activations = calibrate(&crate::session::context(), &options.config, &out).await?;
+    let activations = calibrate(&crate::session::context(), &options.config, &model, &out).await?;
 
     let ctx = crate::session::pipeline_context();
     ctx.register_batch("tensors", info_batch(&model)?)?;
@@ -132,18 +132,39 @@ pub async fn quantize_model(
         phase: "quantizing".into(),
         bytes: total_bytes,
     });
-    let mut errors = match run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await
-    {
-        Ok(errors) => errors,
-        // A row the quantizer refused: find which tensor and row it was.
-        Err(e)
-            if e.find_root()
-                .to_string()
-                .contains("quantize_measured: row ") =>
-        {
-            return Err(locate_failure(&model, &plans).unwrap_or(e));
+    let mut errors = loop {
+        match run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await {
+            Ok(errors) => break errors,
+            // A row the quantizer refused: find which tensor and row it was.
+            Err(e)
+                if e.find_root()
+                    .to_string()
+                    .contains("quantize_measured: row ") =>
+            {
+                // Tensors whose values no f16 scale can reach are kept as stored and the pass
+                // runs again without them; any other refusal fails the run, naming the row.
+                let overflowing = match locate_failures(&model, &plans) {
+                    Located::Refused(error) => return Err(error),
+                    Located::Nothing => return Err(e),
+                    Located::Overflowing(tensors) => tensors,
+                };
+                for (index, reason) in overflowing {
+                    plans[index].setting = None;
+                    plans[index].reason = reason;
+                }
+                ctx.deregister_table("strategy")?;
+                ctx.register_batch("strategy", strategy_batch(&plans)?)?;
+                // The abandoned writer goes first: dropping it flushes its buffer into the file.
+                drop(writer);
+                writer =
+                    TableWriter::create(&weights_path, weights_schema_of(&ctx, &source).await?)?;
+                progress(Progress::Start {
+                    phase: "quantizing".into(),
+                    bytes: total_bytes,
+                });
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     writer.finish()?;
 
@@ -235,34 +256,76 @@ async fn weights_schema_of(ctx: &SessionContext, source: &str) -> Result<Arc<Sch
     Ok(Arc::new(schema.project(&keep)?))
 }
 
+/// What walking the planned tensors after a failed quantization query found.
+enum Located {
+    /// A row the quantizer refuses for a reason other than f16 range: the run fails with it.
+    Refused(DataFusionError),
+    /// Tensors (by plan index) whose values are beyond what f16 scales and offsets hold, with
+    /// the reason to report for keeping them.
+    Overflowing(Vec<(usize, String)>),
+    /// Nothing: the failure was not the kernel's.
+    Nothing,
+}
+
 /// Names the tensor and row behind a failed quantization query. Rows inside a query are
-/// numbered per batch, and batches mix tensors, so the failing tensor is found again by walking
-/// the planned tensors in order with the same kernels (this runs only after a failure).
-fn locate_failure(model: &Model, plans: &[TensorPlan]) -> Option<DataFusionError> {
+/// numbered per batch, and batches mix tensors, so the failing tensors are found again by
+/// walking the planned tensors in order with the same kernels (this runs only after a
+/// failure). Every tensor is walked, so that all tensors beyond f16 range are found in one go.
+fn locate_failures(model: &Model, plans: &[TensorPlan]) -> Located {
+    use arrowquant_udfs::kernels::KernelError;
     use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
     use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
     let mut quantizer = Quantizer::default();
     let mut out = QuantizedRow::default();
+    let mut overflowing = Vec::new();
     for (index, p) in plans.iter().enumerate() {
         let Some(s) = &p.setting else { continue };
-        let scheme = Scheme::parse(&s.scheme).ok()?;
-        let group = GroupSize::parse(&s.group_size).ok()?;
-        let spec = QuantSpec::new(i64::from(s.bits), Some(group), scheme).ok()?;
+        let spec = Scheme::parse(&s.scheme).and_then(|scheme| {
+            let group = GroupSize::parse(&s.group_size)?;
+            QuantSpec::new(i64::from(s.bits), Some(group), scheme)
+        });
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Located::Refused(exec_datafusion_err!("tensor '{}': {e}", p.layer));
+            }
+        };
         let mut failure = None;
+        let mut overflow: Option<(usize, KernelError)> = None;
+        let mut absmax = 0f32;
         crate::tables::scan::for_each_row(model, index, |row, values| {
+            // The largest magnitude, for the report (NaN never wins a max).
+            absmax = values.iter().fold(absmax, |m, v| m.max(v.abs()));
+            if overflow.is_some() {
+                return true;
+            }
             match quantizer.quantize(values, &spec, &mut out) {
                 Ok(()) => true,
+                Err(e @ KernelError::ScaleOverflow { .. }) => {
+                    overflow = Some((row, e));
+                    true
+                }
                 Err(e) => {
                     failure = Some(exec_datafusion_err!("tensor '{}' row {row}: {e}", p.layer));
                     false
                 }
             }
         });
-        if failure.is_some() {
-            return failure;
+        if let Some(error) = failure {
+            return Located::Refused(error);
+        }
+        if let Some((row, e)) = overflow {
+            overflowing.push((
+                index,
+                format!("values beyond f16 range: max |x| = {absmax:e} (row {row}: {e})"),
+            ));
         }
     }
-    None
+    if overflowing.is_empty() {
+        Located::Nothing
+    } else {
+        Located::Overflowing(overflowing)
+    }
 }
 
 /// Runs one quantization query: rows to the writer, `(layer, error, stored_bytes)` kept.

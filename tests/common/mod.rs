@@ -85,8 +85,9 @@ pub fn arrowquant(args: &[&str], cwd: &Path) -> Output {
 pub fn command(args: &[&str], cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_arrowquant"));
     command.args(args).current_dir(cwd);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ARROW_QUANT_") {
+    // vars_os: the caller's environment may hold variables that are not UTF-8.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ARROW_QUANT_") {
             command.env_remove(key);
         }
     }
