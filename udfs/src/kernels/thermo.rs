@@ -294,8 +294,8 @@ pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
         let mut next = vec![f64::INFINITY; n + 1];
         let mut from = vec![0u32; span];
         for i in g + 1..g + 1 + span {
-            for j in g..i {
-                let candidate = best[j] + cost(j, i);
+            for (j, &before) in best.iter().enumerate().take(i).skip(g) {
+                let candidate = before + cost(j, i);
                 if candidate < next[i] {
                     next[i] = candidate;
                     from[i - g - 1] = j as u32;
@@ -311,8 +311,8 @@ pub fn adaptive_segments(stats: &[f64], groups: usize) -> Result<Vec<usize>> {
         // The last run: every start that leaves the earlier runs one value each at least.
         let g = groups - 1;
         let (mut begin, mut least) = (g, f64::INFINITY);
-        for j in g..n {
-            let candidate = best[j] + cost(j, n);
+        for (j, &before) in best.iter().enumerate().take(n).skip(g) {
+            let candidate = before + cost(j, n);
             if candidate < least {
                 (begin, least) = (j, candidate);
             }
