@@ -131,19 +131,20 @@ fn name_join_panic(what: &str, error: DataFusionError) -> DataFusionError {
 
 /// Checks that `path` is a Parquet file whose footer the parquet crate can decode, before a
 /// query reads it: the magic at both ends, a footer length that fits the file, and the metadata
-/// decoded (with any panic of the decoder caught). Errors start with the path.
+/// decoded (with any panic of the decoder caught). Errors start with the path, then "not a
+/// readable Parquet file".
 pub fn check_parquet(path: &Path) -> Result<()> {
     let bad = |reason: String| DataFusionError::Plan(format!("{}: {reason}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     if meta.is_dir() {
-        return Err(bad("is a directory, not a Parquet file".into()));
+        return Err(bad("not a readable Parquet file: a directory".into()));
     }
     let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
     let size = meta.len();
     // "PAR1", the data, the footer, its 4-byte length and "PAR1".
     if size < 12 {
         return Err(bad(format!(
-            "not a Parquet file: {size} bytes is too short for the 12 bytes of magic and footer length"
+            "not a readable Parquet file: {size} bytes is too short for the 12 bytes of magic and footer length"
         )));
     }
     use std::os::unix::fs::FileExt;
@@ -153,12 +154,14 @@ pub fn check_parquet(path: &Path) -> Result<()> {
         .and_then(|_| file.read_exact_at(&mut tail, size - 8))
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     if &head != b"PAR1" || &tail[4..] != b"PAR1" {
-        return Err(bad("not a Parquet file (no PAR1 magic at both ends)".into()));
+        return Err(bad(
+            "not a readable Parquet file: no PAR1 magic at both ends".into(),
+        ));
     }
     let footer = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
     if footer == 0 || footer > size - 12 {
         return Err(bad(format!(
-            "corrupt Parquet file: footer length {footer} does not fit in the file ({size} bytes)"
+            "not a readable Parquet file: footer length {footer} does not fit in the file ({size} bytes)"
         )));
     }
     let what = path.display().to_string();
@@ -166,7 +169,7 @@ pub fn check_parquet(path: &Path) -> Result<()> {
         ParquetMetaDataReader::new()
             .parse_and_finish(&file)
             .map(|_| ())
-            .map_err(|e| bad(format!("corrupt Parquet file: {e}")))
+            .map_err(|e| bad(format!("not a readable Parquet file: corrupt footer: {e}")))
     })
 }
 

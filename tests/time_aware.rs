@@ -293,6 +293,24 @@ fn bad_calibration_inputs_are_refused_clearly() {
         &["--calibration", "text.parquet"],
         "not a readable Parquet file",
     );
+    // A FIFO is refused by its type, never opened (opening it would wait for a writer).
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        dir.join("pipe.parquet"),
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .unwrap();
+    refused(
+        &dir,
+        &["--calibration", "pipe.parquet"],
+        "calibration pipe.parquet: not a regular file (a FIFO)",
+    );
+    std::fs::create_dir(dir.join("folder.parquet")).unwrap();
+    refused(
+        &dir,
+        &["--calibration", "folder.parquet"],
+        "calibration folder.parquet: not a regular file (a directory)",
+    );
 
     // Configuration values, by flag, YAML and environment.
     refused(

@@ -175,8 +175,18 @@ fn measure_sql(view: &str, bits: u8) -> String {
 
 /// Registers the calibration file as `calibration` and checks its columns.
 pub async fn register_calibration(ctx: &SessionContext, path: &str) -> Result<()> {
-    if !Path::new(path).is_file() {
-        return Err(plan_error(format!("calibration {path}: no such file")));
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(meta) => {
+            let kind = crate::model::input::file_kind(&meta);
+            return Err(plan_error(format!(
+                "calibration {path}: not a regular file ({kind})"
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(plan_error(format!("calibration {path}: no such file")));
+        }
+        Err(e) => return Err(plan_error(format!("calibration {path}: {e}"))),
     }
     // The footer is decoded here, before DataFusion reads it: a corrupt one is an error
     // naming the file, not a panic inside the parquet crate.

@@ -71,7 +71,13 @@ fuzz_target!(|data: &[u8]| {
             None
         }
     };
-    let env = Settings::from_env(pairs(env));
+    let env = match Settings::from_env(pairs(env)) {
+        Ok(settings) => settings,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
     let mut explicit = Settings::new("flags");
     for (key, value) in pairs(flags) {
         explicit.set(&key, typed(&value));
