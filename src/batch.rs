@@ -211,7 +211,7 @@ fn check_rows(batches: &[RecordBatch], has_shape: bool) -> Result<()> {
             )?),
             _ => None,
         };
-        for row in 0..batch.num_rows() {
+        for (row, &length) in lengths.iter().enumerate() {
             let input_row = first_row + row;
             if names.is_null(row) {
                 return Err(DataFusionError::Execution(format!(
@@ -246,11 +246,10 @@ fn check_rows(batches: &[RecordBatch], has_shape: bool) -> Result<()> {
             }
             let shape = format!("{:?}", dims.values().to_vec());
             match elements {
-                Some(e) if e == lengths[row] as u64 => {}
+                Some(e) if e == length as u64 => {}
                 Some(e) => {
                     return Err(bad(format!(
-                        "shape {shape} holds {e} values but the row has {} weights",
-                        lengths[row]
+                        "shape {shape} holds {e} values but the row has {length} weights"
                     )));
                 }
                 None => return Err(bad(format!("shape {shape} overflows 64 bits"))),
