@@ -16,12 +16,17 @@ ProgressCallback = Callable[[float, str], Any]
 
 
 def _config_dict(config: DiffusionQuantConfig | dict[str, Any] | None) -> dict[str, Any]:
+    """The settings handed to the engine as explicit: only what the caller set. The engine puts
+    them over ``ARROW_QUANT_*`` and the profile itself, so that keys left unset still take their
+    defaults there (a GGUF scheme's block size among them)."""
     if config is None:
-        return DiffusionQuantConfig.resolve().to_dict()
+        DiffusionQuantConfig.resolve()  # the environment's errors, raised here
+        return {}
     if isinstance(config, DiffusionQuantConfig):
         return config.to_dict()
     if isinstance(config, dict):
-        return DiffusionQuantConfig.resolve(**config).to_dict()
+        DiffusionQuantConfig.resolve(**config)  # unknown keys and bad values, raised here
+        return dict(config)
     raise TypeError(
         f"config must be a DiffusionQuantConfig, a dict or None, got {type(config).__name__}"
     )
