@@ -220,6 +220,23 @@ impl Kind {
 }
 
 /// Refuses a table without these columns of these kinds, naming the file and the column.
+/// One of the output directory's Parquet files as a DataFrame, refused unless it has `columns`.
+async fn read_checked(
+    ctx: &SessionContext,
+    path: &Path,
+    file: &str,
+    columns: &[(&str, Kind)],
+) -> Result<datafusion::dataframe::DataFrame> {
+    let df = ctx
+        .read_parquet(
+            path.to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await?;
+    require_columns(file, df.schema().as_arrow(), columns)?;
+    Ok(df)
+}
+
 fn require_columns(file: &str, schema: &Schema, columns: &[(&str, Kind)]) -> Result<()> {
     for &(name, kind) in columns {
         let field = schema.field_with_name(name).map_err(|_| {
@@ -254,15 +271,10 @@ async fn read_layout(
     check_parquet(&weights_path)?;
     let what = report_path.display().to_string();
     let report = catch_panics(&what, async {
-        let df = ctx
-            .read_parquet(
-                report_path.to_string_lossy().as_ref(),
-                ParquetReadOptions::default(),
-            )
-            .await?;
-        require_columns(
+        let df = read_checked(
+            ctx,
+            &report_path,
             "report.parquet",
-            df.schema().as_arrow(),
             &[
                 ("layer", Kind::Text),
                 ("dtype", Kind::Text),
@@ -271,7 +283,8 @@ async fn read_layout(
                 ("action", Kind::Text),
                 ("bytes_before", Kind::Integer),
             ],
-        )?;
+        )
+        .await?;
         df.select_columns(&[
             "layer",
             "dtype",
@@ -517,15 +530,10 @@ async fn check_rows(
     slots: &HashMap<String, Slot>,
     order: &[String],
 ) -> Result<()> {
-    let df = ctx
-        .read_parquet(
-            path.to_string_lossy().as_ref(),
-            ParquetReadOptions::default(),
-        )
-        .await?;
-    require_columns(
+    let df = read_checked(
+        ctx,
+        path,
         "weights.parquet",
-        df.schema().as_arrow(),
         &[
             ("layer", Kind::Text),
             ("row", Kind::Integer),
@@ -534,7 +542,8 @@ async fn check_rows(
             ("q", Kind::Quantized),
             ("data", Kind::Bytes),
         ],
-    )?;
+    )
+    .await?;
     ctx.register_table("weights_index", df.into_view())?;
     let sql = "SELECT layer, CAST(row AS BIGINT), shape, dtype, q IS NOT NULL, \
                CAST(q['len'] AS BIGINT), data FROM weights_index";
