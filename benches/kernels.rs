@@ -1,7 +1,10 @@
-//! Kernel speed on a 4 MB f32 layer (1,048,576 values as 256 rows of 4096), one thread.
+//! Kernel speed on a 4 MB f32 layer (1,048,576 values as 256 rows of 4096), one thread; and
+//! `thermo_optimize`'s transition search over chains of 1,000 and 4,000 timestep groups.
 //!
 //! Run: `cargo bench --bench kernels`. `baseline/copy` (a plain copy of the layer) is measured
-//! in the same run, so ratios against it hold on a noisy shared machine.
+//! in the same run, so ratios against it hold on a noisy shared machine; the two chain lengths
+//! are measured in the same run, so their ratio shows how the search scales (linearly: each
+//! group weighs the ranges of at most 16 groups either side).
 
 use std::hint::black_box;
 
@@ -9,6 +12,7 @@ use arrowquant_udfs::kernels::affine::{self, AffineOutput};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
 use arrowquant_udfs::kernels::scheme::GroupSize;
+use arrowquant_udfs::kernels::thermo::{ChainWeights, optimize_chain};
 use arrowquant_udfs::kernels::{QuantSpec, Scheme};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
@@ -141,5 +145,32 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(kernels, benches);
+/// `groups` timestep groups of 256 activations each, their spread drifting along the chain as
+/// a diffusion model's does.
+fn chain(groups: usize) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..groups)
+        .map(|g| {
+            let spread = 0.5 + (g as f32 / groups as f32 * 6.0).sin().abs();
+            let normal = Normal::new(0.0f32, spread).unwrap();
+            (0..256).map(|_| normal.sample(&mut rng)).collect()
+        })
+        .collect()
+}
+
+fn thermo(c: &mut Criterion) {
+    let mut group = c.benchmark_group("thermo_optimize");
+    group.sample_size(10);
+    let weights = ChainWeights::new(8, 0.1, 0.01).unwrap();
+    for groups in [1000, 4000] {
+        let data = chain(groups);
+        let views: Vec<&[f32]> = data.iter().map(|g| g.as_slice()).collect();
+        group.bench_function(format!("chain_{groups}_groups"), |b| {
+            b.iter(|| black_box(optimize_chain(black_box(&views), weights).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(kernels, benches, thermo);
 criterion_main!(kernels);

@@ -11,7 +11,15 @@ pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod guard;
-pub mod model;
+/// Model files (safetensors, shards, model folders): the `arrowquant-formats` crate, which
+/// parses them without DataFusion so that they are fuzzed on their own.
+pub use arrowquant_formats as model;
 pub mod pipeline;
 pub mod session;
 pub mod tables;
+
+/// `Model::open` for the engine: its error as DataFusion's, with the `ModelError` inside for
+/// callers that look for a kind (`DataFusionError::External`, found by `downcast_ref`).
+pub fn open_model(path: impl AsRef<std::path::Path>) -> datafusion::common::Result<model::Model> {
+    model::Model::open(path).map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))
+}

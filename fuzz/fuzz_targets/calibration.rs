@@ -1,16 +1,21 @@
 //! The calibration file (`--calibration`, Parquet): its bytes written to a temporary file,
-//! registered and checked by `register_calibration` as `arrowquant quantize` does (the
-//! Parquet footer and schema through DataFusion), then, when the columns pass, every row read
-//! back (the page decoders). Whatever the bytes, the answer is rows or an error.
+//! checked by the footer check `arrowquant quantize` runs before DataFusion opens it
+//! (`parquet_file::check`), then, when it passes, every row read back through the parquet
+//! crate's Arrow reader (the page decoders and codecs DataFusion's scan uses). A panic inside
+//! the decoders is caught, as the engine catches it around every read (`guard::catch_panics`),
+//! so what this target finds is what the engine cannot survive: an abort, an allocation sized
+//! by an untrusted number, a hang, a panic of our own check.
 
 #![no_main]
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use arrowquant::pipeline::activations::register_calibration;
-use datafusion::prelude::SessionContext;
+use arrowquant_formats::panics;
+use arrowquant_formats::parquet_file;
 use libfuzzer_sys::fuzz_target;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
     // Under the folder scripts/fuzz.sh gives (and removes), else on tmpfs where there is one.
@@ -27,29 +32,28 @@ static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
     ))
 });
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
+/// Every row of the file, as the scan reads them: rows or an error.
+fn read_rows(path: &Path) -> Result<usize, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(1024).build())
+        .map_err(|e| e.to_string())?;
+    let mut rows = 0;
+    for batch in reader {
+        rows += batch.map_err(|e| e.to_string())?.num_rows();
+    }
+    Ok(rows)
+}
 
 fuzz_target!(|data: &[u8]| {
     let path = &*FILE;
     std::fs::write(path, data).unwrap();
-    let path = path.to_str().unwrap();
-    RUNTIME.block_on(async {
-        // A new context each time: a reused one could answer from its cache of file metadata.
-        let ctx = SessionContext::new();
-        if register_calibration(&ctx, path).await.is_err() {
-            return;
+    match parquet_file::check(path) {
+        Ok(()) => {
+            let _ = panics::catch(|| read_rows(path));
         }
-        let read = async {
-            ctx.sql("SELECT layer, timestep, \"values\" FROM calibration")
-                .await?
-                .collect()
-                .await
-        };
-        let _ = read.await;
-    });
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
 });

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use arrowquant::model::Model;
+use arrowquant_formats::Model;
 use libfuzzer_sys::fuzz_target;
 
 /// `root/model/` is the model; `root/` also holds safetensors files that no model may reach.

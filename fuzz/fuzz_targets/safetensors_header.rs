@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use arrowquant::model::safetensors_file::read_table;
-use arrowquant::model::{row_layout, row_values};
+use arrowquant_formats::safetensors_file::read_table;
+use arrowquant_formats::{row_layout, row_values};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

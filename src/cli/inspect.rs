@@ -65,7 +65,7 @@ pub async fn run(args: InspectArgs) -> Result<()> {
     let ctx = crate::session::context();
     let model = args.model.display().to_string();
     // Open first: a bad model is reported as itself, not as a failed query.
-    let opened = Model::open(&args.model)?;
+    let opened = crate::open_model(&args.model)?;
     let detection = crate::pipeline::modality::detect(&opened);
     let df = ctx.sql(&inspect_sql(&model, args.header_only)).await?;
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());

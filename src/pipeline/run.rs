@@ -101,7 +101,7 @@ pub async fn quantize_model(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     let source = options.model.display().to_string();
-    let model = Model::open(&options.model)?;
+    let model = crate::open_model(&options.model)?;
     let mut inputs = Inputs::of_model(&model);
     if let Some(calibration) = &options.config.calibration {
         inputs.add(Path::new(calibration), "calibration set");

@@ -23,7 +23,7 @@ pub struct ReadSafetensors;
 impl TableFunctionImpl for ReadSafetensors {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let path = path_argument("read_safetensors", args.exprs())?;
-        let model = Model::open(&path)?;
+        let model = crate::open_model(&path)?;
         Ok(Arc::new(SafetensorsTable::new(Arc::new(model))))
     }
 }

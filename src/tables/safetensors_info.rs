@@ -20,7 +20,7 @@ pub struct SafetensorsInfo;
 impl TableFunctionImpl for SafetensorsInfo {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let path = path_argument("safetensors_info", args.exprs())?;
-        let model = Model::open(&path)?;
+        let model = crate::open_model(&path)?;
         let batch = info_batch(&model)?;
         Ok(Arc::new(MemTable::try_new(
             batch.schema(),

@@ -5,9 +5,9 @@
 // config.rs names the kernels by their crate, `arrowquant_udfs::kernels::scheme`.
 extern crate self as arrowquant_udfs;
 
-#[path = "../../../udfs/src/kernels/mod.rs"]
+#[path = "../../udfs/src/kernels/mod.rs"]
 #[allow(dead_code)]
 pub mod kernels;
 
-#[path = "../../../src/config.rs"]
+#[path = "../../src/config.rs"]
 pub mod config;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use datafusion::arrow::buffer::Buffer;
+use arrow_buffer::Buffer;
 use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};

@@ -1,7 +1,11 @@
-//! Reading models: safetensors files, sharded checkpoints, model and pipeline folders.
+//! The files ArrowQuant reads, parsed without DataFusion: safetensors files, sharded
+//! checkpoints, model and pipeline folders, and the check that a Parquet file's footer decodes.
+//! Everything here takes untrusted bytes, so it is built on its own for fuzzing (`fuzz/`).
 
 pub mod error;
 pub mod input;
+pub mod panics;
+pub mod parquet_file;
 pub mod safetensors_file;
 pub mod source;
 

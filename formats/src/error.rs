@@ -1,4 +1,4 @@
-//! Errors reading a model: each names the file, and the tensor where there is one.
+//! Errors reading a model or a file: each names the file, and the tensor where there is one.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,9 @@ pub enum ModelError {
 
     #[error("{path}: not a regular file ({kind})")]
     NotRegular { path: PathBuf, kind: &'static str },
+
+    #[error("{path}: not a readable Parquet file: {reason}")]
+    NotParquet { path: PathBuf, reason: String },
 
     #[error("{path}: not a safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
@@ -54,11 +57,5 @@ impl ModelError {
         } else {
             ModelError::Io { path, source }
         }
-    }
-}
-
-impl From<ModelError> for datafusion::common::DataFusionError {
-    fn from(e: ModelError) -> Self {
-        datafusion::common::DataFusionError::External(Box::new(e))
     }
 }
