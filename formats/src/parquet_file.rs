@@ -51,3 +51,115 @@ pub fn check(path: &Path) -> Result<(), ModelError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+
+    use super::*;
+
+    /// A fresh folder under the system's temporary directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "arrowquant-parquet-check-{name}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self, bytes: &[u8]) -> PathBuf {
+            let path = self.0.join("file.parquet");
+            std::fs::write(&path, bytes).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn refusal(path: &Path) -> String {
+        check(path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_written_parquet_file_passes() {
+        let scratch = Scratch::new("valid");
+        let path = scratch.0.join("valid.parquet");
+        let schema = Arc::new(parse_message_type("message m { required int32 a; }").unwrap());
+        let file = File::create(&path).unwrap();
+        let props = Arc::new(WriterProperties::builder().build());
+        // No row groups: the footer alone is what the check reads.
+        SerializedFileWriter::new(file, schema, props)
+            .unwrap()
+            .close()
+            .unwrap();
+        check(&path).unwrap();
+    }
+
+    #[test]
+    fn each_kind_of_corruption_is_named() {
+        let scratch = Scratch::new("corrupt");
+        let too_short = scratch.file(b"PAR1PAR1");
+        assert!(
+            refusal(&too_short).ends_with(
+                "not a readable Parquet file: 8 bytes is too short for the 12 bytes of magic and footer length"
+            ),
+            "{}",
+            refusal(&too_short)
+        );
+        let no_magic = scratch.file(&[7; 64]);
+        assert!(refusal(&no_magic).ends_with("no PAR1 magic at both ends"));
+
+        let mut lying = b"PAR1".to_vec();
+        lying.extend_from_slice(&[0; 8]);
+        lying.extend_from_slice(&u32::MAX.to_le_bytes());
+        lying.extend_from_slice(b"PAR1");
+        let lying = scratch.file(&lying);
+        assert!(
+            refusal(&lying)
+                .ends_with("footer length 4294967295 does not fit in the file (20 bytes)"),
+            "{}",
+            refusal(&lying)
+        );
+
+        let mut garbage = b"PAR1".to_vec();
+        garbage.extend_from_slice(&[0xa5; 24]);
+        garbage.extend_from_slice(&20u32.to_le_bytes());
+        garbage.extend_from_slice(b"PAR1");
+        let garbage = scratch.file(&garbage);
+        let text = refusal(&garbage);
+        assert!(
+            text.starts_with(&format!(
+                "{}: not a readable Parquet file: ",
+                garbage.display()
+            )) && (text.contains("corrupt footer") || text.contains("internal error")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_file_is_named() {
+        let scratch = Scratch::new("kinds");
+        assert!(
+            refusal(&scratch.0)
+                .ends_with("not a readable Parquet file: not a regular file (a directory)"),
+            "{}",
+            refusal(&scratch.0)
+        );
+        let missing = scratch.0.join("missing.parquet");
+        assert!(refusal(&missing).ends_with("no such file or directory"));
+    }
+}
