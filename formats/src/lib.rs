@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod input;
+mod page_header;
 pub mod panics;
 pub mod parquet_file;
 pub mod safetensors_file;

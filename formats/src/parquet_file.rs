@@ -4,14 +4,25 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::ModelError;
 use crate::input::file_kind;
+use crate::page_header::{self, HeaderError};
+
+/// The most bytes one page may decompress to. The parquet crate reserves a page's declared
+/// size before decompressing it (apache/arrow-rs#10734), so a header of a few bytes could ask
+/// for 2 GiB; writers cut pages at about 1 MiB.
+pub const MAX_PAGE_BYTES: i64 = 256 << 20;
+
+/// The most bytes a page header may take (writers cut statistics to a few dozen bytes).
+const MAX_HEADER_BYTES: usize = 16 << 20;
 
 /// Checks that `path` is a Parquet file whose footer the parquet crate decodes: the magic at
-/// both ends, a footer length that fits the file, and the metadata decoded (a panic of the
-/// decoder caught and said). Corruption in the data pages only shows while the pages are read.
+/// both ends, a footer length that fits the file, the metadata decoded (a panic of the decoder
+/// caught and said), and every page header of every column chunk: inside its chunk, with sizes
+/// that are not negative and a decompressed size within its chunk's and [`MAX_PAGE_BYTES`].
+/// Corruption inside the pages' data only shows while they are decoded.
 pub fn check(path: &Path) -> Result<(), ModelError> {
     let bad = |reason: String| ModelError::NotParquet {
         path: path.to_path_buf(),
@@ -43,12 +54,108 @@ pub fn check(path: &Path) -> Result<(), ModelError> {
             "footer length {footer} does not fit in the file ({size} bytes)"
         )));
     }
-    match crate::panics::catch(|| ParquetMetaDataReader::new().parse_and_finish(&file)) {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(bad(format!("corrupt footer: {e}"))),
-        Err(panic) => Err(bad(format!(
-            "internal error in the footer decoder: {panic}"
-        ))),
+    let metadata =
+        match crate::panics::catch(|| ParquetMetaDataReader::new().parse_and_finish(&file)) {
+            Ok(Ok(metadata)) => metadata,
+            Ok(Err(e)) => return Err(bad(format!("corrupt footer: {e}"))),
+            Err(panic) => {
+                return Err(bad(format!(
+                    "internal error in the footer decoder: {panic}"
+                )));
+            }
+        };
+    check_pages(&file, &metadata, size).map_err(bad)
+}
+
+/// Walks the page headers of every column chunk, as the page reader will.
+fn check_pages(file: &File, metadata: &ParquetMetaData, size: u64) -> Result<(), String> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            check_chunk(file, column, size)
+                .map_err(|e| format!("row group {g}, column '{}': {e}", column.column_path()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_chunk(file: &File, column: &ColumnChunkMetaData, size: u64) -> Result<(), String> {
+    let start = column
+        .dictionary_page_offset()
+        .unwrap_or(column.data_page_offset());
+    let len = column.compressed_size();
+    let total_uncompressed = column.uncompressed_size();
+    if start < 0 || len < 0 || total_uncompressed < 0 {
+        return Err(format!(
+            "negative offset or size in the footer (start {start}, {len} bytes, {total_uncompressed} uncompressed)"
+        ));
+    }
+    let (start, len) = (start as u64, len as u64);
+    let end = start
+        .checked_add(len)
+        .filter(|&end| end <= size)
+        .ok_or_else(|| format!("bytes {start}..+{len} run past the file ({size} bytes)"))?;
+    let limit = total_uncompressed.min(MAX_PAGE_BYTES);
+    let mut pos = start;
+    let mut buffer = Vec::new();
+    let mut page = 0usize;
+    while pos < end {
+        let at = |e: String| format!("page {page} at byte {pos}: {e}");
+        let sizes = read_header(file, pos, end, &mut buffer).map_err(at)?;
+        if sizes.compressed < 0 || sizes.uncompressed < 0 {
+            return Err(at(format!(
+                "negative page size ({} compressed, {} uncompressed)",
+                sizes.compressed, sizes.uncompressed
+            )));
+        }
+        if sizes.uncompressed > limit {
+            let bound = if limit == MAX_PAGE_BYTES {
+                format!("the limit of {MAX_PAGE_BYTES} bytes a page")
+            } else {
+                format!("its column chunk's {total_uncompressed} bytes")
+            };
+            return Err(at(format!(
+                "declares {} bytes decompressed, more than {bound}",
+                sizes.uncompressed
+            )));
+        }
+        let next = pos + sizes.header_len as u64 + sizes.compressed as u64;
+        if next > end {
+            return Err(at(format!(
+                "its {} bytes run past the column chunk's end at byte {end}",
+                sizes.compressed
+            )));
+        }
+        pos = next;
+        page += 1;
+    }
+    Ok(())
+}
+
+/// The header of the page at `pos`, read in windows that grow until it fits.
+fn read_header(
+    file: &File,
+    pos: u64,
+    end: u64,
+    buffer: &mut Vec<u8>,
+) -> Result<page_header::PageSizes, String> {
+    let available = usize::try_from(end - pos).unwrap_or(usize::MAX);
+    let mut window = 256usize;
+    loop {
+        let n = window.min(available).min(MAX_HEADER_BYTES);
+        buffer.resize(n, 0);
+        file.read_exact_at(buffer, pos)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        match page_header::read(buffer) {
+            Ok(sizes) => return Ok(sizes),
+            Err(HeaderError::Invalid(reason)) => return Err(format!("bad page header: {reason}")),
+            Err(HeaderError::Truncated) if n == available => {
+                return Err("the page header runs past its column chunk".into());
+            }
+            Err(HeaderError::Truncated) if n == MAX_HEADER_BYTES => {
+                return Err(format!("a page header over {MAX_HEADER_BYTES} bytes"));
+            }
+            Err(HeaderError::Truncated) => window = n * 4,
+        }
     }
 }
 
@@ -107,6 +214,52 @@ mod tests {
             .close()
             .unwrap();
         check(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_compressed_pages_passes() {
+        use parquet::basic::{Compression, ZstdLevel};
+        use parquet::data_type::Int32Type;
+        let scratch = Scratch::new("pages");
+        let path = scratch.0.join("pages.parquet");
+        let schema = Arc::new(parse_message_type("message m { required int32 a; }").unwrap());
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_data_page_size_limit(1024)
+            .set_write_batch_size(256)
+            .build();
+        let mut writer =
+            SerializedFileWriter::new(File::create(&path).unwrap(), schema, Arc::new(props))
+                .unwrap();
+        for _ in 0..2 {
+            let mut group = writer.next_row_group().unwrap();
+            let mut column = group.next_column().unwrap().unwrap();
+            let values: Vec<i32> = (0..10_000).collect();
+            column
+                .typed::<Int32Type>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            column.close().unwrap();
+            group.close().unwrap();
+        }
+        writer.close().unwrap();
+        check(&path).unwrap();
+    }
+
+    #[test]
+    fn a_page_declaring_more_than_its_chunk_is_refused() {
+        // Found by the calibration fuzz target: a page header of a few bytes declaring 671 MB
+        // decompressed, which the parquet crate would reserve before decompressing.
+        let scratch = Scratch::new("page-size");
+        let path = scratch.file(include_bytes!(
+            "../../fuzz/artifacts-found/calibration-oom-page-size"
+        ));
+        let text = refusal(&path);
+        assert!(
+            text.contains("row group 0, column '")
+                && text.contains("bytes decompressed, more than"),
+            "{text}"
+        );
     }
 
     #[test]
