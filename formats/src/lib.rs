@@ -4,11 +4,11 @@
 
 pub mod error;
 pub mod input;
-mod page_header;
 pub mod panics;
 pub mod parquet_file;
 pub mod safetensors_file;
 pub mod source;
+mod thrift_compact;
 
 pub use error::ModelError;
 pub use safetensors_file::{SafetensorsFile, TensorMeta, dtype_name, is_float};

@@ -8,7 +8,7 @@ use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, ParquetMetaD
 
 use crate::error::ModelError;
 use crate::input::file_kind;
-use crate::page_header::{self, HeaderError};
+use crate::thrift_compact::{self, HeaderError};
 
 /// The most bytes one page may decompress to. The parquet crate reserves a page's declared
 /// size before decompressing it (apache/arrow-rs#10734), so a header of a few bytes could ask
@@ -19,8 +19,9 @@ pub const MAX_PAGE_BYTES: i64 = 256 << 20;
 const MAX_HEADER_BYTES: usize = 16 << 20;
 
 /// Checks that `path` is a Parquet file whose footer the parquet crate decodes: the magic at
-/// both ends, a footer length that fits the file, the metadata decoded (a panic of the decoder
-/// caught and said), and every page header of every column chunk: inside its chunk, with sizes
+/// both ends, a footer length that fits the file, the footer's Thrift structure walked (every
+/// count and length within the footer), the metadata decoded (a panic of the decoder caught and
+/// said), and every page header of every column chunk: inside its chunk, with sizes
 /// that are not negative and a decompressed size within its chunk's and [`MAX_PAGE_BYTES`].
 /// Corruption inside the pages' data only shows while they are decoded.
 pub fn check(path: &Path) -> Result<(), ModelError> {
@@ -53,6 +54,19 @@ pub fn check(path: &Path) -> Result<(), ModelError> {
         return Err(bad(format!(
             "footer length {footer} does not fit in the file ({size} bytes)"
         )));
+    }
+    // Walked first: the decoder reserves every list's declared length before reading it.
+    let mut footer_bytes = vec![0u8; footer as usize];
+    file.read_exact_at(&mut footer_bytes, size - 8 - footer)
+        .map_err(|e| ModelError::io(path, e))?;
+    match thrift_compact::walk_struct(&footer_bytes) {
+        Ok(_) => {}
+        Err(HeaderError::Truncated) => {
+            return Err(bad(
+                "corrupt footer: a length or count runs past the footer's end".into(),
+            ));
+        }
+        Err(HeaderError::Invalid(reason)) => return Err(bad(format!("corrupt footer: {reason}"))),
     }
     let metadata =
         match crate::panics::catch(|| ParquetMetaDataReader::new().parse_and_finish(&file)) {
@@ -137,7 +151,7 @@ fn read_header(
     pos: u64,
     end: u64,
     buffer: &mut Vec<u8>,
-) -> Result<page_header::PageSizes, String> {
+) -> Result<thrift_compact::PageSizes, String> {
     let available = usize::try_from(end - pos).unwrap_or(usize::MAX);
     let mut window = 256usize;
     loop {
@@ -145,7 +159,7 @@ fn read_header(
         buffer.resize(n, 0);
         file.read_exact_at(buffer, pos)
             .map_err(|e| format!("cannot read: {e}"))?;
-        match page_header::read(buffer) {
+        match thrift_compact::read(buffer) {
             Ok(sizes) => return Ok(sizes),
             Err(HeaderError::Invalid(reason)) => return Err(format!("bad page header: {reason}")),
             Err(HeaderError::Truncated) if n == available => {
@@ -260,6 +274,18 @@ mod tests {
                 && text.contains("bytes decompressed, more than"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_footer_list_longer_than_the_footer_is_refused() {
+        // Found by the calibration fuzz target: a footer whose row-group list claims millions of
+        // entries, which the parquet crate would reserve (574 MB) before reading one.
+        let scratch = Scratch::new("footer-count");
+        let path = scratch.file(include_bytes!(
+            "../../fuzz/artifacts-found/calibration-oom-row-group-count"
+        ));
+        let text = refusal(&path);
+        assert!(text.contains("corrupt footer"), "{text}");
     }
 
     #[test]

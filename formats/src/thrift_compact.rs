@@ -1,9 +1,12 @@
-//! Just enough of Thrift's compact protocol to read a Parquet page header's sizes and its own
-//! length, so that every page of a file can be checked before the parquet crate decodes it.
+//! Just enough of Thrift's compact protocol to check a Parquet file's structures before the
+//! parquet crate decodes them: walk the footer (every list, map and binary length must fit in
+//! the bytes that are left, since the parquet crate reserves a list's declared length before
+//! reading its items: apache/arrow-rs#9874), and read a page header's sizes and its own length
+//! (it reserves a page's declared decompressed size: apache/arrow-rs#10734).
 //!
-//! Written here because neither library fits: the parquet crate keeps its `PageHeader` private,
-//! and the `thrift` crate allocates a binary field's declared length before reading it (an
-//! allocation sized by the untrusted bytes this check exists to refuse). This reader walks a
+//! Written here because neither library fits: the parquet crate keeps its Thrift structures
+//! private, and the `thrift` crate allocates a binary field's declared length before reading it
+//! (an allocation sized by the untrusted bytes this check exists to refuse). This reader walks a
 //! byte slice and allocates nothing.
 
 /// What a page header says about the page that follows it.
@@ -152,6 +155,14 @@ impl Reader<'_> {
     }
 }
 
+/// The length of the struct at the start of `bytes` (the footer's `FileMetaData`), walked to its
+/// end with every length and count checked against the bytes that are left.
+pub fn walk_struct(bytes: &[u8]) -> Result<usize, HeaderError> {
+    let mut r = Reader { bytes, pos: 0 };
+    r.skip_struct(0)?;
+    Ok(r.pos)
+}
+
 /// Reads the page header at the start of `bytes`: fields 2 and 3 of Parquet's `PageHeader`
 /// (`uncompressed_page_size`, `compressed_page_size`, both required), every other field skipped.
 pub fn read(bytes: &[u8]) -> Result<PageSizes, HeaderError> {
@@ -207,6 +218,20 @@ mod tests {
             })
         );
         assert_eq!(read(&header[..9]), Err(HeaderError::Truncated));
+    }
+
+    #[test]
+    fn walks_a_struct_and_refuses_counts_beyond_its_bytes() {
+        // field 1: a list of 3 i32, field 2: binary "ab", STOP; a trailing byte not counted.
+        let bytes = [
+            0x19, 0x35, 0x02, 0x04, 0x06, 0x18, 0x02, b'a', b'b', 0x00, 0x99,
+        ];
+        assert_eq!(walk_struct(&bytes), Ok(bytes.len() - 1));
+        // A list of 2^21 structs in 6 bytes: refused before a single item is read.
+        assert_eq!(
+            walk_struct(&[0x19, 0xfc, 0x80, 0x80, 0x80, 0x01]),
+            Err(HeaderError::Truncated)
+        );
     }
 
     #[test]
