@@ -112,14 +112,9 @@ pub async fn quantize_batch(
     } else {
         "make_array(CAST(array_length(weights) AS BIGINT))"
     };
-    // GGUF schemes have their own block size, whatever the configured group size.
-    let group = match crate::udfs::kernels::Scheme::parse(&config.scheme)
-        .ok()
-        .and_then(|s| s.gguf())
-    {
-        Some(_) => crate::udfs::kernels::gguf::BLOCK.to_string(),
-        None => format!("'{}'", config.group_size),
-    };
+    let spec = config
+        .spec()
+        .map_err(|e| DataFusionError::Plan(e.to_string()))?;
     // quantize_measured reads each layer once: the codes and the sums behind the cosine come
     // from the same pass. No ORDER BY: each partition holds a contiguous run of layers, put
     // back in order below without copying them.
@@ -132,9 +127,9 @@ pub async fn quantize_batch(
          FROM (SELECT __row, layer_name, {shape} AS original_shape,
                       quantize_measured(weights, {bits}, {group}, '{scheme}') AS m
                FROM input)",
-        bits = config.bit_width,
-        group = group,
-        scheme = config.scheme,
+        bits = spec.bits,
+        group = crate::pipeline::plan::group_literal(spec.group),
+        scheme = spec.scheme,
     );
     let partitioned = ctx.sql(&sql).await?.collect_partitioned().await?;
     let mut results: Vec<RecordBatch> = partitioned

@@ -1,5 +1,7 @@
-//! `DiffusionQuantConfig`: what a quantization run does, from a profile, a YAML file,
-//! `ARROW_QUANT_*` environment variables and explicit settings.
+//! [`QuantConfig`] (the Python package's `DiffusionQuantConfig`): what a quantization run does,
+//! from a profile, a YAML file, `ARROW_QUANT_*` environment variables and explicit settings.
+//! The weight settings are held as the kernels' types ([`Scheme`], [`GroupSize`]) from the
+//! moment they are read, and [`QuantConfig::spec`] is the validated [`QuantSpec`].
 //!
 //! Priority, highest first: explicit settings (CLI flags, a config object) > YAML > environment >
 //! the profile's defaults. The profile itself is chosen by the same order. Every key is checked:
@@ -52,9 +54,9 @@ impl Profile {
     /// tensor below it is redone at the next wider setting when `fallback` is on.
     pub fn defaults(self) -> QuantConfig {
         let (bit_width, group_size, min_cosine) = match self {
-            Profile::Edge => (2, "32", 0.90),
-            Profile::Local => (4, "64", 0.99),
-            Profile::Cloud => (8, "64", 0.9999),
+            Profile::Edge => (2, 32, 0.90),
+            Profile::Local => (4, 64, 0.99),
+            Profile::Cloud => (8, 64, 0.9999),
         };
         // Activations (used with a calibration set): the edge profile's 4-bit activations gain
         // most from adaptive groups and the transition optimisation (examples/sql/time_aware.sql).
@@ -66,8 +68,8 @@ impl Profile {
         QuantConfig {
             profile: self,
             bit_width,
-            group_size: group_size.to_string(),
-            scheme: "asym".to_string(),
+            group_size: GroupSize::Fixed(group_size),
+            scheme: Scheme::Asym,
             min_cosine,
             sensitive_bit_width: 8,
             fallback: true,
@@ -96,10 +98,12 @@ pub struct QuantConfig {
     pub profile: Profile,
     /// Code width of ordinary weight tensors.
     pub bit_width: u8,
-    /// Values per group: a number, or `row` for one group per row.
-    pub group_size: String,
+    /// Values per group: a number, or `row` for one group per row (written as its text).
+    #[serde(serialize_with = "as_text")]
+    pub group_size: GroupSize,
     /// `asym`, `sym`, `asym_minmax`, `sym_minmax`, or a GGUF scheme (`q4_0`, ...).
-    pub scheme: String,
+    #[serde(serialize_with = "as_text")]
+    pub scheme: Scheme,
     /// Smallest acceptable whole-tensor cosine similarity against the original.
     pub min_cosine: f64,
     /// Code width of sensitive tensors (embeddings, time embeddings, the first and last
@@ -126,6 +130,11 @@ pub struct QuantConfig {
     pub lambda_markov: f64,
     /// Weight of the entropy term of the optimisation.
     pub lambda_entropy: f64,
+}
+
+/// A setting of the kernels' types written as the text it is parsed from (`64`, `row`, `q4_0`).
+fn as_text<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 impl Default for QuantConfig {
@@ -568,12 +577,12 @@ impl QuantConfig {
         // A GGUF scheme fixes its code width and block size. A width or group size the user
         // set must agree with it (the rule `quantize` applies in SQL); one left at the
         // profile's default takes the scheme's, so the manifest records what was used.
-        if let Some(format) = Scheme::parse(&config.scheme).ok().and_then(|s| s.gguf()) {
+        if let Some(format) = config.scheme.gguf() {
             if !set_by.contains_key("bit_width") {
                 config.bit_width = format.bits();
             }
             if !set_by.contains_key("group_size") {
-                config.group_size = format.block_values().to_string();
+                config.group_size = GroupSize::Fixed(format.block_values());
             }
         }
         config.check(&|key| {
@@ -604,14 +613,11 @@ impl QuantConfig {
             "bit_width" => self.bit_width = parse_bits(value).map_err(bad)?,
             "sensitive_bit_width" => self.sensitive_bit_width = parse_bits(value).map_err(bad)?,
             "group_size" => {
-                let text = value.to_string();
-                GroupSize::parse(&text).map_err(|e| bad(e.to_string()))?;
-                self.group_size = text.trim().to_ascii_lowercase();
+                self.group_size =
+                    GroupSize::parse(&value.to_string()).map_err(|e| bad(e.to_string()))?;
             }
             "scheme" => {
-                let text = value.to_string();
-                Scheme::parse(&text).map_err(|e| bad(e.to_string()))?;
-                self.scheme = text.trim().to_ascii_lowercase();
+                self.scheme = Scheme::parse(&value.to_string()).map_err(|e| bad(e.to_string()))?;
             }
             "min_cosine" => {
                 let x = parse_number(value).map_err(bad)?;
@@ -678,17 +684,24 @@ impl QuantConfig {
         self.check(&|_| origin.to_string())
     }
 
-    /// [`validate`](Self::validate), naming the origin of each key through `origin_of`.
-    fn check(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    /// What ordinary weight tensors are quantized with: bit width, group size and scheme as
+    /// the kernels take them (an error names the key that does not fit, as `validate` does).
+    pub fn spec(&self) -> Result<QuantSpec, ConfigError> {
+        self.spec_of(&|_| "configuration".to_string())
+    }
+
+    fn spec_of(&self, origin_of: &dyn Fn(&str) -> String) -> Result<QuantSpec, ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             origin: origin_of(key),
             key: key.to_string(),
             reason,
         };
-        let scheme = Scheme::parse(&self.scheme).map_err(|e| bad("scheme", e.to_string()))?;
-        let group =
-            GroupSize::parse(&self.group_size).map_err(|e| bad("group_size", e.to_string()))?;
-        QuantSpec::new(i64::from(self.bit_width), Some(group), scheme).map_err(|e| match e {
+        QuantSpec::new(
+            i64::from(self.bit_width),
+            Some(self.group_size),
+            self.scheme,
+        )
+        .map_err(|e| match e {
             KernelError::SchemeGroup { scheme, block, .. } => bad(
                 "group_size",
                 format!(
@@ -699,7 +712,17 @@ impl QuantConfig {
             ),
             KernelError::SchemeBits { .. } => bad("bit_width", e.to_string()),
             _ => bad("scheme", e.to_string()),
-        })?;
+        })
+    }
+
+    /// [`validate`](Self::validate), naming the origin of each key through `origin_of`.
+    fn check(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::BadValue {
+            origin: origin_of(key),
+            key: key.to_string(),
+            reason,
+        };
+        self.spec_of(origin_of)?;
         if self.timestep_groups > self.num_timesteps {
             return Err(bad(
                 "timestep_groups",
@@ -854,11 +877,11 @@ mod tests {
         ]);
         // Environment over the profile.
         let c = QuantConfig::resolve(&e, None, &Settings::new("flags")).unwrap();
-        assert_eq!((c.bit_width, c.group_size.as_str()), (2, "128"));
+        assert_eq!((c.bit_width, &*c.group_size.to_string()), (2, "128"));
         // YAML over the environment.
         let y = Settings::from_yaml("c.yaml", "bit_width: 8\nprofile: cloud\n").unwrap();
         let c = QuantConfig::resolve(&e, Some(&y), &Settings::new("flags")).unwrap();
-        assert_eq!((c.bit_width, c.group_size.as_str()), (8, "128"));
+        assert_eq!((c.bit_width, &*c.group_size.to_string()), (8, "128"));
         assert_eq!(c.min_cosine, Profile::Cloud.defaults().min_cosine);
         // Flags over YAML.
         let mut f = Settings::new("flags");
@@ -1100,10 +1123,14 @@ mod tests {
                 &flags(&[("profile", profile), ("scheme", "q4_0")]),
             )
             .unwrap();
-            assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 4), "{profile}");
+            assert_eq!(
+                (&*c.group_size.to_string(), c.bit_width),
+                ("32", 4),
+                "{profile}"
+            );
         }
         let c = QuantConfig::resolve(&env(&[("ARROW_QUANT_SCHEME", "q8_0")]), None, &none).unwrap();
-        assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 8));
+        assert_eq!((&*c.group_size.to_string(), c.bit_width), ("32", 8));
         // Explicit and agreeing.
         let c = QuantConfig::resolve(
             &env(&[]),
@@ -1111,7 +1138,7 @@ mod tests {
             &flags(&[("scheme", "q5_1"), ("group_size", "32"), ("bit_width", "5")]),
         )
         .unwrap();
-        assert_eq!((c.group_size.as_str(), c.bit_width), ("32", 5));
+        assert_eq!((&*c.group_size.to_string(), c.bit_width), ("32", 5));
         // Explicit and disagreeing, from each source, named with its source.
         let expected = |origin: &str, g: &str| {
             format!(
@@ -1160,6 +1187,6 @@ mod tests {
     fn gguf_schemes_resolve_with_their_width() {
         let y = Settings::from_yaml("c.yaml", "scheme: q8_0\nbit_width: 8\n").unwrap();
         let c = QuantConfig::resolve(&env(&[]), Some(&y), &Settings::new("flags")).unwrap();
-        assert_eq!((c.scheme.as_str(), c.bit_width), ("q8_0", 8));
+        assert_eq!((c.scheme.name(), c.bit_width), ("q8_0", 8));
     }
 }

@@ -377,7 +377,35 @@ pub fn dtype_name(dtype: Dtype) -> String {
     format!("{dtype:?}")
 }
 
+/// The dtype a [`dtype_name`] names (the format's own spelling: `F32`, `BF16`, ...).
+pub fn dtype_of_name(name: &str) -> Option<Dtype> {
+    use serde::Deserialize;
+    use serde::de::value::{Error, StrDeserializer};
+    Dtype::deserialize(StrDeserializer::<Error>::new(name)).ok()
+}
+
 /// Dtypes read into the `weights` column (widened to f32) and eligible for quantization.
 pub fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_read_back() {
+        for dtype in [
+            Dtype::BOOL,
+            Dtype::F4,
+            Dtype::F8_E4M3,
+            Dtype::BF16,
+            Dtype::F32,
+            Dtype::C64,
+        ] {
+            assert_eq!(dtype_of_name(&dtype_name(dtype)), Some(dtype));
+        }
+        assert_eq!(dtype_of_name("F3"), None);
+        assert_eq!(dtype_of_name("f32"), None);
+    }
 }

@@ -35,8 +35,8 @@ fn settings_of(config: &QuantConfig) -> Settings {
     let mut s = Settings::new("round trip");
     s.set("profile", Value::Text(config.profile.name().to_string()))
         .set("bit_width", Value::Int(config.bit_width.into()))
-        .set("group_size", Value::Text(config.group_size.clone()))
-        .set("scheme", Value::Text(config.scheme.clone()))
+        .set("group_size", Value::Text(config.group_size.to_string()))
+        .set("scheme", Value::Text(config.scheme.to_string()))
         .set("min_cosine", Value::Float(config.min_cosine))
         .set(
             "sensitive_bit_width",

@@ -57,6 +57,8 @@ fn import_stream(data: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
         .pointer_checked(Some(c"arrow_array_stream"))?
         .cast::<FFI_ArrowArrayStream>();
     // Moves the stream out of the capsule and leaves a released one behind, as the protocol asks.
+    // SAFETY: the capsule is named "arrow_array_stream", so by the Arrow PyCapsule protocol its
+    // pointer is a valid FFI_ArrowArrayStream that the consumer may move out.
     unsafe { ArrowArrayStreamReader::from_raw(pointer.as_ptr()) }
         .map_err(|e| PyValueError::new_err(format!("not a readable Arrow stream: {e}")))
 }

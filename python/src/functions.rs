@@ -108,6 +108,8 @@ fn logical_codec(session: &Bound<'_, PyAny>) -> PyResult<FFI_LogicalExtensionCod
         .pointer_checked(Some(c"datafusion_logical_extension_codec"))?
         .cast();
     // The capsule owns the codec; we keep a clone of it (the FFI struct's own clone).
+    // SAFETY: `pointer_checked` returned the capsule's non-null pointer under the codec's
+    // name, so it points to the FFI codec the capsule owns, alive while `capsule` is borrowed.
     Ok(unsafe { pointer.as_ref() }.clone())
 }
 

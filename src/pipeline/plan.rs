@@ -3,9 +3,19 @@
 //! bits, group, scheme), `tensors` (`safetensors_info` of the model) and, for the report,
 //! `row_errors` (the per-row error sums the quantization query produced).
 
+use arrowquant_udfs::kernels::scheme::GroupSize;
+
 /// A string literal.
 pub fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A group size as the `group_size` argument of `quantize`: `64` or `'row'`.
+pub fn group_literal(group: GroupSize) -> String {
+    match group {
+        GroupSize::Fixed(g) => g.to_string(),
+        GroupSize::Row => sql_string("row"),
+    }
 }
 
 /// Quantizes every tensor of the strategy (or only `layers`, pushed down to the scan so other

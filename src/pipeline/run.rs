@@ -28,6 +28,7 @@ use super::plan::{REPORT_SQL, quantize_sql};
 use super::strategy::{TensorPlan, plan, strategy_batch};
 use crate::config::QuantConfig;
 use crate::model::Model;
+use crate::model::safetensors_file::dtype_of_name;
 use crate::tables::safetensors_info::info_batch;
 
 /// What to quantize, where to, and how.
@@ -108,7 +109,7 @@ pub async fn quantize_model(
     }
     let out = PartialDir::create(&options.output, &inputs, options.force)?;
     let modality = detect(&model);
-    let mut plans = plan(&model, &options.config, modality.modality);
+    let mut plans = plan(&model, &options.config, modality.modality)?;
     if plans.iter().all(|p| p.setting.is_none()) {
         return Err(DataFusionError::Plan(format!(
             "{}: nothing to quantize: all {} tensors are kept (1-D, integer or empty)",
@@ -178,11 +179,8 @@ pub async fn quantize_model(
         let low = below_threshold(&report, options.config.min_cosine);
         let mut redo = Vec::new();
         for p in plans.iter_mut().filter(|p| low.contains(&p.layer)) {
-            let current = p
-                .setting
-                .clone()
-                .expect("only quantized tensors are measured");
-            p.fallback_from.get_or_insert_with(|| current.describe());
+            let current = p.setting.expect("only quantized tensors are measured");
+            p.fallback_from.get_or_insert_with(|| current.to_string());
             p.setting = current.wider();
             if p.setting.is_none() {
                 p.reason = format!("{}; kept: quality short at every width", p.reason);
@@ -274,22 +272,11 @@ enum Located {
 fn locate_failures(model: &Model, plans: &[TensorPlan]) -> Located {
     use arrowquant_udfs::kernels::KernelError;
     use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
-    use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
     let mut quantizer = Quantizer::default();
     let mut out = QuantizedRow::default();
     let mut overflowing = Vec::new();
     for (index, p) in plans.iter().enumerate() {
-        let Some(s) = &p.setting else { continue };
-        let spec = Scheme::parse(&s.scheme).and_then(|scheme| {
-            let group = GroupSize::parse(&s.group_size)?;
-            QuantSpec::new(i64::from(s.bits), Some(group), scheme)
-        });
-        let spec = match spec {
-            Ok(spec) => spec,
-            Err(e) => {
-                return Located::Refused(exec_datafusion_err!("tensor '{}': {e}", p.layer));
-            }
-        };
+        let Some(spec) = p.setting else { continue };
         let mut failure = None;
         let mut overflow: Option<(usize, KernelError)> = None;
         let mut absmax = 0f32;
@@ -366,12 +353,8 @@ fn source_bytes(batch: &RecordBatch) -> Result<u64> {
         total += match data.filter(|d| d.is_valid(row)) {
             Some(d) => d.value(row).len() as u64,
             None => {
-                let width = match dtype.value(row) {
-                    "F64" => 8,
-                    "F32" => 4,
-                    _ => 2,
-                };
-                n.value(row).max(0) as u64 * width
+                let bits = dtype_of_name(dtype.value(row)).map_or(16, |d| d.bitsize());
+                (n.value(row).max(0) as u64 * bits as u64).div_ceil(8)
             }
         };
     }

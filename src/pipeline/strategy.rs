@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use arrowquant_udfs::kernels::scheme::Scheme;
+use arrowquant_udfs::kernels::scheme::{QuantSpec, Scheme};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt8Array, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 
 use super::modality::Modality;
 use crate::config::QuantConfig;
@@ -17,50 +17,11 @@ use crate::model::{Model, ModelTensor, is_float, row_layout};
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorPlan {
     pub layer: String,
-    /// `None`: kept as stored.
-    pub setting: Option<Setting>,
+    /// `None`: kept as stored. The fallback goes up [`QuantSpec::wider`].
+    pub setting: Option<QuantSpec>,
     pub reason: String,
     /// The setting it was first given, when quality fell short and it was redone.
     pub fallback_from: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Setting {
-    pub bits: u8,
-    pub group_size: String,
-    pub scheme: String,
-}
-
-impl Setting {
-    /// The next wider setting, for tensors whose quality falls short; `None` at the widest
-    /// (the tensor is then kept as stored).
-    pub fn wider(&self) -> Option<Setting> {
-        let scheme = Scheme::parse(&self.scheme).ok()?;
-        let (bits, scheme) = match scheme.gguf() {
-            Some(_) => match self.scheme.as_str() {
-                "q4_0" => (5, "q5_0"),
-                "q4_1" => (5, "q5_1"),
-                "q5_0" | "q5_1" => (8, "q8_0"),
-                _ => return None,
-            },
-            None => match self.bits {
-                // Affine schemes keep their group size and go 2 → 4 → 8 bits.
-                2 | 3 => (4, self.scheme.as_str()),
-                4..=6 => (8, self.scheme.as_str()),
-                _ => return None,
-            },
-        };
-        Some(Setting {
-            bits,
-            group_size: self.group_size.clone(),
-            scheme: scheme.to_string(),
-        })
-    }
-
-    /// `4-bit asym g64`, for reports.
-    pub fn describe(&self) -> String {
-        format!("{}-bit {} g{}", self.bits, self.scheme, self.group_size)
-    }
 }
 
 /// Embeddings and the layers every sample passes first and last: quantization error there
@@ -91,15 +52,38 @@ fn sensitivity(t: &ModelTensor, modality: Modality) -> Option<&'static str> {
 }
 
 /// Plans every tensor of a model.
-pub fn plan(model: &Model, config: &QuantConfig, modality: Modality) -> Vec<TensorPlan> {
-    model
+pub fn plan(model: &Model, config: &QuantConfig, modality: Modality) -> Result<Vec<TensorPlan>> {
+    let spec = config
+        .spec()
+        .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+    // Sensitive tensors take the sensitive width in the same scheme; GGUF formats have fixed
+    // widths, so they take the widest GGUF format.
+    let sensitive = if config.sensitive_bit_width > spec.bits {
+        let wide = match spec.scheme.gguf() {
+            Some(_) => QuantSpec::new(8, None, Scheme::Q8_0),
+            None => QuantSpec::new(
+                i64::from(config.sensitive_bit_width),
+                Some(spec.group),
+                spec.scheme,
+            ),
+        };
+        Some(wide.map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?)
+    } else {
+        None
+    };
+    Ok(model
         .tensors
         .iter()
-        .map(|t| plan_tensor(t, config, modality))
-        .collect()
+        .map(|t| plan_tensor(t, spec, sensitive, modality))
+        .collect())
 }
 
-fn plan_tensor(t: &ModelTensor, config: &QuantConfig, modality: Modality) -> TensorPlan {
+fn plan_tensor(
+    t: &ModelTensor,
+    spec: QuantSpec,
+    sensitive: Option<QuantSpec>,
+    modality: Modality,
+) -> TensorPlan {
     let keep = |reason: &str| TensorPlan {
         layer: t.layer.clone(),
         setting: None,
@@ -116,32 +100,23 @@ fn plan_tensor(t: &ModelTensor, config: &QuantConfig, modality: Modality) -> Ten
         return keep("1-D (bias, norm or scale)");
     }
     let (_, row_len) = row_layout(&t.meta.shape);
-    let mut setting = Setting {
-        bits: config.bit_width,
-        group_size: config.group_size.clone(),
-        scheme: config.scheme.clone(),
-    };
+    let mut setting = spec;
     let mut reason = "weight".to_string();
-    if let Some(why) = sensitivity(t, modality)
-        && config.sensitive_bit_width > config.bit_width
+    if let (Some(why), Some(wide)) = (sensitivity(t, modality), sensitive) {
+        reason = format!("{why}: {} bits", wide.bits);
+        setting = wide;
+    }
+    // A row the scheme's blocks do not divide takes the affine scheme at the same width, in
+    // groups of the block size.
+    if !setting.accepts_row(row_len)
+        && let Some(block) = setting.scheme.block_values()
     {
-        reason = format!("{why}: {} bits", config.sensitive_bit_width);
-        setting.bits = config.sensitive_bit_width;
-        if Scheme::parse(&setting.scheme).is_ok_and(|s| s.gguf().is_some()) {
-            setting.scheme = "q8_0".into();
-            setting.bits = 8;
-        }
-    }
-    // GGUF blocks hold 32 values: rows of other lengths take the affine scheme at the same width.
-    let is_gguf = Scheme::parse(&setting.scheme).is_ok_and(|s| s.gguf().is_some());
-    if is_gguf && row_len % 32 != 0 {
         reason = format!("{reason}; rows of {row_len} values are not whole GGUF blocks: asym");
-        setting.scheme = "asym".into();
-        setting.group_size = "32".into();
-    }
-    if Scheme::parse(&setting.scheme).is_ok_and(|s| s.gguf().is_some()) {
-        // GGUF blocks are 32 values whatever the configured group.
-        setting.group_size = "32".into();
+        setting = QuantSpec {
+            bits: setting.bits,
+            group: arrowquant_udfs::kernels::scheme::GroupSize::Fixed(block),
+            scheme: Scheme::Asym,
+        };
     }
     TensorPlan {
         layer: t.layer.clone(),
@@ -166,7 +141,7 @@ pub fn strategy_schema() -> SchemaRef {
 
 /// The strategy as a table.
 pub fn strategy_batch(plans: &[TensorPlan]) -> Result<RecordBatch> {
-    let setting = |f: fn(&Setting) -> String| {
+    let setting = |f: fn(&QuantSpec) -> String| {
         StringArray::from_iter(plans.iter().map(|p| p.setting.as_ref().map(f)))
     };
     let columns: Vec<ArrayRef> = vec![
@@ -183,8 +158,8 @@ pub fn strategy_batch(plans: &[TensorPlan]) -> Result<RecordBatch> {
         Arc::new(UInt8Array::from_iter(
             plans.iter().map(|p| p.setting.as_ref().map(|s| s.bits)),
         )),
-        Arc::new(setting(|s| s.group_size.clone())),
-        Arc::new(setting(|s| s.scheme.clone())),
+        Arc::new(setting(|s| s.group.to_string())),
+        Arc::new(setting(|s| s.scheme.to_string())),
         Arc::new(StringArray::from_iter_values(
             plans.iter().map(|p| p.reason.as_str()),
         )),
@@ -194,24 +169,4 @@ pub fn strategy_batch(plans: &[TensorPlan]) -> Result<RecordBatch> {
         Arc::new(UInt32Array::from_iter_values(0..plans.len() as u32)),
     ];
     Ok(RecordBatch::try_new(strategy_schema(), columns)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fallback_ladder() {
-        let s = |bits, scheme: &str| Setting {
-            bits,
-            group_size: "64".into(),
-            scheme: scheme.into(),
-        };
-        assert_eq!(s(2, "asym").wider(), Some(s(4, "asym")));
-        assert_eq!(s(4, "sym").wider(), Some(s(8, "sym")));
-        assert_eq!(s(8, "asym").wider(), None);
-        assert_eq!(s(4, "q4_0").wider(), Some(s(5, "q5_0")));
-        assert_eq!(s(5, "q5_1").wider(), Some(s(8, "q8_0")));
-        assert_eq!(s(8, "q8_0").wider(), None);
-    }
 }

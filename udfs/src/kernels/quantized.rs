@@ -404,6 +404,22 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_knows_the_bytes_a_row_stores() {
+        let mut quantizer = Quantizer::default();
+        for spec in specs() {
+            for len in [32, 96, 4096, 12_352] {
+                let mut q = QuantizedRow::default();
+                quantizer.quantize(&row(len, 3), &spec, &mut q).unwrap();
+                assert_eq!(
+                    spec.stored_bytes(len).unwrap(),
+                    stored_bytes(q.codes.len(), q.scales.len(), q.offsets.len()),
+                    "{spec}, {len} values"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn quantize_measured_is_quantize_then_measure_bit_for_bit() {
         let mut quantizer = Quantizer::default();
         for spec in specs() {

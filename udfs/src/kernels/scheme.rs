@@ -1,6 +1,13 @@
-//! What a `quantize` call asks for: bit width, group size and scheme, validated once.
+//! What a `quantize` call asks for: bit width, group size and scheme, validated once; and what
+//! each scheme is: its block size, the row lengths it takes, the bytes it stores and its next
+//! wider step. Everything above the kernels (SQL arguments, the configuration, the pipeline's
+//! strategy and fallback) asks these types instead of knowing the schemes itself, so a new
+//! scheme is an arm here and its kernel.
+
+use std::fmt;
 
 use super::error::{KernelError, PACKED_BITS, Result};
+use super::packing::packed_len;
 
 /// The storage schemes `quantize` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +88,17 @@ impl Scheme {
     pub fn searches(self) -> bool {
         matches!(self, Scheme::Asym | Scheme::Sym)
     }
+
+    /// Values per block for a scheme with a fixed block (GGUF), whatever the group size asked.
+    pub fn block_values(self) -> Option<usize> {
+        self.gguf().map(|format| format.block_values())
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Group size: a fixed number of values, or one group spanning the whole row.
@@ -121,6 +139,16 @@ impl GroupSize {
         match self {
             GroupSize::Fixed(g) => g,
             GroupSize::Row => len.max(1),
+        }
+    }
+}
+
+/// `64` or `row`: the text [`GroupSize::parse`] reads back.
+impl fmt::Display for GroupSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupSize::Fixed(g) => write!(f, "{g}"),
+            GroupSize::Row => f.write_str("row"),
         }
     }
 }
@@ -181,6 +209,61 @@ impl QuantSpec {
             scheme,
         })
     }
+
+    /// Whether a row of `len` values can be stored in this scheme: GGUF blocks need whole
+    /// blocks; the affine schemes take any length (the last group is shorter).
+    pub fn accepts_row(&self, len: usize) -> bool {
+        match self.scheme.block_values() {
+            Some(block) => len.is_multiple_of(block),
+            None => true,
+        }
+    }
+
+    /// The bytes a row of `len` values takes: packed codes plus every f16 scale and offset
+    /// (GGUF rows: their blocks, scales included). What `stored_bytes(q)` answers for a row
+    /// quantized with this spec.
+    pub fn stored_bytes(&self, len: usize) -> Result<usize> {
+        if let Some(format) = self.scheme.gguf() {
+            return format.row_bytes(len);
+        }
+        let groups = len.div_ceil(self.group.for_row(len));
+        let params = if self.scheme.is_symmetric() { 1 } else { 2 };
+        Ok(packed_len(len, self.bits) + 2 * params * groups)
+    }
+
+    /// Bits a weight for rows of `len` values, codes and scales together, exactly.
+    pub fn bits_per_weight(&self, len: usize) -> Result<f64> {
+        Ok(self.stored_bytes(len)? as f64 * 8.0 / len.max(1) as f64)
+    }
+
+    /// The next wider step, for a tensor whose quality falls short; `None` at the widest. The
+    /// affine schemes keep their group and go 2 or 3 → 4 → 8 bits; the GGUF formats go q4_0 →
+    /// q5_0 → q8_0 and q4_1 → q5_1 → q8_0.
+    pub fn wider(&self) -> Option<QuantSpec> {
+        let (bits, scheme) = match self.scheme {
+            Scheme::Q4_0 => (5, Scheme::Q5_0),
+            Scheme::Q4_1 => (5, Scheme::Q5_1),
+            Scheme::Q5_0 | Scheme::Q5_1 => (8, Scheme::Q8_0),
+            Scheme::Q8_0 => return None,
+            Scheme::Asym | Scheme::Sym | Scheme::AsymMinMax | Scheme::SymMinMax => {
+                match self.bits {
+                    2 | 3 => (4, self.scheme),
+                    4..=6 => (8, self.scheme),
+                    _ => return None,
+                }
+            }
+        };
+        QuantSpec::new(i64::from(bits), Some(self.group), scheme)
+            .or_else(|_| QuantSpec::new(i64::from(bits), None, scheme))
+            .ok()
+    }
+}
+
+/// `4-bit asym g64`, for reports.
+impl fmt::Display for QuantSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-bit {} g{}", self.bits, self.scheme, self.group)
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +305,66 @@ mod tests {
         assert!(GroupSize::from_i64(-64).is_err());
         assert!(GroupSize::from_i64(8192).is_err());
         assert_eq!(GroupSize::parse("ROW").unwrap(), GroupSize::Row);
+    }
+
+    #[test]
+    fn group_sizes_print_what_parses_back() {
+        for g in [GroupSize::Fixed(16), GroupSize::Fixed(4096), GroupSize::Row] {
+            assert_eq!(GroupSize::parse(&g.to_string()).unwrap(), g);
+        }
+    }
+
+    fn spec(bits: i64, group: Option<usize>, scheme: Scheme) -> QuantSpec {
+        QuantSpec::new(bits, group.map(GroupSize::Fixed), scheme).unwrap()
+    }
+
+    #[test]
+    fn fallback_ladder() {
+        let asym = |bits| spec(bits, Some(64), Scheme::Asym);
+        assert_eq!(asym(2).wider(), Some(asym(4)));
+        assert_eq!(asym(3).wider(), Some(asym(4)));
+        assert_eq!(
+            spec(4, Some(64), Scheme::Sym).wider(),
+            Some(spec(8, Some(64), Scheme::Sym))
+        );
+        assert_eq!(asym(8).wider(), None);
+        assert_eq!(
+            spec(4, None, Scheme::Q4_0).wider(),
+            Some(spec(5, None, Scheme::Q5_0))
+        );
+        assert_eq!(
+            spec(4, None, Scheme::Q4_1).wider(),
+            Some(spec(5, None, Scheme::Q5_1))
+        );
+        assert_eq!(
+            spec(5, None, Scheme::Q5_1).wider(),
+            Some(spec(8, None, Scheme::Q8_0))
+        );
+        assert_eq!(spec(8, None, Scheme::Q8_0).wider(), None);
+        assert_eq!(asym(4).to_string(), "4-bit asym g64");
+    }
+
+    #[test]
+    fn row_lengths_and_sizes() {
+        let q4 = spec(4, None, Scheme::Q4_0);
+        assert!(q4.accepts_row(4096) && !q4.accepts_row(100));
+        assert_eq!(q4.stored_bytes(64).unwrap(), 36);
+        assert_eq!(q4.bits_per_weight(4096).unwrap(), 4.5);
+        assert!(q4.stored_bytes(100).is_err());
+        let asym = spec(4, Some(64), Scheme::Asym);
+        assert!(asym.accepts_row(100));
+        // 100 values: 50 bytes of codes, two groups of a scale and an offset.
+        assert_eq!(asym.stored_bytes(100).unwrap(), 50 + 8);
+        assert_eq!(asym.bits_per_weight(4096).unwrap(), 4.5);
+        assert_eq!(
+            spec(4, Some(64), Scheme::Sym)
+                .bits_per_weight(4096)
+                .unwrap(),
+            4.25
+        );
+        assert_eq!(
+            spec(8, None, Scheme::Q8_0).bits_per_weight(32).unwrap(),
+            8.5
+        );
     }
 }
