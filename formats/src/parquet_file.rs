@@ -59,7 +59,7 @@ pub fn check(path: &Path) -> Result<(), ModelError> {
     let mut footer_bytes = vec![0u8; footer as usize];
     file.read_exact_at(&mut footer_bytes, size - 8 - footer)
         .map_err(|e| ModelError::io(path, e))?;
-    match thrift_compact::walk_struct(&footer_bytes) {
+    match thrift_compact::walk_footer(&footer_bytes) {
         Ok(_) => {}
         Err(HeaderError::Truncated) => {
             return Err(bad(
@@ -261,6 +261,21 @@ mod tests {
     }
 
     #[test]
+    fn files_datafusion_wrote_pass() {
+        // The calibration fuzz target's seeds, written by DataFusion (lists, nulls, dictionary pages).
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/calibration");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&seeds).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "parquet") {
+                check(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "{checked} seed files in {}", seeds.display());
+    }
+
+    #[test]
     fn a_page_declaring_more_than_its_chunk_is_refused() {
         // Found by the calibration fuzz target: a page header of a few bytes declaring 671 MB
         // decompressed, which the parquet crate would reserve before decompressing.
@@ -286,6 +301,18 @@ mod tests {
         ));
         let text = refusal(&path);
         assert!(text.contains("corrupt footer"), "{text}");
+    }
+
+    #[test]
+    fn a_schema_element_with_more_children_than_the_schema_is_refused() {
+        // Found by the calibration fuzz target: num_children of 457 million, which the parquet
+        // crate would reserve (3.6 GB) while building the schema.
+        let scratch = Scratch::new("schema-children");
+        let path = scratch.file(include_bytes!(
+            "../../fuzz/artifacts-found/calibration-oom-schema-children"
+        ));
+        let text = refusal(&path);
+        assert!(text.contains("corrupt footer: schema element"), "{text}");
     }
 
     #[test]

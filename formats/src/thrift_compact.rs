@@ -146,6 +146,39 @@ impl Reader<'_> {
         Ok(Some((*last_id, head & 0x0f)))
     }
 
+    /// A list of schema elements, each element's child count checked against the list's.
+    fn schema(&mut self) -> Result<(), HeaderError> {
+        let head = self.byte()?;
+        let mut count = u64::from(head >> 4);
+        if count == 15 {
+            count = self.varint()?;
+        }
+        if head & 0x0f != 12 {
+            return Err(HeaderError::Invalid(
+                "a schema that is not a list of structs".into(),
+            ));
+        }
+        if count > (self.bytes.len() - self.pos) as u64 {
+            return Err(HeaderError::Truncated);
+        }
+        for element in 0..count {
+            let mut id = 0;
+            while let Some((field, kind)) = self.field(&mut id)? {
+                if (field, kind) == (5, 5) {
+                    let children = self.zigzag()?;
+                    if children < 0 || children as u64 >= count {
+                        return Err(HeaderError::Invalid(format!(
+                            "schema element {element} claims {children} children among {count} elements"
+                        )));
+                    }
+                } else {
+                    self.skip_value(kind, 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn skip_struct(&mut self, depth: usize) -> Result<(), HeaderError> {
         let mut id = 0;
         while let Some((_, kind)) = self.field(&mut id)? {
@@ -156,10 +189,19 @@ impl Reader<'_> {
 }
 
 /// The length of the struct at the start of `bytes` (the footer's `FileMetaData`), walked to its
-/// end with every length and count checked against the bytes that are left.
-pub fn walk_struct(bytes: &[u8]) -> Result<usize, HeaderError> {
+/// end with every length and count checked against the bytes that are left. Its schema (field
+/// 2, a list of `SchemaElement`) is read too: each element's `num_children` (field 5) must be
+/// within the number of elements, since the parquet crate reserves that many children.
+pub fn walk_footer(bytes: &[u8]) -> Result<usize, HeaderError> {
     let mut r = Reader { bytes, pos: 0 };
-    r.skip_struct(0)?;
+    let mut id = 0;
+    while let Some((field, kind)) = r.field(&mut id)? {
+        if (field, kind) == (2, 9) {
+            r.schema()?;
+        } else {
+            r.skip_value(kind, 0)?;
+        }
+    }
     Ok(r.pos)
 }
 
@@ -226,12 +268,21 @@ mod tests {
         let bytes = [
             0x19, 0x35, 0x02, 0x04, 0x06, 0x18, 0x02, b'a', b'b', 0x00, 0x99,
         ];
-        assert_eq!(walk_struct(&bytes), Ok(bytes.len() - 1));
+        assert_eq!(walk_footer(&bytes), Ok(bytes.len() - 1));
         // A list of 2^21 structs in 6 bytes: refused before a single item is read.
         assert_eq!(
-            walk_struct(&[0x19, 0xfc, 0x80, 0x80, 0x80, 0x01]),
+            walk_footer(&[0x19, 0xfc, 0x80, 0x80, 0x80, 0x01]),
             Err(HeaderError::Truncated)
         );
+    }
+
+    #[test]
+    fn schema_elements_cannot_claim_more_children_than_the_schema_has() {
+        // field 2: a list of 2 structs; the first has num_children (field 5) = 1, the second 5.
+        let good = [0x29, 0x2c, 0x55, 0x02, 0x00, 0x00, 0x00];
+        assert_eq!(walk_footer(&good), Ok(good.len()));
+        let bad = [0x29, 0x2c, 0x55, 0x0a, 0x00, 0x00, 0x00];
+        assert!(matches!(walk_footer(&bad), Err(HeaderError::Invalid(_))));
     }
 
     #[test]
