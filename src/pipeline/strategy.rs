@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrowquant_udfs::kernels::scheme::{QuantSpec, Scheme};
+use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt8Array, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
@@ -112,11 +112,12 @@ fn plan_tensor(
         && let Some(block) = setting.scheme.block_values()
     {
         reason = format!("{reason}; rows of {row_len} values are not whole GGUF blocks: asym");
-        setting = QuantSpec {
-            bits: setting.bits,
-            group: arrowquant_udfs::kernels::scheme::GroupSize::Fixed(block),
-            scheme: Scheme::Asym,
-        };
+        setting = QuantSpec::new(
+            i64::from(setting.bits),
+            Some(GroupSize::Fixed(block)),
+            Scheme::Asym,
+        )
+        .expect("every GGUF width is an affine width and its block a valid group");
     }
     TensorPlan {
         layer: t.layer.clone(),
