@@ -7,21 +7,24 @@
 # overflows, times out or runs out of memory; the input that did it is in
 # fuzz/artifacts/TARGET/.
 #
-# Usage: scripts/fuzz.sh [-t SECONDS | -n RUNS] [TARGET...]
+# Usage: scripts/fuzz.sh [-t SECONDS | -n RUNS] [-l BYTES] [TARGET...]
 #   -t SECONDS  run each target this long (default 60)
 #   -n RUNS     run each target for this many executions instead
+#   -l BYTES    longest input to try (libFuzzer's -max_len; default: libFuzzer's choice)
 #   TARGET      only these targets (default: every target)
 # Environment: FUZZ_TARGET_DIR (build folder, default fuzz/target), FUZZ_SANITIZER (address or
 # none; default address), FUZZ_CORPUS_OUT (keep the inputs the runs found there, a folder per
-# target).
+# target), FUZZ_ARGS (more libFuzzer flags, e.g. "-entropic=0 -reduce_inputs=0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 limit=(-max_total_time=60)
-while getopts "t:n:" opt; do
+max_len=()
+while getopts "t:n:l:" opt; do
     case $opt in
     t) limit=(-max_total_time="$OPTARG") ;;
     n) limit=(-runs="$OPTARG") ;;
+    l) max_len=(-max_len="$OPTARG") ;;
     *)
         sed -n '2,/^set /p' "$0" | sed '$d' >&2
         exit 2
@@ -75,7 +78,7 @@ for target in $(cargo fuzz list --fuzz-dir "$dir"); do
     # -timeout: an input taking longer is a hang. -malloc_limit_mb: one allocation of
     # more than 512 MB, from an input of a few KB, is sized by an untrusted number. No -jobs or -workers: one process, one core.
     if cargo fuzz run "${flags[@]}" "$target" "$corpus" "$PWD/$dir/corpus/$target" -- \
-        "${limit[@]}" -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 > "$log" 2>&1; then
+        "${limit[@]}" ${max_len[@]+"${max_len[@]}"} ${FUZZ_ARGS:-} -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 > "$log" 2>&1; then
         status=ok
     else
         status=FAILED

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
+use arrowquant_udfs::kernels::scheme::QuantSpec;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt8Array, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
@@ -56,18 +56,11 @@ pub fn plan(model: &Model, config: &QuantConfig, modality: Modality) -> Result<V
     let spec = config
         .spec()
         .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-    // Sensitive tensors take the sensitive width in the same scheme; GGUF formats have fixed
-    // widths, so they take the widest GGUF format.
     let sensitive = if config.sensitive_bit_width > spec.bits {
-        let wide = match spec.scheme.gguf() {
-            Some(_) => QuantSpec::new(8, None, Scheme::Q8_0),
-            None => QuantSpec::new(
-                i64::from(config.sensitive_bit_width),
-                Some(spec.group),
-                spec.scheme,
-            ),
-        };
-        Some(wide.map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?)
+        let wide = spec
+            .at_width(config.sensitive_bit_width)
+            .map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?;
+        Some(wide)
     } else {
         None
     };
@@ -106,18 +99,10 @@ fn plan_tensor(
         reason = format!("{why}: {} bits", wide.bits);
         setting = wide;
     }
-    // A row the scheme's blocks do not divide takes the affine scheme at the same width, in
-    // groups of the block size.
-    if !setting.accepts_row(row_len)
-        && let Some(block) = setting.scheme.block_values()
-    {
+    let for_row = setting.for_row(row_len);
+    if for_row != setting {
         reason = format!("{reason}; rows of {row_len} values are not whole GGUF blocks: asym");
-        setting = QuantSpec::new(
-            i64::from(setting.bits),
-            Some(GroupSize::Fixed(block)),
-            Scheme::Asym,
-        )
-        .expect("every GGUF width is an affine width and its block a valid group");
+        setting = for_row;
     }
     TensorPlan {
         layer: t.layer.clone(),

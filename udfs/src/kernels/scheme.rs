@@ -236,6 +236,29 @@ impl QuantSpec {
         Ok(self.stored_bytes(len)? as f64 * 8.0 / len.max(1) as f64)
     }
 
+    /// The spec for a row of `len` values: this one when it stores such rows, otherwise
+    /// (a row GGUF blocks do not divide) the affine scheme at the same width in groups of the
+    /// block size, which stores any length.
+    pub fn for_row(&self, len: usize) -> QuantSpec {
+        match self.scheme.block_values() {
+            Some(block) if !self.accepts_row(len) => QuantSpec {
+                bits: self.bits,
+                group: GroupSize::Fixed(block),
+                scheme: Scheme::Asym,
+            },
+            _ => *self,
+        }
+    }
+
+    /// The spec for tensors that need `bits` (sensitive layers): the same scheme and group at
+    /// that width; GGUF formats have fixed widths, so they take the widest GGUF format, q8_0.
+    pub fn at_width(&self, bits: u8) -> Result<QuantSpec> {
+        match self.scheme.gguf() {
+            Some(_) => QuantSpec::new(8, None, Scheme::Q8_0),
+            None => QuantSpec::new(i64::from(bits), Some(self.group), self.scheme),
+        }
+    }
+
     /// The next wider step, for a tensor whose quality falls short; `None` at the widest. The
     /// affine schemes keep their group and go 2 or 3 → 4 → 8 bits; the GGUF formats go q4_0 →
     /// q5_0 → q8_0 and q4_1 → q5_1 → q8_0.
@@ -316,6 +339,31 @@ mod tests {
 
     fn spec(bits: i64, group: Option<usize>, scheme: Scheme) -> QuantSpec {
         QuantSpec::new(bits, group.map(GroupSize::Fixed), scheme).unwrap()
+    }
+
+    #[test]
+    fn rows_blocks_do_not_divide_take_affine_at_the_same_width() {
+        let q4 = spec(4, None, Scheme::Q4_0);
+        assert_eq!(q4.for_row(64), q4);
+        assert_eq!(q4.for_row(48), spec(4, Some(32), Scheme::Asym));
+        let q8 = spec(8, None, Scheme::Q8_0);
+        assert_eq!(q8.for_row(33), spec(8, Some(32), Scheme::Asym));
+        let asym = spec(3, Some(64), Scheme::Asym);
+        assert_eq!(asym.for_row(7), asym);
+    }
+
+    #[test]
+    fn sensitive_widths_keep_the_scheme_or_take_the_widest_gguf_format() {
+        let asym = spec(4, Some(128), Scheme::Sym);
+        assert_eq!(asym.at_width(8).unwrap(), spec(8, Some(128), Scheme::Sym));
+        assert_eq!(
+            spec(4, None, Scheme::Q4_1).at_width(6).unwrap(),
+            spec(8, None, Scheme::Q8_0)
+        );
+        assert!(matches!(
+            asym.at_width(7),
+            Err(KernelError::UnsupportedBits { bits: 7, .. })
+        ));
     }
 
     #[test]
