@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use arrowquant_udfs::quantize_measured::QuantizeMeasured;
 use datafusion::common::Result;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_cli::catalog::DynamicObjectStoreCatalog;
 use datafusion_cli::object_storage::instrumented::InstrumentedObjectStoreRegistry;
@@ -18,10 +20,14 @@ pub fn context() -> SessionContext {
 
 /// A session for the model pipeline: batches of at most 128 rows, so that operators that
 /// gather rows (the strategy join) never build buffers of more than a few megabytes, which
-/// keeps memory flat and the data in cache.
+/// keeps memory flat and the data in cache. Its `quantize_measured` reports a refused row as
+/// a value (`m['refused']`), so the query itself names the tensor and row.
 pub fn pipeline_context() -> SessionContext {
     let ctx = SessionContext::new_with_config(config().with_batch_size(PIPELINE_BATCH_ROWS));
     arrowquant_udfs::register_all(&ctx);
+    ctx.register_udf(ScalarUDF::new_from_impl(
+        QuantizeMeasured::reporting_refusals(),
+    ));
     crate::tables::register_tables(&ctx);
     ctx
 }

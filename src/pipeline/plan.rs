@@ -36,7 +36,8 @@ pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
     };
     // Two branches, so that neither carries the other's column through the join: quantized
     // tensors need only their values, kept tensors only their bytes. quantize_measured
-    // gives each row's error sums from the same pass over its values.
+    // gives each row's error sums from the same pass over its values, and (the pipeline's
+    // variant, see session::pipeline_context) why a row was refused.
     format!(
         "WITH quantized AS (
   SELECT w.layer, w.row, w.shape, w.dtype,
@@ -46,11 +47,11 @@ pub fn quantize_sql(source: &str, layers: Option<&[String]>) -> String {
 )
 SELECT layer, row, shape, dtype, m['quantized'] AS q, CAST(NULL AS BYTEA) AS data,
        m['error_sums'] AS error,
-       stored_bytes(m['quantized']) AS stored_bytes
+       stored_bytes(m['quantized']) AS stored_bytes, m['refused'] AS refused
 FROM quantized
 UNION ALL
 SELECT w.layer, w.row, w.shape, w.dtype, NULL AS q, w.data,
-       NULL AS error, NULL AS stored_bytes
+       NULL AS error, NULL AS stored_bytes, NULL AS refused
 FROM strategy s JOIN read_safetensors({source}) w ON w.layer = s.layer
 WHERE s.action = 'keep'{and_filter}",
         source = sql_string(source),

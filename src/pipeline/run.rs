@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type, Schema};
+use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int64Type, Schema};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::activations::{ActivationSummary, calibrate};
 use super::modality::{Detection, detect};
 use super::output::{Inputs, PartialDir, TableWriter, write_table, write_text};
-use super::plan::{REPORT_SQL, quantize_sql};
+use super::plan::{REPORT_SQL, quantize_sql, sql_string};
 use super::strategy::{TensorPlan, plan, strategy_batch};
 use crate::config::QuantConfig;
 use crate::model::Model;
@@ -133,41 +133,19 @@ pub async fn quantize_model(
         phase: "quantizing".into(),
         bytes: total_bytes,
     });
-    let mut errors = loop {
-        match run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await {
-            Ok(errors) => break errors,
-            // A row the quantizer refused: find which tensor and row it was.
-            Err(e)
-                if e.find_root()
-                    .to_string()
-                    .contains("quantize_measured: row ") =>
-            {
-                // Tensors whose values no f16 scale can reach are kept as stored and the pass
-                // runs again without them; any other refusal fails the run, naming the row.
-                let overflowing = match locate_failures(&model, &plans) {
-                    Located::Refused(error) => return Err(error),
-                    Located::Nothing => return Err(e),
-                    Located::Overflowing(tensors) => tensors,
-                };
-                for (index, reason) in overflowing {
-                    plans[index].setting = None;
-                    plans[index].reason = reason;
-                }
-                ctx.deregister_table("strategy")?;
-                ctx.register_batch("strategy", strategy_batch(&plans)?)?;
-                // The abandoned writer goes first: dropping it flushes its buffer into the file.
-                drop(writer);
-                writer =
-                    TableWriter::create(&weights_path, weights_schema_of(&ctx, &source).await?)?;
-                progress(Progress::Start {
-                    phase: "quantizing".into(),
-                    bytes: total_bytes,
-                });
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let pass = run_pass(&ctx, &quantize_sql(&source, None), &mut writer, progress).await?;
     writer.finish()?;
+    let mut errors = pass.errors;
+    keep_refused(
+        &ctx,
+        &mut plans,
+        &mut errors,
+        pass.refused,
+        &source,
+        &out,
+        progress,
+    )
+    .await?;
 
     // Fallback passes: tensors under the threshold, one step wider, until none is left.
     let mut report = tensor_report(&ctx, &errors).await?;
@@ -193,32 +171,20 @@ pub async fn quantize_model(
         fallbacks += redo.len();
         ctx.deregister_table("strategy")?;
         ctx.register_batch("strategy", strategy_batch(&plans)?)?;
-        let redo_bytes: u64 = model
-            .tensors
-            .iter()
-            .filter(|t| redo.contains(&t.layer))
-            .map(|t| t.meta.len as u64)
-            .sum();
-        progress(Progress::Start {
-            phase: format!("redoing {} tensors", redo.len()),
-            bytes: redo_bytes,
-        });
-        let merged_path = out.file("weights.merged.parquet");
-        let mut merged =
-            TableWriter::create(&merged_path, weights_schema_of(&ctx, &source).await?)?;
-        let redone = run_pass(
+        let phase = format!("redoing {} tensors", redo.len());
+        let redone = redo_layers(&ctx, &source, &redo, &out, &phase, progress).await?;
+        errors = drop_layers(errors, &redo)?;
+        errors.extend(redone.errors);
+        keep_refused(
             &ctx,
-            &quantize_sql(&source, Some(&redo)),
-            &mut merged,
+            &mut plans,
+            &mut errors,
+            redone.refused,
+            &source,
+            &out,
             progress,
         )
         .await?;
-        copy_rows_except(&ctx, &weights_path, &redo, &mut merged).await?;
-        merged.finish()?;
-        std::fs::rename(&merged_path, &weights_path)
-            .map_err(|e| exec_datafusion_err!("cannot replace {}: {e}", weights_path.display()))?;
-        errors = drop_layers(errors, &redo)?;
-        errors.extend(redone);
         report = tensor_report(&ctx, &errors).await?;
     }
 
@@ -249,83 +215,135 @@ async fn weights_schema_of(ctx: &SessionContext, source: &str) -> Result<Arc<Sch
     let df = ctx.sql(&quantize_sql(source, Some(&[]))).await?;
     let schema = df.schema().as_arrow();
     let keep: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !matches!(schema.field(i).name().as_str(), "error" | "stored_bytes"))
+        .filter(|&i| {
+            !matches!(
+                schema.field(i).name().as_str(),
+                "error" | "stored_bytes" | "refused"
+            )
+        })
         .collect();
     Ok(Arc::new(schema.project(&keep)?))
 }
 
-/// What walking the planned tensors after a failed quantization query found.
-enum Located {
-    /// A row the quantizer refuses for a reason other than f16 range: the run fails with it.
-    Refused(DataFusionError),
-    /// Tensors (by plan index) whose values are beyond what f16 scales and offsets hold, with
-    /// the reason to report for keeping them.
-    Overflowing(Vec<(usize, String)>),
-    /// Nothing: the failure was not the kernel's.
-    Nothing,
+/// A row the quantization query refused because no f16 scale or offset holds its values.
+struct Refused {
+    layer: String,
+    row: i64,
+    reason: String,
+    max_abs: f32,
 }
 
-/// Names the tensor and row behind a failed quantization query. Rows inside a query are
-/// numbered per batch, and batches mix tensors, so the failing tensors are found again by
-/// walking the planned tensors in order with the same kernels (this runs only after a
-/// failure). Every tensor is walked, so that all tensors beyond f16 range are found in one go.
-fn locate_failures(model: &Model, plans: &[TensorPlan]) -> Located {
-    use arrowquant_udfs::kernels::KernelError;
-    use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
-    let mut quantizer = Quantizer::default();
-    let mut out = QuantizedRow::default();
-    let mut overflowing = Vec::new();
-    for (index, p) in plans.iter().enumerate() {
-        let Some(spec) = p.setting else { continue };
-        let mut failure = None;
-        let mut overflow: Option<(usize, KernelError)> = None;
-        let mut absmax = 0f32;
-        crate::tables::scan::for_each_row(model, index, |row, values| {
-            // The largest magnitude, for the report (NaN never wins a max).
-            absmax = values.iter().fold(absmax, |m, v| m.max(v.abs()));
-            if overflow.is_some() {
-                return true;
-            }
-            match quantizer.quantize(values, &spec, &mut out) {
-                Ok(()) => true,
-                Err(e @ KernelError::ScaleOverflow { .. }) => {
-                    overflow = Some((row, e));
-                    true
-                }
-                Err(e) => {
-                    failure = Some(exec_datafusion_err!("tensor '{}' row {row}: {e}", p.layer));
-                    false
-                }
-            }
-        });
-        if let Some(error) = failure {
-            return Located::Refused(error);
-        }
-        if let Some((row, e)) = overflow {
-            overflowing.push((
-                index,
-                format!("values beyond f16 range: max |x| = {absmax:e} (row {row}: {e})"),
-            ));
-        }
-    }
-    if overflowing.is_empty() {
-        Located::Nothing
-    } else {
-        Located::Overflowing(overflowing)
-    }
+/// What one quantization query gave: each row's `(layer, error, stored_bytes)` and the rows
+/// refused as beyond f16 range.
+struct Pass {
+    errors: Vec<RecordBatch>,
+    refused: Vec<Refused>,
 }
 
-/// Runs one quantization query: rows to the writer, `(layer, error, stored_bytes)` kept.
+/// Tensors with rows beyond what f16 scales and offsets hold are kept as stored, with the
+/// reason in the report, and their rows rewritten; the rest of the output stands.
+async fn keep_refused(
+    ctx: &SessionContext,
+    plans: &mut [TensorPlan],
+    errors: &mut Vec<RecordBatch>,
+    refused: Vec<Refused>,
+    source: &str,
+    out: &PartialDir,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<()> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    // Per tensor: the first refused row (the report names it) and the largest magnitude.
+    let mut layers: Vec<(String, Refused)> = Vec::new();
+    for r in refused {
+        match layers.iter_mut().find(|(layer, _)| *layer == r.layer) {
+            Some((_, first)) => {
+                first.max_abs = first.max_abs.max(r.max_abs);
+                if r.row < first.row {
+                    (first.row, first.reason) = (r.row, r.reason);
+                }
+            }
+            None => layers.push((r.layer.clone(), r)),
+        }
+    }
+    for (layer, r) in &layers {
+        let p = plans
+            .iter_mut()
+            .find(|p| p.layer == *layer)
+            .ok_or_else(|| exec_datafusion_err!("refused rows of an unplanned tensor '{layer}'"))?;
+        p.setting = None;
+        p.reason = format!(
+            "values beyond f16 range: max |x| = {:e} (row {}: {})",
+            r.max_abs, r.row, r.reason
+        );
+    }
+    ctx.deregister_table("strategy")?;
+    ctx.register_batch("strategy", strategy_batch(plans)?)?;
+    let layers: Vec<String> = layers.into_iter().map(|(layer, _)| layer).collect();
+    let phase = format!("keeping {} tensors beyond f16 range", layers.len());
+    let kept = redo_layers(ctx, source, &layers, out, &phase, progress).await?;
+    *errors = drop_layers(std::mem::take(errors), &layers)?;
+    errors.extend(kept.errors);
+    Ok(())
+}
+
+/// Quantizes `layers` again with the strategy as it now stands and replaces their rows in
+/// `weights.parquet` (the other rows are copied across unchanged).
+async fn redo_layers(
+    ctx: &SessionContext,
+    source: &str,
+    layers: &[String],
+    out: &PartialDir,
+    phase: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Pass> {
+    let model_bytes = ctx
+        .sql(&format!(
+            "SELECT CAST(COALESCE(sum(bytes), 0) AS BIGINT) AS bytes FROM tensors WHERE layer IN ({})",
+            layers.iter().map(|l| sql_string(l)).collect::<Vec<_>>().join(", ")
+        ))
+        .await?
+        .collect()
+        .await?;
+    let bytes = model_bytes.first().map_or(0, |b| {
+        column(b, "bytes").as_primitive::<Int64Type>().value(0)
+    });
+    progress(Progress::Start {
+        phase: phase.to_string(),
+        bytes: bytes.max(0) as u64,
+    });
+    let weights_path = out.file("weights.parquet");
+    let merged_path = out.file("weights.merged.parquet");
+    let mut merged = TableWriter::create(&merged_path, weights_schema_of(ctx, source).await?)?;
+    let pass = run_pass(
+        ctx,
+        &quantize_sql(source, Some(layers)),
+        &mut merged,
+        progress,
+    )
+    .await?;
+    copy_rows_except(ctx, &weights_path, layers, &mut merged).await?;
+    merged.finish()?;
+    std::fs::rename(&merged_path, &weights_path)
+        .map_err(|e| exec_datafusion_err!("cannot replace {}: {e}", weights_path.display()))?;
+    Ok(pass)
+}
+
+/// Runs one quantization query: rows to the writer, `(layer, error, stored_bytes)` kept. A
+/// row refused for any reason but f16 range fails the run, naming its tensor and row.
 async fn run_pass(
     ctx: &SessionContext,
     sql: &str,
     writer: &mut TableWriter,
     progress: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Vec<RecordBatch>> {
+) -> Result<Pass> {
     let mut stream = ctx.sql(sql).await?.execute_stream().await?;
     let mut errors = Vec::new();
+    let mut refused = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
+        collect_refused(&batch, &mut refused)?;
         let schema = batch.schema();
         let index = |name: &str| schema.index_of(name);
         let keep: Vec<usize> = ["layer", "row", "shape", "dtype", "q", "data"]
@@ -338,7 +356,42 @@ async fn run_pass(
             bytes: source_bytes(&batch)?,
         });
     }
-    Ok(errors)
+    Ok(Pass { errors, refused })
+}
+
+/// The rows of a batch of the quantization query that the quantizer refused.
+fn collect_refused(batch: &RecordBatch, into: &mut Vec<Refused>) -> Result<()> {
+    let refused = column(batch, "refused").as_struct();
+    if refused.null_count() == refused.len() {
+        return Ok(());
+    }
+    let layer = column(batch, "layer").as_string::<i32>();
+    let row = column(batch, "row").as_primitive::<Int64Type>();
+    let field = |name: &str| {
+        refused
+            .column_by_name(name)
+            .expect("a field of quantize_measured's refused struct")
+    };
+    let reason = field("reason").as_string::<i32>();
+    let beyond_f16 = field("beyond_f16").as_boolean();
+    let max_abs = field("max_abs").as_primitive::<Float32Type>();
+    for i in (0..batch.num_rows()).filter(|&i| refused.is_valid(i)) {
+        if !beyond_f16.value(i) {
+            return Err(exec_datafusion_err!(
+                "tensor '{}' row {}: {}",
+                layer.value(i),
+                row.value(i),
+                reason.value(i)
+            ));
+        }
+        into.push(Refused {
+            layer: layer.value(i).to_string(),
+            row: row.value(i),
+            reason: reason.value(i).to_string(),
+            max_abs: max_abs.value(i),
+        });
+    }
+    Ok(())
 }
 
 /// Bytes of source data behind a batch: values × dtype width, or the kept bytes.

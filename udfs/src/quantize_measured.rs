@@ -1,9 +1,15 @@
 //! `quantize_measured(weights, bits [, group_size [, scheme]])`: `quantize` and the
 //! `error_sums` of the result in one pass over the weights.
+//!
+//! A pipeline over a whole model registers [`QuantizeMeasured::reporting_refusals`] instead:
+//! a row the quantizer refuses is then a value of the query (field `refused`), with the
+//! query's own tensor and row beside it, rather than an error that ends the query.
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::StructArray;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, StringBuilder, StructArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
@@ -14,6 +20,7 @@ use datafusion::logical_expr::{
 use crate::common::{FloatRows, quantized_type, row_error};
 use crate::doc::{DOC_QUANTIZATION, scheme_list};
 use crate::error_sums::{SumsBuilder, error_sums_type};
+use crate::kernels::KernelError;
 use crate::kernels::quantized::{QuantizedRow, Quantizer};
 use crate::quant_args::{self, SpecArgs};
 use crate::quantize::QuantizedBuilder;
@@ -21,21 +28,95 @@ use crate::quantize::QuantizedBuilder;
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {
     signature: Signature,
+    /// Refused rows are values (the `refused` field) instead of errors.
+    refusals: bool,
 }
 
 impl Default for QuantizeMeasured {
     fn default() -> Self {
         Self {
             signature: Signature::user_defined(Volatility::Immutable),
+            refusals: false,
         }
     }
 }
 
-fn fields() -> Fields {
+impl QuantizeMeasured {
+    /// The variant for pipelines over whole models: a row the quantizer refuses gives NULL
+    /// `quantized` and `error_sums` and a third field, `refused`, says why: `{reason,
+    /// beyond_f16, max_abs}` (the kernel's message; whether no f16 scale or offset can hold
+    /// the row, which a pipeline answers by keeping the tensor as stored; the row's largest
+    /// magnitude). `refused` is NULL for every row that quantizes. Invalid arguments are
+    /// still errors.
+    pub fn reporting_refusals() -> Self {
+        Self {
+            refusals: true,
+            ..Self::default()
+        }
+    }
+
+    fn fields(&self) -> Fields {
+        let mut fields = vec![
+            Field::new("quantized", quantized_type(), true),
+            Field::new("error_sums", error_sums_type(), true),
+        ];
+        if self.refusals {
+            fields.push(Field::new(
+                "refused",
+                DataType::Struct(refusal_fields()),
+                true,
+            ));
+        }
+        Fields::from(fields)
+    }
+}
+
+fn refusal_fields() -> Fields {
     Fields::from(vec![
-        Field::new("quantized", quantized_type(), true),
-        Field::new("error_sums", error_sums_type(), true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("beyond_f16", DataType::Boolean, false),
+        Field::new("max_abs", DataType::Float32, false),
     ])
+}
+
+/// The `refused` column: one entry per row, NULL where the row quantized.
+#[derive(Default)]
+struct RefusalBuilder {
+    reason: StringBuilder,
+    beyond_f16: BooleanBuilder,
+    max_abs: Float32Builder,
+    valid: Vec<bool>,
+}
+
+impl RefusalBuilder {
+    fn append(&mut self, error: &KernelError, x: &[f32]) {
+        self.reason.append_value(error.to_string());
+        self.beyond_f16
+            .append_value(matches!(error, KernelError::ScaleOverflow { .. }));
+        // NaN never wins a max, so a row refused for NaN reports its finite magnitude.
+        self.max_abs
+            .append_value(x.iter().fold(0f32, |m, v| m.max(v.abs())));
+        self.valid.push(true);
+    }
+
+    fn append_null(&mut self) {
+        self.reason.append_value("");
+        self.beyond_f16.append_value(false);
+        self.max_abs.append_value(0.0);
+        self.valid.push(false);
+    }
+
+    fn finish(mut self) -> ArrayRef {
+        Arc::new(StructArray::new(
+            refusal_fields(),
+            vec![
+                Arc::new(self.reason.finish()),
+                Arc::new(self.beyond_f16.finish()),
+                Arc::new(self.max_abs.finish()),
+            ],
+            Some(self.valid.into()),
+        ))
+    }
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
@@ -76,14 +157,14 @@ impl ScalarUDFImpl for QuantizeMeasured {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(fields()))
+        Ok(DataType::Struct(self.fields()))
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         quant_args::validate_literals(self.name(), args.scalar_arguments)?;
         Ok(Arc::new(Field::new(
             self.name(),
-            DataType::Struct(fields()),
+            DataType::Struct(self.fields()),
             true,
         )))
     }
@@ -94,36 +175,119 @@ impl ScalarUDFImpl for QuantizeMeasured {
         let mut spec_args = SpecArgs::new(&args.args)?;
         let mut quantized = QuantizedBuilder::with_capacity(rows.len());
         let mut sums = SumsBuilder::with_capacity(rows.len());
+        let mut refused = self.refusals.then(RefusalBuilder::default);
         let mut quantizer = Quantizer::default();
         let mut row_out = QuantizedRow::default();
         for row in 0..rows.len() {
             let spec = spec_args
                 .spec(row)
                 .map_err(|e| row_error(self.name(), row, e))?;
-            match (rows.row(row), spec) {
+            let measured = match (rows.row(row), spec) {
                 (Some(x), Some(spec)) => {
-                    let s = quantizer
-                        .quantize_measured(x, &spec, &mut row_out)
-                        .map_err(|e| row_error(self.name(), row, e))?;
-                    quantized.append(&row_out, spec.bits, x.len() as u32, spec.scheme.name());
+                    match quantizer.quantize_measured(x, &spec, &mut row_out) {
+                        Ok(s) => Some((s, x.len(), spec)),
+                        Err(e) => match refused.as_mut() {
+                            Some(refused) => {
+                                refused.append(&e, x);
+                                quantized.append_null();
+                                sums.append_null();
+                                continue;
+                            }
+                            None => return Err(row_error(self.name(), row, e)),
+                        },
+                    }
+                }
+                _ => None,
+            };
+            match measured {
+                Some((s, len, spec)) => {
+                    quantized.append(&row_out, spec.bits, len as u32, spec.scheme.name());
                     sums.append(&s);
                 }
-                _ => {
+                None => {
                     quantized.append_null();
                     sums.append_null();
                 }
             }
+            if let Some(refused) = refused.as_mut() {
+                refused.append_null();
+            }
         }
+        let mut columns = vec![quantized.finish()?, sums.finish()];
+        columns.extend(refused.map(RefusalBuilder::finish));
         // The struct itself is never NULL: its fields are, so that m['quantized'] of a NULL
         // row is a NULL quantized value.
         Ok(ColumnarValue::Array(Arc::new(StructArray::new(
-            fields(),
-            vec![quantized.finish()?, sums.finish()],
+            self.fields(),
+            columns,
             None,
         ))))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOCUMENTATION)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float32Type;
+    use datafusion::logical_expr::ScalarUDF;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    const ROWS: &str = "SELECT * FROM (VALUES (1, [0.5, -0.25, 1.0, 0.0]), \
+        (2, [0.5, 'NaN', 1.0, 0.0]), (3, [3.0e6, 1.0, -2.0, 0.5])) AS t(id, w)";
+
+    #[tokio::test]
+    async fn the_pipeline_variant_reports_refused_rows_as_values() {
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            QuantizeMeasured::reporting_refusals(),
+        ));
+        let sql = format!(
+            "SELECT m['quantized'] IS NULL AS no_q, m['refused'] AS r
+             FROM (SELECT id, quantize_measured(CAST(w AS FLOAT[]), 4, 'row') AS m FROM ({ROWS})) ORDER BY id"
+        );
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let b = &batches[0];
+        let no_q = b.column(0).as_boolean();
+        let r = b.column(1).as_struct();
+        assert_eq!(
+            (0..3)
+                .map(|i| (no_q.value(i), r.is_valid(i)))
+                .collect::<Vec<_>>(),
+            [(false, false), (true, true), (true, true)]
+        );
+        let reason = r.column(0).as_string::<i32>();
+        let beyond = r.column(1).as_boolean();
+        let max_abs = r.column(2).as_primitive::<Float32Type>();
+        assert_eq!(reason.value(1), "non-finite value NaN at index 1");
+        assert!(!beyond.value(1));
+        assert_eq!(max_abs.value(1), 1.0);
+        assert!(
+            reason.value(2).contains("beyond the range of f16"),
+            "{}",
+            reason.value(2)
+        );
+        assert!(beyond.value(2));
+        assert_eq!(max_abs.value(2), 3.0e6);
+    }
+
+    #[tokio::test]
+    async fn the_sql_function_still_fails_on_a_refused_row() {
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::new_from_impl(QuantizeMeasured::default()));
+        let sql = format!(
+            "SELECT quantize_measured(CAST(w AS FLOAT[]), 4, 'row') FROM ({ROWS}) WHERE id = 2"
+        );
+        let e = ctx.sql(&sql).await.unwrap().collect().await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("quantize_measured: row 0: non-finite value NaN at index 1"),
+            "{e}"
+        );
     }
 }
