@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -123,7 +123,7 @@ pub async fn quantize_batch(
                 quantized_codes(m['quantized']) AS quantized_weights, m['quantized'] AS q,
                 original_shape,
                 CAST(compression_ratio(m['quantized']) AS FLOAT) AS compression_ratio,
-                m['error_sums'] AS e
+                CAST(sums_cosine(m['error_sums']) AS FLOAT) AS cosine_similarity
          FROM (SELECT __row, layer_name, {shape} AS original_shape,
                       quantize_measured(weights, {bits}, {group}, '{scheme}') AS m
                FROM input)",
@@ -340,14 +340,6 @@ fn zero_point_of(scale: f32, offset: f32, centre: i32) -> i8 {
 fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     let q = batch.column_by_name("q").expect("query column");
     let quantized = QuantizedColumn::new(q)?;
-    let sums = batch.column_by_name("e").expect("query column").as_struct();
-    let field = |name: &str| {
-        sums.column_by_name(name)
-            .expect("error_sums field")
-            .as_primitive::<Float64Type>()
-            .clone()
-    };
-    let (dot, a_sq, b_sq) = (field("dot"), field("a_sq"), field("b_sq"));
     let rows = batch.num_rows();
     let mut scale = Float32Builder::with_capacity(rows);
     let mut zero_point = Int8Builder::with_capacity(rows);
@@ -361,7 +353,6 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     let mut group_zeros: Vec<i8> = Vec::with_capacity(groups);
     let mut group_ends: Vec<i32> = Vec::with_capacity(rows + 1);
     group_ends.push(0);
-    let mut cosine = Float32Builder::with_capacity(rows);
     let mut bits = Vec::with_capacity(rows);
     let mut group_size = Vec::with_capacity(rows);
     let mut scheme = Vec::with_capacity(rows);
@@ -406,12 +397,6 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
             scale.append_null();
             zero_point.append_null();
         }
-        let denominator = (a_sq.value(row) * b_sq.value(row)).sqrt();
-        cosine.append_value(if denominator > 0.0 {
-            (dot.value(row) / denominator) as f32
-        } else {
-            1.0
-        });
         bits.push(r.bits);
         group_size.push(r.group_size);
         scheme.push(r.scheme.name());
@@ -436,7 +421,11 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 .column_by_name("compression_ratio")
                 .expect("query column"),
         ),
-        Arc::new(cosine.finish()),
+        Arc::clone(
+            batch
+                .column_by_name("cosine_similarity")
+                .expect("query column"),
+        ),
         list_of(&group_ends, Arc::new(Float32Array::from(group_scales))),
         list_of(&group_ends, Arc::new(Int8Array::from(group_zeros))),
         list_of(&group_ends, Arc::new(Float32Array::from(group_offsets))),

@@ -61,9 +61,10 @@ WHERE s.action = 'keep'{and_filter}",
 /// One row per tensor: its settings and whole-tensor quality, from the per-row sums.
 pub const REPORT_SQL: &str = "SELECT s.layer, t.dtype, t.shape, t.elements, s.action, s.bits,
        s.group_size, s.scheme, s.reason, s.fallback_from,
-       CASE WHEN s.action = 'keep' OR sum(e.error['err_sq']) = 0 THEN 1.0
-            ELSE sum(e.error['dot'])
-                 / NULLIF(sqrt(sum(e.error['a_sq'])) * sqrt(sum(e.error['b_sq'])), 0) END
+       CASE WHEN s.action = 'keep' THEN 1.0
+            ELSE sums_cosine(named_struct('n', sum(e.error['n']), 'dot', sum(e.error['dot']),
+                   'a_sq', sum(e.error['a_sq']), 'b_sq', sum(e.error['b_sq']),
+                   'err_sq', sum(e.error['err_sq']))) END
          AS cosine,
        CASE WHEN s.action = 'keep' THEN NULL
             ELSE 10 * log10(sum(e.error['a_sq']) / NULLIF(sum(e.error['err_sq']), 0)) END

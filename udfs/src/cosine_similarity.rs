@@ -11,7 +11,7 @@ use crate::pair_metric::PairMetric;
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
         DOC_QUALITY,
-        "Cosine similarity of two rows of the same length, computed in f64. NULL when either row is NULL, empty or all zeros; lists of different lengths are an error.",
+        "Cosine similarity of two rows of the same length, computed in f64: 1 when b equals a (rows of zeros included), NULL when either row is NULL or empty or one side is all zeros and the other is not, otherwise clamped to [−1, 1] (the definition of sums_cosine). Lists of different lengths are an error.",
         "cosine_similarity(a, b)",
     )
     .with_sql_example("```sql\n> SELECT cosine_similarity(weights, dequantize(quantize(weights, 4))) FROM layers;\n```")

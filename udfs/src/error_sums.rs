@@ -60,7 +60,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         DOC_QUALITY,
         "Sums of a pair of rows (f32 within blocks of 256 values, f64 across them): {n, dot = Σab, a_sq = Σa², b_sq = Σb², \
          err_sq = Σ(a−b)², max_abs_error}. They add up across rows, so whole-tensor metrics follow \
-         from SUM and MAX: cosine = Σdot / √(Σa_sq · Σb_sq), mse = Σerr_sq / Σn, \
+         from SUM and MAX: cosine = sums_cosine of the summed struct (Σdot / √(Σa_sq · Σb_sq) with \
+         its edge cases), mse = Σerr_sq / Σn, \
          sqnr_db = 10·log10(Σa_sq / Σerr_sq). b may also be a quantized value (as returned by \
          quantize): it is reconstructed a cache-sized piece at a time, exactly as dequantize(b) \
          would rebuild it, without building that column. NULL when either row is NULL; rows of different lengths are an \

@@ -39,6 +39,7 @@ pub mod quantized_codes;
 pub mod smooth_scales;
 pub mod sqnr_db;
 pub mod stored_bytes;
+pub mod sums_cosine;
 pub mod tensor_cosine;
 pub mod tensor_mse;
 pub mod thermo_objective;
@@ -95,6 +96,7 @@ pub mod udfs {
         quantized_codes_udf,
         crate::quantized_codes::QuantizedCodes::default()
     );
+    scalar!(sums_cosine_udf, crate::sums_cosine::SumsCosine::default());
     scalar!(
         cosine_similarity_udf,
         crate::cosine_similarity::cosine_similarity()
@@ -179,6 +181,7 @@ pub mod udfs {
             quantize_measured_udf(),
             quantized_codes_udf(),
             cosine_similarity_udf(),
+            sums_cosine_udf(),
             mse_udf(),
             sqnr_db_udf(),
             max_abs_error_udf(),

@@ -11,7 +11,7 @@ use crate::pair_aggregate::PairAggregate;
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
         DOC_QUALITY,
-        "Cosine similarity of two whole tensors given as rows (the concatenation of every row), computed in f64 from mergeable sums. NULL rows are skipped; NULL when no values or a side is all zeros; rows of different lengths are an error.",
+        "Cosine similarity of two whole tensors given as rows (the concatenation of every row), computed in f64 from mergeable sums. NULL rows are skipped; 1 when b equals a throughout, NULL when there are no values or one side is all zeros and the other is not (the definition of sums_cosine); rows of different lengths are an error.",
         "tensor_cosine(a, b)",
     )
     .with_sql_example(

@@ -53,9 +53,25 @@ impl PairSums {
         self.max_abs_err = self.max_abs_err.max(other.max_abs_err);
     }
 
-    /// Cosine similarity; `None` when a side is all zeros (or empty) and the angle undefined.
+    /// Cosine similarity of `a` and its reconstruction `b`: the one definition behind every
+    /// cosine ArrowQuant reports (`cosine_similarity`, `tensor_cosine`, `sums_cosine`, the
+    /// quantize report, the Python batch API).
+    /// - `None` for no values;
+    /// - 1 when `b` reproduces `a` exactly (Σ(a−b)² = 0), rows of zeros included: nothing
+    ///   was lost;
+    /// - `None` when one side is all zeros and the other is not: the angle is undefined;
+    /// - otherwise Σab / (√Σa² · √Σb²), clamped to [−1, 1] (rounding can step past 1).
     pub fn cosine(&self) -> Option<f64> {
-        cosine_from(self.dot, self.aa, self.bb)
+        if self.n == 0 {
+            return None;
+        }
+        if self.sq_err == 0.0 {
+            return Some(1.0);
+        }
+        if self.aa <= 0.0 || self.bb <= 0.0 {
+            return None;
+        }
+        Some((self.dot / (self.aa.sqrt() * self.bb.sqrt())).clamp(-1.0, 1.0))
     }
 
     /// Mean squared error; `None` for empty rows.
@@ -257,13 +273,6 @@ unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) -> Result<()> {
     Ok(())
 }
 
-pub fn cosine_from(dot: f64, aa: f64, bb: f64) -> Option<f64> {
-    if aa <= 0.0 || bb <= 0.0 {
-        return None;
-    }
-    Some((dot / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0))
-}
-
 pub fn sqnr_from(signal: f64, noise: f64, n: usize) -> Option<f64> {
     if n == 0 {
         return None;
@@ -355,6 +364,33 @@ mod tests {
         assert_eq!(empty.mse(), None);
         let exact = PairSums::of(&[1.0], &[1.0]).unwrap();
         assert_eq!(exact.sqnr_db(), Some(f64::INFINITY));
+    }
+
+    /// Every edge of the one cosine definition.
+    #[test]
+    fn cosine_edges() {
+        let cos = |a: &[f32], b: &[f32]| PairSums::of(a, b).unwrap().cosine();
+        assert_eq!(cos(&[], &[]), None, "no values");
+        assert_eq!(
+            cos(&[0.0, 0.0], &[0.0, 0.0]),
+            Some(1.0),
+            "zeros reproduced exactly"
+        );
+        assert_eq!(cos(&[0.3, -0.7], &[0.3, -0.7]), Some(1.0), "exact");
+        assert_eq!(cos(&[0.0, 0.0], &[1.0, 1.0]), None, "a all zeros");
+        assert_eq!(cos(&[1.0, 1.0], &[0.0, 0.0]), None, "b all zeros");
+        assert!((cos(&[1.0, 2.0], &[-1.0, -2.0]).unwrap() + 1.0).abs() < 1e-15);
+        assert_eq!(cos(&[1.0, 0.0], &[0.0, 1.0]), Some(0.0));
+        // Sums whose rounding steps past 1 are clamped.
+        let past = PairSums {
+            n: 2,
+            dot: 2.000_000_1,
+            aa: 2.0,
+            bb: 2.0,
+            sq_err: 1e-20,
+            max_abs_err: 1e-10,
+        };
+        assert_eq!(past.cosine(), Some(1.0));
     }
 
     /// Rows whose blocks take every path: ordinary values, values near f32::MAX, differences
