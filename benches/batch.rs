@@ -1,5 +1,5 @@
 //! The batch API's engine driven from Rust: 100 layers of 4 MB (1,048,576 f32 values each,
-//! Gaussian), quantized and measured in one call of `arrowquant::batch::quantize_batch` — the
+//! Gaussian), quantized and measured in one call of `arrowquant::pipeline::batch::quantize_batch` — the
 //! work `ArrowQuantV2.quantize_batch_arrow` does behind the Python boundary
 //! (benches/python_batch.py measures that call on the same sizes and settings).
 //!
@@ -9,8 +9,8 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use arrowquant::batch::quantize_batch;
 use arrowquant::config::{QuantConfig, Settings, Value};
+use arrowquant::pipeline::batch::quantize_batch;
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::arrow::array::{ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;

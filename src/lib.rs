@@ -6,7 +6,6 @@
 
 pub use arrowquant_udfs as udfs;
 
-pub mod batch;
 pub mod catalogue;
 pub mod cli;
 pub mod config;

@@ -1,9 +1,11 @@
 //! `quantize_batch`: a table of layers in (any Arrow stream: pyarrow, polars, ... through the
-//! Arrow PyCapsule interface, without a copy), the seed's output table out — one call, the GIL
+//! Arrow PyCapsule interface, without a copy), the `arrow_quant_v2` output table out — one call, the GIL
 //! released, layers spread over DataFusion partitions.
 
-use arrowquant::batch::{check_schema, output_schema, quantize_batch as quantize_batch_engine};
 use arrowquant::config::{QuantConfig, Settings};
+use arrowquant::pipeline::batch::{
+    check_schema, output_schema, quantize_batch as quantize_batch_engine,
+};
 use datafusion::arrow::array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};

@@ -1,7 +1,8 @@
-//! The model pipeline (the seed's `DiffusionOrchestrator`): modality detection, the strategy
+//! The model pipeline (the `DiffusionOrchestrator` of the architecture we were asked to build): modality detection, the strategy
 //! table, the quantization and report queries, and the output directory.
 
 pub mod activations;
+pub mod batch;
 pub mod modality;
 pub mod output;
 pub mod plan;

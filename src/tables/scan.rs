@@ -26,7 +26,8 @@ use crate::model::{Model, ModelTensor, dtype_name, is_float, row_layout, row_val
 /// memory flat and both cores busy.
 pub const BATCH_BYTES: usize = 8 << 20;
 
-/// The weights table of DESIGN.md, plus `data`: each row's bytes as stored.
+/// The weights table every query reads (one row of a tensor per row: layer, row, shape, dtype,
+/// weights), plus `data`: each row's bytes as stored.
 pub fn weights_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("layer", DataType::Utf8, false),

@@ -333,7 +333,8 @@ pub fn float16_list() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float16, true)))
 }
 
-/// Fields of the struct `quantize` returns (DESIGN.md, "Quantized value"). They are nullable
+/// Fields of the struct `quantize` returns (documented with `quantize` in the README's function
+/// table). They are nullable
 /// so that structs built by hand or read back from files cast to this layout.
 pub fn quantized_fields() -> Fields {
     Fields::from(vec![

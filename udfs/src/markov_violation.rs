@@ -17,7 +17,7 @@ use crate::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::markov_smoothness;
 use crate::window::{constant_f64, float_values, partition_error};
 
-/// The seed's threshold: a jump of more than a quarter of the scale.
+/// The threshold of the architecture we were asked to build (`arrow_quant_v2`): a jump of more than a quarter of the scale.
 pub const DEFAULT_THRESHOLD: f64 = 0.25;
 
 #[derive(Debug, PartialEq, Eq, Hash)]

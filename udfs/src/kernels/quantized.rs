@@ -1,6 +1,7 @@
 //! One entry point over every scheme: a row in, its stored form out, and back.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::affine::{self, AffineOutput};
 use super::error::{KernelError, PACKED_BITS, Result, check_finite};
@@ -44,6 +45,59 @@ pub struct QuantizedRef<'a> {
     pub group_size: u32,
     pub len: u32,
     pub scheme: Scheme,
+}
+
+impl QuantizedRef<'_> {
+    /// Appends each group's parameters in f32: its scale, its offset (the value of code 0;
+    /// for the symmetric schemes, whose code 2^(bits−1) is zero, −scale·2^(bits−1)) and its
+    /// zero point, the signed code of the value 0 (see [`zero_point_of`]). GGUF rows keep
+    /// their scales inside their blocks and append nothing.
+    pub fn append_group_parameters(
+        &self,
+        scales: &mut Vec<f32>,
+        offsets: &mut Vec<f32>,
+        zero_points: &mut Vec<i8>,
+    ) {
+        if self.scheme.gguf().is_some() {
+            return;
+        }
+        let centre = 1i32 << (self.bits - 1);
+        let first = scales.len();
+        let groups = self.scales.len();
+        // Whole slices through F16C where the CPU has it.
+        scales.resize(first + groups, 0.0);
+        self.scales.convert_to_f32_slice(&mut scales[first..]);
+        let first_offset = offsets.len();
+        offsets.resize(first_offset + groups, 0.0);
+        if self.offsets.is_empty() {
+            for (o, &s) in offsets[first_offset..].iter_mut().zip(&scales[first..]) {
+                *o = -s * centre as f32;
+            }
+        } else {
+            self.offsets
+                .convert_to_f32_slice(&mut offsets[first_offset..]);
+        }
+        zero_points.extend(
+            scales[first..]
+                .iter()
+                .zip(&offsets[first_offset..])
+                .map(|(&s, &o)| zero_point_of(s, o, centre)),
+        );
+    }
+}
+
+/// The zero point of a group: the signed code of the value 0, `round(−offset/scale) − centre`
+/// (halves away from zero), saturated to i8; 0 for a zero scale.
+pub fn zero_point_of(scale: f32, offset: f32, centre: i32) -> i8 {
+    // Beyond ±1000 the result saturates anyway; within, truncation and the fraction are
+    // exact, so this is `f32::round` without its libm call, and without branches on the
+    // fraction (random data would mispredict them half the time).
+    let v = (-offset / scale).clamp(-1000.0, 1000.0);
+    let whole = v as i32;
+    let fraction = v - whole as f32;
+    let rounded = whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
+    let zero = (rounded - centre).clamp(-128, 127) as i8;
+    if scale > 0.0 { zero } else { 0 }
 }
 
 /// Values rebuilt at a time when a row is measured against its reconstruction: a multiple of
@@ -526,5 +580,59 @@ mod tests {
         short = q.clone();
         short.scales.pop();
         assert!(quantizer.measure(&x, &short.view(&spec, 256)).is_err());
+    }
+    #[test]
+    fn zero_points_round_halves_away_from_zero_and_saturate() {
+        for (scale, offset, centre) in [
+            (1.0f32, -2.5f32, 0),
+            (1.0, 2.5, 0),
+            (0.1, -0.74, 8),
+            (0.5, 0.0, 8),
+            (1e-6, -1.0, 8),
+            (1e-6, 1.0, 8),
+            (0.3, -0.49999997, 0),
+            (1.0, -0.49999997, 0),
+            (1.0, 0.49999997, 0),
+            (0.0, 1.0, 8),
+            (0.0, 0.0, 8),
+            (-0.25, 1.0, 8),
+            (0.1, -3.0e38, 8),
+        ] {
+            let expected = if scale > 0.0 {
+                ((-offset / scale).round() as i32 - centre).clamp(-128, 127) as i8
+            } else {
+                0
+            };
+            assert_eq!(
+                zero_point_of(scale, offset, centre),
+                expected,
+                "{scale} {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_parameters_of_affine_symmetric_and_gguf_rows() {
+        let mut q = Quantizer::default();
+        let x: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 3.0).collect();
+        let (mut s, mut o, mut z) = (Vec::new(), Vec::new(), Vec::new());
+        for scheme in [Scheme::Asym, Scheme::Sym, Scheme::Q4_0] {
+            let group = scheme
+                .gguf()
+                .is_none()
+                .then_some(crate::kernels::scheme::GroupSize::Fixed(32));
+            let spec = QuantSpec::new(4, group, scheme).unwrap();
+            let mut out = QuantizedRow::default();
+            q.quantize(&x, &spec, &mut out).unwrap();
+            out.view(&spec, x.len())
+                .append_group_parameters(&mut s, &mut o, &mut z);
+        }
+        // Two groups each for asym and sym, none for q4_0.
+        assert_eq!((s.len(), o.len(), z.len()), (4, 4, 4));
+        // Symmetric: code 8 is zero, so the offset is −8·scale and the zero point 0.
+        assert_eq!(o[2], -8.0 * s[2]);
+        assert_eq!(z[2..], [0, 0]);
+        // Asymmetric: the zero point is the code of 0 less the centre.
+        assert_eq!(z[0], zero_point_of(s[0], o[0], 8));
     }
 }

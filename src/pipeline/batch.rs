@@ -1,6 +1,8 @@
-//! The batch API's engine (`quantize_batch_arrow` in Python): a table of layers in — the
-//! seed's input schema, one layer per row — and the seed's output table out, every layer
-//! quantized and measured by SQL over DataFusion partitions.
+//! The batch API's engine (`quantize_batch_arrow` in Python): a table of layers in — one
+//! layer per row, the input schema of the `arrow_quant_v2` API we were asked to build — and
+//! that API's output table out, every layer quantized and measured by SQL over DataFusion
+//! partitions (codes, scales, ratio and cosine come from registered functions; what is
+//! built here is layout).
 
 use std::sync::Arc;
 
@@ -14,12 +16,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use half::slice::HalfFloatSliceExt;
 
 use crate::config::QuantConfig;
 use crate::udfs::common::QuantizedColumn;
 
-/// Checks the seed's input schema: layer_name, weights, and optionally shape.
+/// Checks the batch API's input schema: layer_name, weights, and optionally shape.
 pub fn check_schema(schema: &Schema) -> Result<bool, String> {
     let expect = "expected columns layer_name (string), weights (list of floats), shape (list of integers, optional)";
     let field = |name: &str| {
@@ -63,7 +64,7 @@ pub fn check_schema(schema: &Schema) -> Result<bool, String> {
     }
 }
 
-/// The seed's output schema, then the columns group-wise quantization needs.
+/// The batch API's output schema (the `arrow_quant_v2` columns), then the columns group-wise quantization needs.
 pub fn output_schema() -> SchemaRef {
     let list = |item: DataType| DataType::List(Arc::new(Field::new_list_field(item, true)));
     Arc::new(Schema::new(vec![
@@ -84,7 +85,7 @@ pub fn output_schema() -> SchemaRef {
 }
 
 /// Quantizes the layers of `batches` (rows of the checked input schema) through SQL and
-/// builds the seed's columns: one output batch per partition, in input order.
+/// builds the batch API's columns: one output batch per partition, in input order.
 pub async fn quantize_batch(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
@@ -163,14 +164,14 @@ pub async fn quantize_batch(
         }
         expected += rows.len() as i64;
     }
-    // One batch per partition: each core builds the seed's columns of its own.
+    // One batch per partition: each core builds the output columns of its own.
     let out_schema = output_schema();
     std::thread::scope(|scope| {
         let workers: Vec<_> = results
             .iter()
             .map(|batch| {
                 let schema = Arc::clone(&out_schema);
-                scope.spawn(move || seed_columns(batch, schema))
+                scope.spawn(move || output_columns(batch, schema))
             })
             .collect();
         workers
@@ -178,7 +179,7 @@ pub async fn quantize_batch(
             .map(|w| {
                 w.join().unwrap_or_else(|_| {
                     Err(DataFusionError::Internal(
-                        "batch engine: building the seed's columns panicked".to_string(),
+                        "batch engine: building the output columns panicked".to_string(),
                     ))
                 })
             })
@@ -321,23 +322,9 @@ fn list_of(ends: &[i32], values: ArrayRef) -> ArrayRef {
     ))
 }
 
-/// The seed's zero point of a group: the signed code of the value 0, `round(−offset/scale) −
-/// centre` (halves away from zero), saturated to i8; 0 for a zero scale.
-fn zero_point_of(scale: f32, offset: f32, centre: i32) -> i8 {
-    // Beyond ±1000 the result saturates anyway; within, truncation and the fraction are
-    // exact, so this is `f32::round` without its libm call, and without branches on the
-    // fraction (random data would mispredict them half the time).
-    let v = (-offset / scale).clamp(-1000.0, 1000.0);
-    let whole = v as i32;
-    let fraction = v - whole as f32;
-    let rounded = whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
-    let zero = (rounded - centre).clamp(-128, 127) as i8;
-    if scale > 0.0 { zero } else { 0 }
-}
-
-/// The seed's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
+/// The batch API's per-layer view of each quantized struct: signed codes (code − 2^(bits−1)), one
 /// scale and zero point when the layer has one group, every group's in the added list columns.
-fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
+fn output_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
     let q = batch.column_by_name("q").expect("query column");
     let quantized = QuantizedColumn::new(q)?;
     let rows = batch.num_rows();
@@ -362,33 +349,8 @@ fn seed_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
                 "layer {row}: no quantized value"
             )));
         };
-        let centre = 1i32 << (r.bits - 1);
         let first = group_scales.len();
-        // GGUF blocks keep their scales inside the block bytes (see the `q` of SQL) and
-        // quantized_codes gave NULL codes: their group lists stay empty.
-        if r.scheme.gguf().is_none() {
-            // Whole slices through F16C where the CPU has it.
-            group_scales.resize(first + r.scales.len(), 0.0);
-            r.scales.convert_to_f32_slice(&mut group_scales[first..]);
-            group_offsets.resize(first + r.scales.len(), 0.0);
-            if r.offsets.is_empty() {
-                // Symmetric: code `centre` is zero.
-                for (o, &s) in group_offsets[first..]
-                    .iter_mut()
-                    .zip(&group_scales[first..])
-                {
-                    *o = -s * centre as f32;
-                }
-            } else {
-                r.offsets.convert_to_f32_slice(&mut group_offsets[first..]);
-            }
-            group_zeros.extend(
-                group_scales[first..]
-                    .iter()
-                    .zip(&group_offsets[first..])
-                    .map(|(&s, &o)| zero_point_of(s, o, centre)),
-            );
-        }
+        r.append_group_parameters(&mut group_scales, &mut group_offsets, &mut group_zeros);
         group_ends.push(group_scales.len() as i32);
         if group_scales.len() - first == 1 {
             scale.append_value(group_scales[first]);
@@ -484,36 +446,6 @@ mod tests {
                     .collect()
             })
             .collect()
-    }
-
-    #[test]
-    fn zero_points_round_halves_away_from_zero_and_saturate() {
-        for (scale, offset, centre) in [
-            (1.0f32, -2.5f32, 0),
-            (1.0, 2.5, 0),
-            (0.1, -0.74, 8),
-            (0.5, 0.0, 8),
-            (1e-6, -1.0, 8),
-            (1e-6, 1.0, 8),
-            (0.3, -0.49999997, 0),
-            (1.0, -0.49999997, 0),
-            (1.0, 0.49999997, 0),
-            (0.0, 1.0, 8),
-            (0.0, 0.0, 8),
-            (-0.25, 1.0, 8),
-            (0.1, -3.0e38, 8),
-        ] {
-            let expected = if scale > 0.0 {
-                ((-offset / scale).round() as i32 - centre).clamp(-128, 127) as i8
-            } else {
-                0
-            };
-            assert_eq!(
-                zero_point_of(scale, offset, centre),
-                expected,
-                "{scale} {offset}"
-            );
-        }
     }
 
     #[test]
