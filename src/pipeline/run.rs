@@ -400,7 +400,10 @@ fn source_bytes(batch: &RecordBatch) -> Result<u64> {
     let data = batch.column_by_name("data").expect("data");
     let data = data.as_any().downcast_ref::<BinaryArray>();
     let error = batch.column_by_name("error").expect("error").as_struct();
-    let n = error.column(0).as_primitive::<Int64Type>();
+    let n = error
+        .column_by_name("n")
+        .expect("a field of error_sums")
+        .as_primitive::<Int64Type>();
     let mut total = 0u64;
     for row in 0..batch.num_rows() {
         total += match data.filter(|d| d.is_valid(row)) {
@@ -482,7 +485,7 @@ fn drop_layers(batches: Vec<RecordBatch>, layers: &[String]) -> Result<Vec<Recor
     batches
         .into_iter()
         .map(|b| {
-            let layer = b.column(0).as_string::<i32>();
+            let layer = column(&b, "layer").as_string::<i32>();
             let mask: datafusion::arrow::array::BooleanArray = layer
                 .iter()
                 .map(|l| Some(!drop.contains(l.unwrap_or(""))))

@@ -190,10 +190,12 @@ pub fn decode_codes(
     out.resize(codes.len(), 0.0);
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if let Some(cpu) = avx2::Avx2::detect() {
+            // SAFETY: `cpu` proves AVX2.
             unsafe {
-                decode_codes_avx2(codes, first, group, bits, symmetric, scales, offsets, out)
+                decode_codes_avx2(
+                    cpu, codes, first, group, bits, symmetric, scales, offsets, out,
+                )
             };
             return;
         }
@@ -207,6 +209,7 @@ pub fn decode_codes(
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 fn decode_codes_avx2(
+    _cpu: avx2::Avx2,
     codes: &[u8],
     first: usize,
     group: usize,
@@ -535,18 +538,7 @@ mod avx2 {
         tail_moments,
     };
 
-    /// Proof that the CPU has AVX2, FMA and F16C: only [`Avx2::detect`] makes one.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Avx2(());
-
-    impl Avx2 {
-        pub fn detect() -> Option<Self> {
-            (std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c"))
-            .then_some(Avx2(()))
-        }
-    }
+    pub use crate::kernels::cpu::Avx2;
 
     /// The whole row loop compiled for AVX2, FMA and F16C, so that the passes and the f16
     /// conversions inline into the group search.

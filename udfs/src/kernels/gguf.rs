@@ -99,11 +99,9 @@ pub fn quantize_row(format: GgufFormat, row: &[f32], out: &mut Vec<u8>) -> Resul
 fn write_blocks(format: GgufFormat, row: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU supports AVX2 and F16C, checked just above.
-            unsafe { quantize_blocks_avx2(format, row, dst) };
+        if let Some(cpu) = super::cpu::Avx2::detect() {
+            // SAFETY: `cpu` proves AVX2 and F16C.
+            unsafe { quantize_blocks_avx2(cpu, format, row, dst) };
             return;
         }
     }
@@ -155,7 +153,7 @@ fn block_params(format: GgufFormat, x: &[f32; BLOCK]) -> [f32; 2] {
 /// so the bytes are identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-fn quantize_blocks_avx2(format: GgufFormat, row: &[f32], dst: &mut [u8]) {
+fn quantize_blocks_avx2(_cpu: super::cpu::Avx2, format: GgufFormat, row: &[f32], dst: &mut [u8]) {
     match format {
         // The two most used formats have hand-written blocks.
         GgufFormat::Q4_0 | GgufFormat::Q8_0 => {
@@ -273,7 +271,12 @@ mod avx2 {
 /// multiply-add is requested, so the values are identical).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-fn dequantize_blocks_avx2(format: GgufFormat, bytes: &[u8], out: &mut [f32]) {
+fn dequantize_blocks_avx2(
+    _cpu: super::cpu::Avx2,
+    format: GgufFormat,
+    bytes: &[u8],
+    out: &mut [f32],
+) {
     dequantize_blocks(format, bytes, out)
 }
 
@@ -328,11 +331,9 @@ pub fn dequantize_row(
     out.resize(len, 0.0);
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU supports AVX2 and F16C, checked just above.
-            unsafe { dequantize_blocks_avx2(format, bytes, out) };
+        if let Some(cpu) = super::cpu::Avx2::detect() {
+            // SAFETY: `cpu` proves AVX2 and F16C.
+            unsafe { dequantize_blocks_avx2(cpu, format, bytes, out) };
             return Ok(());
         }
     }

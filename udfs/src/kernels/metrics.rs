@@ -35,10 +35,10 @@ impl PairSums {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present. The same code as the portable path, in the same order
+        if let Some(cpu) = super::cpu::Avx2::detect() {
+            // SAFETY: `cpu` proves AVX2. The same code as the portable path, in the same order
             // (no FMA contraction): results are bit for bit the same, only the vectors wider.
-            return unsafe { sums_avx2(self, a, b) };
+            return unsafe { sums_avx2(cpu, self, a, b) };
         }
         sums(self, a, b)
     }
@@ -232,7 +232,7 @@ fn wide_block(s: &mut PairSums, a: &[f32], b: &[f32], first: usize) -> Result<()
 /// as 128-bit shuffles and spills, five times slower.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sums_avx2(s: &mut PairSums, a: &[f32], b: &[f32]) -> Result<()> {
+unsafe fn sums_avx2(_cpu: super::cpu::Avx2, s: &mut PairSums, a: &[f32], b: &[f32]) -> Result<()> {
     use std::arch::x86_64::*;
 
     const L: usize = 8;

@@ -25,9 +25,9 @@ pub fn pack(codes: &[u8], bits: u8, out: &mut Vec<u8>) {
 fn pack_simd(codes: &[u8], bits: u8, dst: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        if matches!(bits, 2 | 4) && std::arch::is_x86_feature_detected!("ssse3") {
-            // SAFETY: the CPU supports SSSE3, checked just above.
-            return unsafe { ssse3::pack(codes, bits, dst) };
+        if let (2 | 4, Some(cpu)) = (bits, super::cpu::Ssse3::detect()) {
+            // SAFETY: `cpu` proves SSSE3.
+            return unsafe { ssse3::pack(cpu, codes, bits, dst) };
         }
     }
     let _ = (codes, bits, dst);
@@ -74,7 +74,7 @@ mod ssse3 {
     /// `pmaddubsw` multiplies neighbouring bytes by (1, 2^bits) and adds them: one step per
     /// doubling of codes per byte.
     #[target_feature(enable = "ssse3")]
-    pub fn pack(codes: &[u8], bits: u8, dst: &mut [u8]) -> usize {
+    pub fn pack(_cpu: super::super::cpu::Ssse3, codes: &[u8], bits: u8, dst: &mut [u8]) -> usize {
         let chunks = codes.chunks_exact(16);
         let packed = chunks.len() * 16;
         let step = usize::from(bits) * 2; // bytes out per 16 codes
