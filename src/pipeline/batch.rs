@@ -18,7 +18,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::config::QuantConfig;
-use crate::udfs::common::QuantizedColumn;
+use crate::udfs::layout::quantized::QuantizedColumn;
 
 /// Checks the batch API's input schema: layer_name, weights, and optionally shape.
 pub fn check_schema(schema: &Schema) -> Result<bool, String> {

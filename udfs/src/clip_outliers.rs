@@ -9,11 +9,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
-    literal, row_error,
-};
-use crate::doc::DOC_SPATIAL;
+use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
+use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::clip_outliers;
 
 pub const DEFAULT_K_SIGMA: f64 = 3.0;
@@ -118,3 +115,5 @@ impl ScalarUDFImpl for ClipOutliers {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(ClipOutliers::default());

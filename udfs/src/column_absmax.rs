@@ -12,11 +12,8 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
 
-use crate::common::{
-    FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list,
-    float32_list_builder, row_error,
-};
-use crate::doc::DOC_SPATIAL;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list, float32_list_builder, row_error};
+use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::{channel_width, fold_absmax};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -186,3 +183,5 @@ impl Accumulator for AbsmaxAccumulator {
         std::mem::size_of_val(self) + self.maxima.as_ref().map_or(0, |m| m.capacity() * 4)
     }
 }
+
+crate::support::register::aggregate_udf!(ColumnAbsmax::default());

@@ -10,10 +10,9 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{
-    IntArg, QuantizedColumn, check_arity, coerce_integer, coerce_quantized, literal, row_error,
-};
-use crate::doc::DOC_QUALITY;
+use crate::support::args::{IntArg, check_arity, coerce_integer, literal, row_error};
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::support::doc::DOC_QUALITY;
 use crate::kernels::quantized::stored_bytes;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -111,3 +110,5 @@ impl ScalarUDFImpl for CompressionRatio {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(CompressionRatio::default());

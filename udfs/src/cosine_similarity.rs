@@ -4,9 +4,9 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::doc::DOC_QUALITY;
+use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
-use crate::pair_metric::PairMetric;
+use crate::support::pair_metric::PairMetric;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
@@ -23,3 +23,5 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 pub fn cosine_similarity() -> PairMetric {
     PairMetric::new("cosine_similarity", PairSums::cosine, || &DOCUMENTATION)
 }
+
+crate::support::register::scalar_udf!(cosine_similarity());

@@ -9,8 +9,9 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{QuantizedColumn, check_arity, coerce_quantized, float32_list, row_error};
-use crate::doc::DOC_QUANTIZATION;
+use crate::support::args::{check_arity, float32_list, row_error};
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::quantized::Quantizer;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -92,3 +93,5 @@ impl ScalarUDFImpl for Dequantize {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(Dequantize::default());

@@ -8,10 +8,8 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{
-    FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error,
-};
-use crate::doc::DOC_SPATIAL;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error};
+use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::equalize;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -91,3 +89,5 @@ impl ScalarUDFImpl for Equalize {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(Equalize::default());

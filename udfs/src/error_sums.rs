@@ -2,21 +2,21 @@
 //! whole-tensor figures can be computed from per-row results with SUM and MAX (a model pipeline
 //! measures each row as it streams past, then aggregates per tensor).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use datafusion::arrow::array::{ArrayRef, Float64Builder, Int64Builder, StructArray};
-use datafusion::arrow::buffer::NullBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{FloatRows, QuantizedColumn, coerce_float_list, coerce_quantized, row_error};
-use crate::doc::DOC_QUALITY;
+use crate::support::args::{FloatRows, coerce_float_list, row_error};
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::layout::error_sums::{SumsBuilder, error_sums_type};
 use crate::kernels::quantized::Quantizer;
-use crate::pair_metric::coerce_pair;
+use crate::support::pair_metric::coerce_pair;
 
 /// The second argument: a row of values, or a quantized row to reconstruct.
 enum Second<'a> {
@@ -35,24 +35,6 @@ impl Default for ErrorSums {
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
-}
-
-/// The struct's fields, in order.
-pub const FIELDS: [&str; 6] = ["n", "dot", "a_sq", "b_sq", "err_sq", "max_abs_error"];
-
-pub fn error_sums_type() -> DataType {
-    let fields: Fields = FIELDS
-        .iter()
-        .map(|&name| {
-            let dt = if name == "n" {
-                DataType::Int64
-            } else {
-                DataType::Float64
-            };
-            Field::new(name, dt, true)
-        })
-        .collect();
-    DataType::Struct(fields)
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
@@ -138,52 +120,4 @@ impl ScalarUDFImpl for ErrorSums {
     }
 }
 
-/// Builds a column of `error_sums` structs.
-pub(crate) struct SumsBuilder {
-    n: Int64Builder,
-    sums: [Float64Builder; 5],
-    valid: Vec<bool>,
-}
-
-impl SumsBuilder {
-    pub(crate) fn with_capacity(rows: usize) -> Self {
-        Self {
-            n: Int64Builder::with_capacity(rows),
-            sums: std::array::from_fn(|_| Float64Builder::with_capacity(rows)),
-            valid: Vec::with_capacity(rows),
-        }
-    }
-
-    pub(crate) fn append(&mut self, s: &PairSums) {
-        self.n.append_value(s.n as i64);
-        for (builder, value) in
-            self.sums
-                .iter_mut()
-                .zip([s.dot, s.aa, s.bb, s.sq_err, s.max_abs_err])
-        {
-            builder.append_value(value);
-        }
-        self.valid.push(true);
-    }
-
-    pub(crate) fn append_null(&mut self) {
-        self.n.append_null();
-        self.sums.iter_mut().for_each(|b| b.append_null());
-        self.valid.push(false);
-    }
-
-    pub(crate) fn finish(mut self) -> ArrayRef {
-        let DataType::Struct(fields) = error_sums_type() else {
-            unreachable!()
-        };
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.n.finish())];
-        columns.extend(
-            self.sums
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        let nulls = NullBuffer::from(self.valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        Arc::new(StructArray::new(fields, columns, nulls))
-    }
-}
+crate::support::register::scalar_udf!(ErrorSums::default());

@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{check_arity, coerce_float};
-use crate::doc::DOC_THERMODYNAMIC;
+use crate::support::args::{check_arity, coerce_float};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::markov_smoothness;
-use crate::window::{float_values, partition_error};
+use crate::support::window::{float_values, partition_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MarkovSmoothness {
@@ -92,3 +92,5 @@ impl PartitionEvaluator for SmoothnessEvaluator {
         Ok(Arc::new(Float64Array::from(out)))
     }
 }
+
+crate::support::register::window_udf!(MarkovSmoothness::default());

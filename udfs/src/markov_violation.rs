@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{check_arity, coerce_float};
-use crate::doc::DOC_THERMODYNAMIC;
+use crate::support::args::{check_arity, coerce_float};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::markov_smoothness;
-use crate::window::{constant_f64, float_values, partition_error};
+use crate::support::window::{constant_f64, float_values, partition_error};
 
 /// The threshold of the architecture we were asked to build (`arrow_quant_v2`): a jump of more than a quarter of the scale.
 pub const DEFAULT_THRESHOLD: f64 = 0.25;
@@ -114,3 +114,5 @@ impl PartitionEvaluator for ViolationEvaluator {
         Ok(Arc::new(out))
     }
 }
+
+crate::support::register::window_udf!(MarkovViolation::default());

@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{FloatRows, row_error};
-use crate::doc::{DOC_QUALITY, scheme_list};
+use crate::support::args::{FloatRows, row_error};
+use crate::support::doc::{DOC_QUALITY, scheme_list};
 use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
-use crate::quant_args::{self, SpecArgs};
+use crate::support::quant_args::{self, SpecArgs};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct QuantError {
@@ -154,3 +154,5 @@ impl ScalarUDFImpl for QuantError {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(QuantError::default());

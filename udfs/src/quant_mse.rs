@@ -10,15 +10,13 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{
-    FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error,
-};
-use crate::doc::DOC_DIFFUSION;
+use crate::support::args::{FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error};
+use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::KernelError;
 use crate::kernels::error::check_finite;
 use crate::kernels::error::{GRID_BITS, readable};
 use crate::kernels::thermo::{RangeChoice, range_mse};
-use crate::window::float_values;
+use crate::support::window::float_values;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct QuantMse {
@@ -134,3 +132,5 @@ impl ScalarUDFImpl for QuantMse {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(QuantMse::default());

@@ -11,11 +11,8 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
 
-use crate::common::{
-    FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
-    constant_value, row_error,
-};
-use crate::doc::DOC_QUANTIZATION;
+use crate::support::args::{FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string, constant_value, row_error};
+use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::KernelError;
 use crate::kernels::error::GRID_BITS;
 use crate::kernels::error::check_finite;
@@ -233,3 +230,5 @@ impl Accumulator for ParamsAccumulator {
         Ok(())
     }
 }
+
+crate::support::register::aggregate_udf!(QuantParams::default());

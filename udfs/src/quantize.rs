@@ -2,22 +2,19 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{
-    ArrayRef, BinaryArray, Float16Builder, ListBuilder, StringBuilder, StructArray, UInt8Builder,
-    UInt32Builder,
-};
-use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
     Volatility,
 };
 
-use crate::common::{FloatRows, float16_list, quantized_fields, quantized_type, row_error};
-use crate::doc::{DOC_QUANTIZATION, scheme_list};
+use crate::support::args::{FloatRows, row_error};
+use crate::layout::quantized::quantized_type;
+use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
 use crate::kernels::quantized::{QuantizedRow, Quantizer};
-use crate::quant_args::{self, SpecArgs};
+use crate::layout::quantized::QuantizedBuilder;
+use crate::support::quant_args::{self, SpecArgs};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Quantize {
@@ -109,111 +106,4 @@ impl ScalarUDFImpl for Quantize {
     }
 }
 
-/// Builds a column of quantized structs.
-pub(crate) struct QuantizedBuilder {
-    /// The codes column's bytes and offsets, built by hand to reserve room for them at once.
-    code_bytes: Vec<u8>,
-    code_offsets: Vec<i32>,
-    scales: ListBuilder<Float16Builder>,
-    offsets: ListBuilder<Float16Builder>,
-    bits: UInt8Builder,
-    group_size: UInt32Builder,
-    len: UInt32Builder,
-    scheme: StringBuilder,
-    valid: Vec<bool>,
-}
-
-impl QuantizedBuilder {
-    pub(crate) fn with_capacity(rows: usize) -> Self {
-        let f16_list = || {
-            let DataType::List(item) = float16_list() else {
-                unreachable!()
-            };
-            ListBuilder::with_capacity(Float16Builder::new(), rows).with_field(item)
-        };
-        Self {
-            code_bytes: Vec::new(),
-            code_offsets: {
-                let mut offsets = Vec::with_capacity(rows + 1);
-                offsets.push(0);
-                offsets
-            },
-            scales: f16_list(),
-            offsets: f16_list(),
-            bits: UInt8Builder::with_capacity(rows),
-            group_size: UInt32Builder::with_capacity(rows),
-            len: UInt32Builder::with_capacity(rows),
-            scheme: StringBuilder::with_capacity(rows, rows * 4),
-            valid: Vec::with_capacity(rows),
-        }
-    }
-
-    pub(crate) fn append(&mut self, q: &QuantizedRow, bits: u8, len: u32, scheme: &str) {
-        if self.valid.is_empty() {
-            // Rows of a column are usually alike: room for as many as the first one, at once,
-            // rather than doubling through tens of megabytes.
-            self.code_bytes
-                .reserve(q.codes.len() * self.valid.capacity());
-        }
-        self.code_bytes.extend_from_slice(&q.codes);
-        self.push_code_offset();
-        self.scales.values().append_slice(&q.scales);
-        self.scales.append(true);
-        self.offsets.values().append_slice(&q.offsets);
-        self.offsets.append(true);
-        self.bits.append_value(bits);
-        self.group_size.append_value(q.group_size);
-        self.len.append_value(len);
-        self.scheme.append_value(scheme);
-        self.valid.push(true);
-    }
-
-    /// Ends a row of codes (an offset past 2 GiB saturates; `finish` refuses the column).
-    fn push_code_offset(&mut self) {
-        let end = i32::try_from(self.code_bytes.len()).unwrap_or(i32::MAX);
-        self.code_offsets.push(end);
-    }
-
-    /// A NULL struct, with NULL fields so that `q['bits']` of a NULL row is NULL too.
-    pub(crate) fn append_null(&mut self) {
-        self.push_code_offset();
-        self.scales.append(false);
-        self.offsets.append(false);
-        self.bits.append_null();
-        self.group_size.append_null();
-        self.len.append_null();
-        self.scheme.append_null();
-        self.valid.push(false);
-    }
-
-    pub(crate) fn finish(mut self) -> Result<ArrayRef> {
-        if i32::try_from(self.code_bytes.len()).is_err() {
-            return Err(DataFusionError::Execution(format!(
-                "{} bytes of codes in one batch: more than a column of binary values holds \
-                 (2 GiB); use smaller batches",
-                self.code_bytes.len()
-            )));
-        }
-        let nulls = NullBuffer::from(self.valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        let codes = BinaryArray::new(
-            OffsetBuffer::new(self.code_offsets.into()),
-            Buffer::from_vec(self.code_bytes),
-            nulls.clone(),
-        );
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(codes),
-            Arc::new(self.scales.finish()),
-            Arc::new(self.offsets.finish()),
-            Arc::new(self.bits.finish()),
-            Arc::new(self.group_size.finish()),
-            Arc::new(self.len.finish()),
-            Arc::new(self.scheme.finish()),
-        ];
-        Ok(Arc::new(StructArray::new(
-            quantized_fields(),
-            columns,
-            nulls,
-        )))
-    }
-}
+crate::support::register::scalar_udf!(Quantize::default());

@@ -7,9 +7,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float32Builder, StringBuilder, StructArray,
-};
+use datafusion::arrow::array::StructArray;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
@@ -17,13 +15,14 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{FloatRows, quantized_type, row_error};
-use crate::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::error_sums::{SumsBuilder, error_sums_type};
-use crate::kernels::KernelError;
+use crate::support::args::{FloatRows, row_error};
+use crate::layout::quantized::{quantized_type};
+use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
+use crate::layout::error_sums::{SumsBuilder, error_sums_type};
 use crate::kernels::quantized::{QuantizedRow, Quantizer};
-use crate::quant_args::{self, SpecArgs};
-use crate::quantize::QuantizedBuilder;
+use crate::layout::refusal::{RefusalBuilder, refusal_fields};
+use crate::support::quant_args::{self, SpecArgs};
+use crate::layout::quantized::QuantizedBuilder;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {
@@ -68,54 +67,6 @@ impl QuantizeMeasured {
             ));
         }
         Fields::from(fields)
-    }
-}
-
-fn refusal_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("beyond_f16", DataType::Boolean, false),
-        Field::new("max_abs", DataType::Float32, false),
-    ])
-}
-
-/// The `refused` column: one entry per row, NULL where the row quantized.
-#[derive(Default)]
-struct RefusalBuilder {
-    reason: StringBuilder,
-    beyond_f16: BooleanBuilder,
-    max_abs: Float32Builder,
-    valid: Vec<bool>,
-}
-
-impl RefusalBuilder {
-    fn append(&mut self, error: &KernelError, x: &[f32]) {
-        self.reason.append_value(error.to_string());
-        self.beyond_f16
-            .append_value(matches!(error, KernelError::ScaleOverflow { .. }));
-        // NaN never wins a max, so a row refused for NaN reports its finite magnitude.
-        self.max_abs
-            .append_value(x.iter().fold(0f32, |m, v| m.max(v.abs())));
-        self.valid.push(true);
-    }
-
-    fn append_null(&mut self) {
-        self.reason.append_value("");
-        self.beyond_f16.append_value(false);
-        self.max_abs.append_value(0.0);
-        self.valid.push(false);
-    }
-
-    fn finish(mut self) -> ArrayRef {
-        Arc::new(StructArray::new(
-            refusal_fields(),
-            vec![
-                Arc::new(self.reason.finish()),
-                Arc::new(self.beyond_f16.finish()),
-                Arc::new(self.max_abs.finish()),
-            ],
-            Some(self.valid.into()),
-        ))
     }
 }
 
@@ -228,6 +179,8 @@ impl ScalarUDFImpl for QuantizeMeasured {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(QuantizeMeasured::default());
 
 #[cfg(test)]
 mod tests {

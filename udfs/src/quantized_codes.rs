@@ -10,8 +10,9 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{QuantizedColumn, check_arity, coerce_quantized, row_error};
-use crate::doc::DOC_QUANTIZATION;
+use crate::support::args::{check_arity, row_error};
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::quantized::signed_codes;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -114,3 +115,5 @@ impl ScalarUDFImpl for QuantizedCodes {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(QuantizedCodes::default());

@@ -10,11 +10,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
-    literal, row_error,
-};
-use crate::doc::DOC_SPATIAL;
+use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
+use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::smooth_scales;
 
 pub const DEFAULT_ALPHA: f64 = 0.5;
@@ -141,3 +138,5 @@ impl ScalarUDFImpl for SmoothScales {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(SmoothScales::default());

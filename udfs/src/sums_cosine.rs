@@ -10,8 +10,8 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::check_arity;
-use crate::doc::DOC_QUALITY;
+use crate::support::args::check_arity;
+use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -135,3 +135,5 @@ impl ScalarUDFImpl for SumsCosine {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(SumsCosine::default());

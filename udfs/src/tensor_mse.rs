@@ -4,9 +4,9 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::doc::DOC_QUALITY;
+use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
-use crate::pair_aggregate::PairAggregate;
+use crate::support::pair_aggregate::PairAggregate;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
@@ -25,3 +25,5 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 pub fn tensor_mse() -> PairAggregate {
     PairAggregate::new("tensor_mse", PairSums::mse, || &DOCUMENTATION)
 }
+
+crate::support::register::aggregate_udf!(tensor_mse());

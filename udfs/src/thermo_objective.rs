@@ -13,10 +13,10 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
-use crate::doc::DOC_THERMODYNAMIC;
+use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_range};
-use crate::window::{chain_weights, float_values, partition_error};
+use crate::support::window::{chain_weights, float_values, partition_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ThermoObjective {
@@ -136,3 +136,5 @@ impl PartitionEvaluator for ObjectiveEvaluator {
         Ok(Arc::new(Float64Array::from(vec![objective; num_rows])))
     }
 }
+
+crate::support::register::window_udf!(ThermoObjective::default());

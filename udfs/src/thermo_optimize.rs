@@ -14,12 +14,12 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
-use crate::doc::DOC_THERMODYNAMIC;
+use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, optimize_chain};
-use crate::window::{chain_weights, partition_error};
+use crate::support::window::{chain_weights, partition_error};
 
-pub use crate::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
+pub use crate::support::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ThermoOptimize {
@@ -168,3 +168,5 @@ impl PartitionEvaluator for OptimizeEvaluator {
         )?))
     }
 }
+
+crate::support::register::window_udf!(ThermoOptimize::default());

@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{check_arity, coerce_float, coerce_string};
-use crate::doc::DOC_THERMODYNAMIC;
+use crate::support::args::{check_arity, coerce_float, coerce_string};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{SmoothMethod, smooth_steps};
-use crate::window::{constant_str, float_values, partition_error, window_arg_error};
+use crate::support::window::{constant_str, float_values, partition_error, window_arg_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ThermoSmooth {
@@ -119,3 +119,5 @@ impl PartitionEvaluator for SmoothEvaluator {
         Ok(Arc::new(Float64Array::from(out)))
     }
 }
+
+crate::support::register::window_udf!(ThermoSmooth::default());

@@ -12,10 +12,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 
-use crate::common::{
-    IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error,
-};
-use crate::doc::DOC_DIFFUSION;
+use crate::support::args::{IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error};
+use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::timesteps::{Spacing, check_schedule, timestep_group};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -127,3 +125,5 @@ impl ScalarUDFImpl for TimestepGroup {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(TimestepGroup::default());

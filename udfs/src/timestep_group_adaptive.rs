@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::{check_arity, coerce_float, coerce_integer};
-use crate::doc::DOC_DIFFUSION;
+use crate::support::args::{check_arity, coerce_float, coerce_integer};
+use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::thermo::adaptive_segments;
-use crate::window::{constant, float_values, partition_error};
+use crate::support::window::{constant, float_values, partition_error};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TimestepGroupAdaptive {
@@ -132,3 +132,5 @@ impl PartitionEvaluator for AdaptiveEvaluator {
         )))
     }
 }
+
+crate::support::register::window_udf!(TimestepGroupAdaptive::default());

@@ -2,18 +2,17 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{ArrayRef, Float64Builder, StructArray, UInt64Builder};
-use datafusion::arrow::buffer::NullBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{FloatRows, check_arity, coerce_float_list, row_error};
-use crate::doc::DOC_STATISTICS;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
 use crate::kernels::stats::RowStats;
+use crate::layout::stats::{StatsBuilder, stats_fields};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct WeightStats {
@@ -25,75 +24,6 @@ impl Default for WeightStats {
         Self {
             signature: Signature::user_defined(Volatility::Immutable),
         }
-    }
-}
-
-/// The Float64 figures of the stats struct, after its `count`.
-pub const FIGURES: [&str; 7] = [
-    "min",
-    "max",
-    "mean",
-    "std",
-    "absmax",
-    "kurtosis",
-    "outlier_ratio",
-];
-
-/// `{count: UInt64, min, max, mean, std, absmax, kurtosis, outlier_ratio: Float64}`.
-pub fn stats_fields() -> Fields {
-    std::iter::once(Field::new("count", DataType::UInt64, true))
-        .chain(
-            FIGURES
-                .iter()
-                .map(|n| Field::new(*n, DataType::Float64, true)),
-        )
-        .collect()
-}
-
-/// Builds a column of stats structs (shared with `weight_stats_agg`).
-pub struct StatsBuilder {
-    count: UInt64Builder,
-    figures: Vec<Float64Builder>,
-    valid: Vec<bool>,
-}
-
-impl StatsBuilder {
-    pub fn with_capacity(rows: usize) -> Self {
-        Self {
-            count: UInt64Builder::with_capacity(rows),
-            figures: FIGURES
-                .iter()
-                .map(|_| Float64Builder::with_capacity(rows))
-                .collect(),
-            valid: Vec::with_capacity(rows),
-        }
-    }
-
-    pub fn append(&mut self, count: u64, figures: [f64; 7]) {
-        self.count.append_value(count);
-        for (b, v) in self.figures.iter_mut().zip(figures) {
-            b.append_option((!v.is_nan()).then_some(v));
-        }
-        self.valid.push(true);
-    }
-
-    pub fn append_null(&mut self) {
-        self.count.append_null();
-        self.figures.iter_mut().for_each(|b| b.append_null());
-        self.valid.push(false);
-    }
-
-    pub fn finish(mut self) -> StructArray {
-        let columns: Vec<ArrayRef> = std::iter::once(Arc::new(self.count.finish()) as ArrayRef)
-            .chain(
-                self.figures
-                    .iter_mut()
-                    .map(|b| Arc::new(b.finish()) as ArrayRef),
-            )
-            .collect();
-        let nulls = NullBuffer::from(self.valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        StructArray::new(stats_fields(), columns, nulls)
     }
 }
 
@@ -166,3 +96,5 @@ impl ScalarUDFImpl for WeightStats {
         Some(&DOCUMENTATION)
     }
 }
+
+crate::support::register::scalar_udf!(WeightStats::default());

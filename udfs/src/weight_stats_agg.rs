@@ -11,12 +11,12 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
 
-use crate::common::{FloatRows, check_arity, coerce_float_list, row_error};
-use crate::doc::DOC_STATISTICS;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::Sketch;
 use crate::kernels::stats::{Moments, OUTLIER_SIGMAS};
-use crate::weight_stats::{StatsBuilder, stats_fields};
+use crate::layout::stats::{StatsBuilder, stats_fields};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct WeightStatsAgg {
@@ -185,3 +185,5 @@ impl Accumulator for StatsAccumulator {
         Ok(())
     }
 }
+
+crate::support::register::aggregate_udf!(WeightStatsAgg::default());

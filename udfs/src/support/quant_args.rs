@@ -7,12 +7,12 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::ColumnarValue;
 
-use crate::common::{
+use crate::kernels::KernelError;
+use crate::kernels::scheme::{GroupSize, QuantSpec, Scheme};
+use crate::support::args::{
     IntArg, StrArg, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
     literal,
 };
-use crate::kernels::KernelError;
-use crate::kernels::scheme::{GroupSize, QuantSpec, Scheme};
 
 pub const FORMS: &str = "(weights, bits [, group_size [, scheme]])";
 

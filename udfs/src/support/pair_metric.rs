@@ -11,8 +11,8 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::common::{FloatRows, check_arity, coerce_float_list, row_error};
 use crate::kernels::metrics::PairSums;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
 
 #[derive(Debug)]
 pub struct PairMetric {

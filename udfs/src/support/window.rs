@@ -7,9 +7,9 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::common::constant_value;
 use crate::kernels::KernelError;
 use crate::kernels::thermo::ChainWeights;
+use crate::support::args::constant_value;
 
 /// Default weights of the transition objective's Markov and entropy terms.
 pub const DEFAULT_LAMBDA_MARKOV: f64 = 1.0;

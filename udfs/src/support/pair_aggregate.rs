@@ -13,9 +13,9 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
 };
 
-use crate::common::FloatRows;
 use crate::kernels::metrics::PairSums;
-use crate::pair_metric::coerce_pair;
+use crate::support::args::FloatRows;
+use crate::support::pair_metric::coerce_pair;
 
 #[derive(Debug)]
 pub struct PairAggregate {

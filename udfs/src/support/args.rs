@@ -5,21 +5,15 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Int64Array, ListArray, StringArray, UInt8Array,
-    UInt32Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
-    DataType, Field, Fields, Float16Type, Float32Type, Float64Type, Int64Type, UInt8Type,
-    UInt32Type,
+    DataType, Field, Float16Type, Float32Type, Float64Type, Int64Type,
 };
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::ColumnarValue;
 
 use crate::kernels::KernelError;
-use crate::kernels::quantized::{QuantizedRef, check_stored};
-use crate::kernels::scheme::Scheme;
 
 /// An error about one row's data, naming the function and the row within the batch.
 pub fn row_error(function: &str, row: usize, error: impl std::fmt::Display) -> DataFusionError {
@@ -326,203 +320,6 @@ pub fn literal<'a>(scalars: &[Option<&'a ScalarValue>], index: usize) -> Option<
     scalars.get(index).copied().flatten()
 }
 
-// ---------------------------------------------------------------------------------------------
-// The quantized struct.
-
-pub fn float16_list() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(DataType::Float16, true)))
-}
-
-/// Fields of the struct `quantize` returns (documented with `quantize` in the README's function
-/// table). They are nullable
-/// so that structs built by hand or read back from files cast to this layout.
-pub fn quantized_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("codes", DataType::Binary, true),
-        Field::new("scales", float16_list(), true),
-        Field::new("offsets", float16_list(), true),
-        Field::new("bits", DataType::UInt8, true),
-        Field::new("group_size", DataType::UInt32, true),
-        Field::new("len", DataType::UInt32, true),
-        Field::new("scheme", DataType::Utf8, true),
-    ])
-}
-
-pub fn quantized_type() -> DataType {
-    DataType::Struct(quantized_fields())
-}
-
-/// Plans a quantized-struct argument: any struct with the seven fields (in any order, with
-/// view, large or nullable variants, as a Parquet round trip may give) is cast to the canonical
-/// layout.
-pub fn coerce_quantized(function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
-    match dt {
-        DataType::Struct(fields) => {
-            for want in quantized_fields().iter() {
-                if fields.find(want.name()).is_none() {
-                    return plan_err!(
-                        "{function}: argument '{argument}' is a struct without the field '{}' of a quantized value (as returned by quantize)",
-                        want.name()
-                    );
-                }
-            }
-            Ok(quantized_type())
-        }
-        DataType::Null => Ok(quantized_type()),
-        _ => plan_err!(
-            "{function}: argument '{argument}' must be a quantized value (the struct quantize returns), got {dt}"
-        ),
-    }
-}
-
-/// A column of quantized structs, read row by row without copying. [`get`](Self::get) is the
-/// one reader every function taking a quantized value uses: it hands out only rows that passed
-/// [`check_stored`].
-pub struct QuantizedColumn<'a> {
-    nulls: Option<NullBuffer>,
-    codes: &'a BinaryArray,
-    scales: &'a ListArray,
-    offsets: &'a ListArray,
-    scale_values: &'a [half::f16],
-    offset_values: &'a [half::f16],
-    scale_nulls: Option<&'a NullBuffer>,
-    offset_nulls: Option<&'a NullBuffer>,
-    bits: &'a UInt8Array,
-    group_size: &'a UInt32Array,
-    len: &'a UInt32Array,
-    scheme: &'a StringArray,
-}
-
-impl<'a> QuantizedColumn<'a> {
-    /// Reads the canonical layout ([`quantized_fields`], which planning casts every accepted
-    /// struct to); any other layout is an error, not a panic.
-    pub fn new(array: &'a ArrayRef) -> Result<Self> {
-        let s = array.as_struct_opt().ok_or_else(|| {
-            exec_datafusion_err!("expected a quantized struct, got {}", array.data_type())
-        })?;
-        let column = |name: &str| {
-            s.column_by_name(name)
-                .ok_or_else(|| exec_datafusion_err!("quantized struct has no field '{name}'"))
-        };
-        let wrong = |name: &str, column: &ArrayRef| {
-            exec_datafusion_err!(
-                "quantized struct field '{name}' has type {}, expected {}",
-                column.data_type(),
-                quantized_fields()
-                    .find(name)
-                    .map(|(_, f)| f.data_type().to_string())
-                    .unwrap_or_default()
-            )
-        };
-        let list =
-            |name: &str| -> Result<(&'a ListArray, &'a [half::f16], Option<&'a NullBuffer>)> {
-                let c = column(name)?;
-                let list = c.as_list_opt::<i32>().ok_or_else(|| wrong(name, c))?;
-                let values = list
-                    .values()
-                    .as_primitive_opt::<Float16Type>()
-                    .ok_or_else(|| wrong(name, c))?;
-                Ok((list, values.values(), values.nulls()))
-            };
-        let (scales, scale_values, scale_nulls) = list("scales")?;
-        let (offsets, offset_values, offset_nulls) = list("offsets")?;
-        let codes = column("codes")?;
-        let bits = column("bits")?;
-        let group_size = column("group_size")?;
-        let len = column("len")?;
-        let scheme = column("scheme")?;
-        Ok(QuantizedColumn {
-            nulls: s.logical_nulls(),
-            codes: codes
-                .as_binary_opt::<i32>()
-                .ok_or_else(|| wrong("codes", codes))?,
-            scales,
-            offsets,
-            scale_values,
-            offset_values,
-            scale_nulls,
-            offset_nulls,
-            bits: bits
-                .as_primitive_opt::<UInt8Type>()
-                .ok_or_else(|| wrong("bits", bits))?,
-            group_size: group_size
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong("group_size", group_size))?,
-            len: len
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong("len", len))?,
-            scheme: scheme
-                .as_string_opt::<i32>()
-                .ok_or_else(|| wrong("scheme", scheme))?,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.codes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Row `row`, checked ([`check_stored`]), or `None` when NULL. A row whose own fields are
-    /// NULL, or whose scales or offsets hold a NULL, is corrupt: a NULL would read as 0. The
-    /// error is the message (callers add the function and row).
-    pub fn get(&self, row: usize) -> std::result::Result<Option<QuantizedRef<'a>>, String> {
-        self.checked(row).map_err(|e| e.to_string())
-    }
-
-    fn checked(&self, row: usize) -> std::result::Result<Option<QuantizedRef<'a>>, KernelError> {
-        if self.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
-            return Ok(None);
-        }
-        let corrupt = |message: String| KernelError::Corrupt(message);
-        let fields: [(&str, &dyn Array); 7] = [
-            ("codes", self.codes),
-            ("scales", self.scales),
-            ("offsets", self.offsets),
-            ("bits", self.bits),
-            ("group_size", self.group_size),
-            ("len", self.len),
-            ("scheme", self.scheme),
-        ];
-        if let Some((name, _)) = fields.iter().find(|(_, a)| a.is_null(row)) {
-            return Err(corrupt(format!("field '{name}' is NULL")));
-        }
-        let scheme = Scheme::parse(self.scheme.value(row))?;
-        let span =
-            |what: &str, list: &ListArray, values: &'a [half::f16], nulls: Option<&NullBuffer>| {
-                let o = list.value_offsets();
-                let (start, end) = (o[row] as usize, o[row + 1] as usize);
-                if let Some(g) = nulls.and_then(|n| (start..end).find(|&i| n.is_null(i))) {
-                    return Err(corrupt(format!(
-                        "the {what} of group {} is NULL",
-                        g - start
-                    )));
-                }
-                values
-                    .get(start..end)
-                    .ok_or_else(|| corrupt(format!("the {what} list is out of bounds")))
-            };
-        let q = QuantizedRef {
-            codes: self.codes.value(row),
-            scales: span("scale", self.scales, self.scale_values, self.scale_nulls)?,
-            offsets: span(
-                "offset",
-                self.offsets,
-                self.offset_values,
-                self.offset_nulls,
-            )?,
-            bits: self.bits.value(row),
-            group_size: self.group_size.value(row),
-            len: self.len.value(row),
-            scheme,
-        };
-        check_stored(&q)?;
-        Ok(Some(q))
-    }
-}
-
 /// A builder of `List<Float32>` rows with the list field every function returns.
 pub fn float32_list_builder(
     rows: usize,
@@ -558,7 +355,7 @@ pub fn constant_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{FixedSizeListArray, Float32Array, LargeListArray};
+    use datafusion::arrow::array::{FixedSizeListArray, Float32Array, LargeListArray, ListArray};
     use datafusion::arrow::buffer::OffsetBuffer;
 
     fn rows_of(array: ArrayRef) -> Vec<Option<Vec<f32>>> {
