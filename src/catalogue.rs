@@ -23,8 +23,8 @@ pub fn markdown_table() -> String {
     for udwf in udfs::window_udfs() {
         out.push_str(&row("window", udwf.documentation()));
     }
-    for (syntax, description) in crate::tables::TABLE_FUNCTION_DOCS {
-        out.push_str(&format!("| `{syntax}` | table | {description} |\n"));
+    for doc in crate::tables::table_function_docs() {
+        out.push_str(&row("table", Some(doc)));
     }
     out
 }

@@ -7,7 +7,7 @@ pub mod scan;
 use std::sync::Arc;
 
 use datafusion::common::{Result, ScalarValue, plan_err};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Documentation, Expr};
 use datafusion::prelude::SessionContext;
 
 pub use read_safetensors::{ReadSafetensors, SafetensorsTable};
@@ -19,17 +19,13 @@ pub fn register_tables(ctx: &SessionContext) {
     ctx.register_udtf("safetensors_info", Arc::new(SafetensorsInfo));
 }
 
-/// `(syntax, description)` of each table function, for the catalogue.
-pub const TABLE_FUNCTION_DOCS: [(&str, &str); 2] = [
-    (
-        "read_safetensors(path)",
-        "The weights table of a model: one row per tensor row {layer, row, shape, dtype, weights          List<Float32>, data (the row's bytes as stored)}. path is a .safetensors file, a          *.safetensors.index.json, a model folder or a diffusers pipeline folder (tensors named          component.tensor). Memory-mapped; F32 zero-copy where aligned, F16 and BF16 widened          exactly, F64 narrowed; weights is NULL for integer and bool tensors. Filters on layer          and dtype are pushed down. Corrupt files are refused with the file and tensor named.",
-    ),
-    (
-        "safetensors_info(path)",
-        "One row per tensor, read from the headers only: {layer, dtype, shape, elements, bytes,          rows (in read_safetensors), file}.",
-    ),
-];
+/// The documentation of each table function, for the catalogue.
+pub fn table_function_docs() -> [&'static Documentation; 2] {
+    [
+        ReadSafetensors::documentation(),
+        SafetensorsInfo::documentation(),
+    ]
+}
 
 /// The one argument of both functions: a path given as a string literal.
 fn path_argument(function: &str, args: &[Expr]) -> Result<String> {

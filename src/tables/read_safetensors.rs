@@ -1,14 +1,15 @@
 //! `read_safetensors('path')`: the weights table of a model, read from its safetensors files.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use arrowquant_udfs::support::doc::DOC_TABLES;
 use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DFSchema, Result};
 use datafusion::datasource::TableType;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Documentation, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
@@ -19,6 +20,34 @@ use crate::model::{Model, dtype_name};
 /// The table function.
 #[derive(Debug, Default)]
 pub struct ReadSafetensors;
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_TABLES,
+        "The weights table of a model: one row per tensor row {layer, row, shape, dtype, weights \
+         List<Float32>, data (the row's bytes as stored)}. path is a .safetensors file, a \
+         *.safetensors.index.json, a model folder or a diffusers pipeline folder (tensors named \
+         component.tensor). Memory-mapped; F32 zero-copy where aligned, F16 and BF16 widened \
+         exactly, F64 narrowed; weights is NULL for integer and bool tensors. Filters on layer \
+         and dtype are pushed down. Corrupt files are refused with the file and tensor named.",
+        "read_safetensors(path)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT layer, row, quantize(weights, 4) AS q FROM read_safetensors('model.safetensors');\n```",
+    )
+    .with_argument(
+        "path",
+        "A string literal: a safetensors file, shard index, model folder or pipeline folder.",
+    )
+    .build()
+});
+
+impl ReadSafetensors {
+    /// What the catalogue and the README say of this function.
+    pub fn documentation() -> &'static Documentation {
+        &DOCUMENTATION
+    }
+}
 
 impl TableFunctionImpl for ReadSafetensors {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {

@@ -1,8 +1,9 @@
 //! `safetensors_info('path')`: one row per tensor (name, dtype, shape, bytes), read from the
 //! headers only.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use arrowquant_udfs::support::doc::DOC_TABLES;
 use datafusion::arrow::array::{
     ArrayRef, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray,
 };
@@ -10,12 +11,34 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::MemTable;
+use datafusion::logical_expr::Documentation;
 
 use super::path_argument;
 use crate::model::{Model, dtype_name, row_layout};
 
 #[derive(Debug, Default)]
 pub struct SafetensorsInfo;
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_TABLES,
+        "One row per tensor, read from the headers only: {layer, dtype, shape, elements, bytes, \
+         rows (in read_safetensors), file}.",
+        "safetensors_info(path)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT layer, dtype, shape FROM safetensors_info('model_dir') ORDER BY bytes DESC;\n```",
+    )
+    .with_argument("path", "A string literal: as for read_safetensors.")
+    .build()
+});
+
+impl SafetensorsInfo {
+    /// What the catalogue and the README say of this function.
+    pub fn documentation() -> &'static Documentation {
+        &DOCUMENTATION
+    }
+}
 
 impl TableFunctionImpl for SafetensorsInfo {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {

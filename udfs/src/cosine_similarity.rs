@@ -20,8 +20,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn cosine_similarity() -> PairMetric {
-    PairMetric::new("cosine_similarity", PairSums::cosine, || &DOCUMENTATION)
-}
-
-crate::support::register::scalar_udf!(cosine_similarity());
+crate::support::register::scalar_udf!(PairMetric::new(
+    "cosine_similarity",
+    PairSums::cosine,
+    || &DOCUMENTATION
+));

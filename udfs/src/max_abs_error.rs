@@ -20,8 +20,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn max_abs_error() -> PairMetric {
-    PairMetric::new("max_abs_error", PairSums::max_abs_error, || &DOCUMENTATION)
-}
-
-crate::support::register::scalar_udf!(max_abs_error());
+crate::support::register::scalar_udf!(PairMetric::new(
+    "max_abs_error",
+    PairSums::max_abs_error,
+    || &DOCUMENTATION
+));

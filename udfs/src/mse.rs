@@ -20,8 +20,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn mse() -> PairMetric {
-    PairMetric::new("mse", PairSums::mse, || &DOCUMENTATION)
-}
-
-crate::support::register::scalar_udf!(mse());
+crate::support::register::scalar_udf!(PairMetric::new(
+    "mse",
+    PairSums::mse,
+    || &DOCUMENTATION
+));

@@ -20,8 +20,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn sqnr_db() -> PairMetric {
-    PairMetric::new("sqnr_db", PairSums::sqnr_db, || &DOCUMENTATION)
-}
-
-crate::support::register::scalar_udf!(sqnr_db());
+crate::support::register::scalar_udf!(PairMetric::new(
+    "sqnr_db",
+    PairSums::sqnr_db,
+    || &DOCUMENTATION
+));

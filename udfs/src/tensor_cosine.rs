@@ -22,8 +22,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn tensor_cosine() -> PairAggregate {
-    PairAggregate::new("tensor_cosine", PairSums::cosine, || &DOCUMENTATION)
-}
-
-crate::support::register::aggregate_udf!(tensor_cosine());
+crate::support::register::aggregate_udf!(PairAggregate::new(
+    "tensor_cosine",
+    PairSums::cosine,
+    || &DOCUMENTATION
+));

@@ -22,8 +22,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-pub fn tensor_mse() -> PairAggregate {
-    PairAggregate::new("tensor_mse", PairSums::mse, || &DOCUMENTATION)
-}
-
-crate::support::register::aggregate_udf!(tensor_mse());
+crate::support::register::aggregate_udf!(PairAggregate::new(
+    "tensor_mse",
+    PairSums::mse,
+    || &DOCUMENTATION
+));

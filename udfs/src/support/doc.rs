@@ -38,6 +38,12 @@ pub const DOC_THERMODYNAMIC: DocSection = DocSection {
     description: Some("Window functions over a layer's chain of timestep groups."),
 };
 
+pub const DOC_TABLES: DocSection = DocSection {
+    include: true,
+    label: "Table Functions",
+    description: Some("Model files read as tables."),
+};
+
 pub const DOC_SPATIAL: DocSection = DocSection {
     include: true,
     label: "Spatial Functions",
