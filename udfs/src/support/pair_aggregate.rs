@@ -9,36 +9,15 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt6
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature};
 
 use crate::kernels::metrics::PairSums;
 use crate::support::args::FloatRows;
-use crate::support::pair_metric::coerce_pair;
+use crate::support::pair_metric::{PairDefinition, coerce_pair};
 
-#[derive(Debug)]
-pub struct PairAggregate {
-    name: &'static str,
-    metric: fn(&PairSums) -> Option<f64>,
-    documentation: fn() -> &'static Documentation,
-    signature: Signature,
-}
-
-// Functions are told apart by name: two instances with one name are the same function.
-impl PartialEq for PairAggregate {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-
-impl Eq for PairAggregate {}
-
-impl std::hash::Hash for PairAggregate {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
+/// An aggregate function of two rows: the metric of all the pairs of a group.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PairAggregate(PairDefinition);
 
 impl PairAggregate {
     pub fn new(
@@ -46,12 +25,7 @@ impl PairAggregate {
         metric: fn(&PairSums) -> Option<f64>,
         documentation: fn() -> &'static Documentation,
     ) -> Self {
-        Self {
-            name,
-            metric,
-            documentation,
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
+        Self(PairDefinition::new(name, metric, documentation))
     }
 }
 
@@ -66,15 +40,15 @@ const STATE: [(&str, DataType); 6] = [
 
 impl AggregateUDFImpl for PairAggregate {
     fn name(&self) -> &str {
-        self.name
+        self.0.name
     }
 
     fn signature(&self) -> &Signature {
-        &self.signature
+        &self.0.signature
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_pair(self.name, arg_types)
+        coerce_pair(self.0.name, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -83,8 +57,8 @@ impl AggregateUDFImpl for PairAggregate {
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(PairAccumulator {
-            name: self.name,
-            metric: self.metric,
+            name: self.0.name,
+            metric: self.0.metric,
             sums: PairSums::default(),
         }))
     }
@@ -97,7 +71,7 @@ impl AggregateUDFImpl for PairAggregate {
     }
 
     fn documentation(&self) -> Option<&Documentation> {
-        Some((self.documentation)())
+        Some((self.0.documentation)())
     }
 }
 

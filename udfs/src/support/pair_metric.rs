@@ -14,30 +14,33 @@ use datafusion::logical_expr::{
 use crate::kernels::metrics::PairSums;
 use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
 
+/// What a function over a pair of rows is: its name, the metric it takes from the pair's
+/// sums and its documentation. Shared by [`PairMetric`] (per row) and `PairAggregate` (per
+/// group of rows).
 #[derive(Debug)]
-pub struct PairMetric {
-    name: &'static str,
-    metric: fn(&PairSums) -> Option<f64>,
-    documentation: fn() -> &'static Documentation,
-    signature: Signature,
+pub struct PairDefinition {
+    pub name: &'static str,
+    pub metric: fn(&PairSums) -> Option<f64>,
+    pub documentation: fn() -> &'static Documentation,
+    pub signature: Signature,
 }
 
 // Functions are told apart by name: two instances with one name are the same function.
-impl PartialEq for PairMetric {
+impl PartialEq for PairDefinition {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
     }
 }
 
-impl Eq for PairMetric {}
+impl Eq for PairDefinition {}
 
-impl std::hash::Hash for PairMetric {
+impl std::hash::Hash for PairDefinition {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.name.hash(state);
     }
 }
 
-impl PairMetric {
+impl PairDefinition {
     pub fn new(
         name: &'static str,
         metric: fn(&PairSums) -> Option<f64>,
@@ -52,6 +55,20 @@ impl PairMetric {
     }
 }
 
+/// A scalar function of two rows: the metric of each pair.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PairMetric(PairDefinition);
+
+impl PairMetric {
+    pub fn new(
+        name: &'static str,
+        metric: fn(&PairSums) -> Option<f64>,
+        documentation: fn() -> &'static Documentation,
+    ) -> Self {
+        Self(PairDefinition::new(name, metric, documentation))
+    }
+}
+
 /// Plans `(a, b)`: two float lists.
 pub fn coerce_pair(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
     check_arity(function, "(a, b)", arg_types.len(), 2, 2)?;
@@ -63,15 +80,15 @@ pub fn coerce_pair(function: &str, arg_types: &[DataType]) -> Result<Vec<DataTyp
 
 impl ScalarUDFImpl for PairMetric {
     fn name(&self) -> &str {
-        self.name
+        self.0.name
     }
 
     fn signature(&self) -> &Signature {
-        &self.signature
+        &self.0.signature
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_pair(self.name, arg_types)
+        coerce_pair(self.0.name, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -82,15 +99,15 @@ impl ScalarUDFImpl for PairMetric {
         let a = args.args[0].to_array(args.number_rows)?;
         let b = args.args[1].to_array(args.number_rows)?;
         let (a, b) = (
-            FloatRows::new(&a, self.name, "a")?,
-            FloatRows::new(&b, self.name, "b")?,
+            FloatRows::new(&a, self.0.name, "a")?,
+            FloatRows::new(&b, self.0.name, "b")?,
         );
         let mut out = Float64Builder::with_capacity(a.len());
         for row in 0..a.len() {
             match (a.row(row), b.row(row)) {
                 (Some(x), Some(y)) => {
-                    let sums = PairSums::of(x, y).map_err(|e| row_error(self.name, row, e))?;
-                    out.append_option((self.metric)(&sums));
+                    let sums = PairSums::of(x, y).map_err(|e| row_error(self.0.name, row, e))?;
+                    out.append_option((self.0.metric)(&sums));
                 }
                 _ => out.append_null(),
             }
@@ -99,6 +116,6 @@ impl ScalarUDFImpl for PairMetric {
     }
 
     fn documentation(&self) -> Option<&Documentation> {
-        Some((self.documentation)())
+        Some((self.0.documentation)())
     }
 }
