@@ -5,15 +5,16 @@
 #
 #   bash benches/end_to_end.sh [WORK_DIR]      (default: target/bench-models)
 #
-# Needs the release binary (cargo build --release) and the local venv with numpy
-# (scripts/setup-python.sh). Prints one line per measurement; medians of RUNS runs.
+# Needs the release binary (cargo build --release; ARROWQUANT_BIN=PATH runs another build, to
+# compare two versions) and the local venv with numpy (scripts/setup-python.sh). Prints one
+# line per measurement; medians of RUNS runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-target/bench-models}
 RUNS=${RUNS:-3}
-BIN=target/release/arrowquant
+BIN=${ARROWQUANT_BIN:-target/release/arrowquant}
 PY=.venv/bin/python
-[ -x "$BIN" ] || cargo build --release --bin arrowquant
+[ -x "$BIN" ] || [ -n "${ARROWQUANT_BIN:-}" ] || cargo build --release --bin arrowquant
 mkdir -p "$WORK"
 [ -f "$WORK/m2/model.safetensors.index.json" ] || $PY benches/make_synthetic_model.py 2 "$WORK/m2"
 [ -f "$WORK/m8/model.safetensors.index.json" ] || $PY benches/make_synthetic_model.py 8 "$WORK/m8"
