@@ -6,26 +6,18 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
 use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::clip_outliers;
 
 pub const DEFAULT_K_SIGMA: f64 = 3.0;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClipOutliers {
-    signature: Signature,
-}
-
-impl Default for ClipOutliers {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

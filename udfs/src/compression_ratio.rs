@@ -7,25 +7,17 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{IntArg, check_arity, coerce_integer, literal, row_error};
 use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUALITY;
 use crate::kernels::quantized::stored_bytes;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct CompressionRatio {
-    signature: Signature,
-}
-
-impl Default for CompressionRatio {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 const DEFAULT_SOURCE_BITS: i64 = 32;

@@ -6,25 +6,18 @@ use datafusion::arrow::array::{Float32Builder, ListBuilder};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, float32_list, row_error};
 use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::quantized::Quantizer;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Dequantize {
-    signature: Signature,
-}
-
-impl Default for Dequantize {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -7,9 +7,10 @@ use std::sync::LazyLock;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, coerce_float_list, row_error};
 use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUALITY;
@@ -24,17 +25,9 @@ enum Second<'a> {
     Quantized(QuantizedColumn<'a>),
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ErrorSums {
-    signature: Signature,
-}
-
-impl Default for ErrorSums {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -9,25 +9,17 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, row_error};
 use crate::support::doc::{DOC_QUALITY, scheme_list};
 use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::support::quant_args::{self, SpecArgs};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantError {
-    signature: Signature,
-}
-
-impl Default for QuantError {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 const FIELDS: [&str; 5] = [

@@ -7,9 +7,10 @@ use datafusion::arrow::array::Float64Builder;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error};
 use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::KernelError;
@@ -18,17 +19,9 @@ use crate::kernels::error::{GRID_BITS, readable};
 use crate::kernels::thermo::{RangeChoice, range_mse};
 use crate::support::window::float_values;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantMse {
-    signature: Signature,
-}
-
-impl Default for QuantMse {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -8,9 +8,10 @@ use datafusion::common::{Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
+    Accumulator, AggregateUDFImpl, Documentation, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string, constant_value, row_error};
 use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::KernelError;
@@ -18,17 +19,9 @@ use crate::kernels::error::GRID_BITS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::{RangeParams, Sketch, clip_search};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantParams {
-    signature: Signature,
-}
-
-impl Default for QuantParams {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -6,9 +6,9 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, row_error};
 use crate::layout::quantized::quantized_type;
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
@@ -16,17 +16,9 @@ use crate::kernels::quantized::{QuantizedRow, Quantizer};
 use crate::layout::quantized::QuantizedBuilder;
 use crate::support::quant_args::{self, SpecArgs};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Quantize {
-    signature: Signature,
-}
-
-impl Default for Quantize {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -12,10 +12,9 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::support::args::{FloatRows, row_error};
+use crate::support::args::{UserDefined, FloatRows, row_error};
 use crate::layout::quantized::{quantized_type};
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
 use crate::layout::error_sums::{SumsBuilder, error_sums_type};
@@ -24,20 +23,11 @@ use crate::layout::refusal::{RefusalBuilder, refusal_fields};
 use crate::support::quant_args::{self, SpecArgs};
 use crate::layout::quantized::QuantizedBuilder;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {
-    signature: Signature,
+    signature: UserDefined,
     /// Refused rows are values (the `refused` field) instead of errors.
     refusals: bool,
-}
-
-impl Default for QuantizeMeasured {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-            refusals: false,
-        }
-    }
 }
 
 impl QuantizeMeasured {

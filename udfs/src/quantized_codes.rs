@@ -7,25 +7,18 @@ use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, row_error};
 use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::quantized::signed_codes;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizedCodes {
-    signature: Signature,
-}
-
-impl Default for QuantizedCodes {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 fn int8_list() -> DataType {

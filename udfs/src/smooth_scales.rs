@@ -7,26 +7,18 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
 use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::smooth_scales;
 
 pub const DEFAULT_ALPHA: f64 = 0.5;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct SmoothScales {
-    signature: Signature,
-}
-
-impl Default for SmoothScales {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -7,24 +7,17 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::check_arity;
 use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct SumsCosine {
-    signature: Signature,
-}
-
-impl Default for SumsCosine {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 /// The fields read, by name; any others (max_abs_error) are ignored.

@@ -9,11 +9,12 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    Documentation, PartitionEvaluator, Signature, Volatility, WindowUDFImpl,
+    Documentation, PartitionEvaluator, Signature, WindowUDFImpl,
 };
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
 use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, optimize_chain};
@@ -21,17 +22,9 @@ use crate::support::window::{chain_weights, partition_error};
 
 pub use crate::support::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ThermoOptimize {
-    signature: Signature,
-}
-
-impl Default for ThermoOptimize {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

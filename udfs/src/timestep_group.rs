@@ -9,24 +9,16 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error};
 use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::timesteps::{Spacing, check_schedule, timestep_group};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct TimestepGroup {
-    signature: Signature,
-}
-
-impl Default for TimestepGroup {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

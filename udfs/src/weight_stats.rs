@@ -5,26 +5,19 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
 use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
 use crate::kernels::stats::RowStats;
 use crate::layout::stats::{StatsBuilder, stats_fields};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct WeightStats {
-    signature: Signature,
-}
-
-impl Default for WeightStats {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

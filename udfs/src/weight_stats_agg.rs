@@ -8,9 +8,10 @@ use datafusion::common::{Result, ScalarValue, exec_datafusion_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature, Volatility,
+    Accumulator, AggregateUDFImpl, Documentation, Signature,
 };
 
+use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
 use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
@@ -18,17 +19,9 @@ use crate::kernels::sketch::Sketch;
 use crate::kernels::stats::{Moments, OUTLIER_SIGMAS};
 use crate::layout::stats::{StatsBuilder, stats_fields};
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct WeightStatsAgg {
-    signature: Signature,
-}
-
-impl Default for WeightStatsAgg {
-    fn default() -> Self {
-        Self {
-            signature: Signature::user_defined(Volatility::Immutable),
-        }
-    }
+    signature: UserDefined,
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

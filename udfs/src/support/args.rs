@@ -11,9 +11,28 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Float16Type, Float32Type, Float64Type, Int64Type,
 };
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, plan_err};
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, Signature, Volatility};
 
 use crate::kernels::KernelError;
+
+/// The signature every ArrowQuant function has: `user_defined` (each function checks and
+/// coerces its own arguments in `coerce_types`, so that errors name the argument) and
+/// immutable. A field of this type lets a function derive `Default`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UserDefined(Signature);
+
+impl Default for UserDefined {
+    fn default() -> Self {
+        UserDefined(Signature::user_defined(Volatility::Immutable))
+    }
+}
+
+impl std::ops::Deref for UserDefined {
+    type Target = Signature;
+    fn deref(&self) -> &Signature {
+        &self.0
+    }
+}
 
 /// An error about one row's data, naming the function and the row within the batch.
 pub fn row_error(function: &str, row: usize, error: impl std::fmt::Display) -> DataFusionError {

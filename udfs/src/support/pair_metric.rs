@@ -8,11 +8,11 @@ use datafusion::arrow::array::Float64Builder;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
 use crate::kernels::metrics::PairSums;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::args::{FloatRows, UserDefined, check_arity, coerce_float_list, row_error};
 
 /// What a function over a pair of rows is: its name, the metric it takes from the pair's
 /// sums and its documentation. Shared by [`PairMetric`] (per row) and `PairAggregate` (per
@@ -22,7 +22,7 @@ pub struct PairDefinition {
     pub name: &'static str,
     pub metric: fn(&PairSums) -> Option<f64>,
     pub documentation: fn() -> &'static Documentation,
-    pub signature: Signature,
+    pub signature: UserDefined,
 }
 
 // Functions are told apart by name: two instances with one name are the same function.
@@ -50,7 +50,7 @@ impl PairDefinition {
             name,
             metric,
             documentation,
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: UserDefined::default(),
         }
     }
 }
