@@ -888,6 +888,40 @@ fn tensors_beyond_f16_range_are_kept() {
     assert_eq!(restored, big);
 }
 
+/// The reason names the tensor's largest magnitude even when it lies in a row that quantizes:
+/// row 0 peaks at 1e5 with a minimum near 0 (scale 1e5/15 fits f16), row 3 is a constant
+/// -7e4 (its offset does not).
+#[test]
+fn the_reason_names_the_whole_tensors_largest_value() {
+    let dir = scratch("beyond-f16-max");
+    let mut mixed = values(32 * 64, 5);
+    mixed[0] = 1.0e5;
+    for v in &mut mixed[3 * 64..4 * 64] {
+        *v = -7.0e4;
+    }
+    write_safetensors(
+        &dir.join("m/model.safetensors"),
+        &[
+            Tensor::f32("a.weight", &[32, 64], &values(32 * 64, 1)),
+            Tensor::f32("mixed.weight", &[32, 64], &mixed),
+        ],
+    );
+    let o = arrowquant(&["quantize", "m", "-o", "out", "-q", "--json"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = v["tensors_report"].as_array().unwrap();
+    let t = report
+        .iter()
+        .find(|t| t["layer"] == "mixed.weight")
+        .unwrap();
+    assert_eq!(t["action"], "keep", "{t}");
+    let why = t["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("values beyond f16 range: max |x| = 1e5 (row 3: "),
+        "{why}"
+    );
+}
+
 fn header_file(dir: &Path, name: &str, header: &str, data_len: usize) -> String {
     std::fs::write(dir.join(name), with_header(header, data_len)).unwrap();
     name.to_string()

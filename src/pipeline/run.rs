@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float32Type, Float64Type, Int64Type, Schema};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type, Schema};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -230,7 +230,6 @@ struct Refused {
     layer: String,
     row: i64,
     reason: String,
-    max_abs: f32,
 }
 
 /// What one quantization query gave: each row's `(layer, error, stored_bytes)` and the rows
@@ -254,38 +253,67 @@ async fn keep_refused(
     if refused.is_empty() {
         return Ok(());
     }
-    // Per tensor: the first refused row (the report names it) and the largest magnitude.
+    // Per tensor: the first refused row, which the report names.
     let mut layers: Vec<(String, Refused)> = Vec::new();
     for r in refused {
         match layers.iter_mut().find(|(layer, _)| *layer == r.layer) {
-            Some((_, first)) => {
-                first.max_abs = first.max_abs.max(r.max_abs);
-                if r.row < first.row {
-                    (first.row, first.reason) = (r.row, r.reason);
-                }
-            }
+            Some((_, first)) if r.row < first.row => *first = r,
+            Some(_) => {}
             None => layers.push((r.layer.clone(), r)),
         }
     }
+    // The largest magnitude of each whole tensor (it may lie in a row that was not refused),
+    // read from these tensors only.
+    let names: Vec<String> = layers.iter().map(|(layer, _)| layer.clone()).collect();
+    let max_abs = tensor_absmax(ctx, source, &names).await?;
     for (layer, r) in &layers {
         let p = plans
             .iter_mut()
             .find(|p| p.layer == *layer)
             .ok_or_else(|| exec_datafusion_err!("refused rows of an unplanned tensor '{layer}'"))?;
         p.setting = None;
+        let max = max_abs.get(layer.as_str()).copied().unwrap_or(f32::NAN);
         p.reason = format!(
-            "values beyond f16 range: max |x| = {:e} (row {}: {})",
-            r.max_abs, r.row, r.reason
+            "values beyond f16 range: max |x| = {max:e} (row {}: {})",
+            r.row, r.reason
         );
     }
     ctx.deregister_table("strategy")?;
     ctx.register_batch("strategy", strategy_batch(plans)?)?;
-    let layers: Vec<String> = layers.into_iter().map(|(layer, _)| layer).collect();
+    let layers = names;
     let phase = format!("keeping {} tensors beyond f16 range", layers.len());
     let kept = redo_layers(ctx, source, &layers, out, &phase, progress).await?;
     *errors = drop_layers(std::mem::take(errors), &layers)?;
     errors.extend(kept.errors);
     Ok(())
+}
+
+/// The largest |x| of each of `layers`, by a query over those tensors only.
+async fn tensor_absmax(
+    ctx: &SessionContext,
+    source: &str,
+    layers: &[String],
+) -> Result<std::collections::HashMap<String, f32>> {
+    let sql = format!(
+        "SELECT layer, max(weight_stats(weights)['absmax']) AS max_abs
+         FROM read_safetensors({}) WHERE layer IN ({}) GROUP BY layer",
+        sql_string(source),
+        layers
+            .iter()
+            .map(|l| sql_string(l))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut out = std::collections::HashMap::new();
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let layer = column(&batch, "layer").as_string::<i32>();
+        let max = column(&batch, "max_abs").as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            // The values are f32: printed as f32, as the kernels' messages print them.
+            out.insert(layer.value(i).to_string(), max.value(i) as f32);
+        }
+    }
+    Ok(out)
 }
 
 /// Quantizes `layers` again with the strategy as it now stands and replaces their rows in
@@ -374,7 +402,6 @@ fn collect_refused(batch: &RecordBatch, into: &mut Vec<Refused>) -> Result<()> {
     };
     let reason = field("reason").as_string::<i32>();
     let beyond_f16 = field("beyond_f16").as_boolean();
-    let max_abs = field("max_abs").as_primitive::<Float32Type>();
     for i in (0..batch.num_rows()).filter(|&i| refused.is_valid(i)) {
         if !beyond_f16.value(i) {
             return Err(exec_datafusion_err!(
@@ -388,7 +415,6 @@ fn collect_refused(batch: &RecordBatch, into: &mut Vec<Refused>) -> Result<()> {
             layer: layer.value(i).to_string(),
             row: row.value(i),
             reason: reason.value(i).to_string(),
-            max_abs: max_abs.value(i),
         });
     }
     Ok(())
