@@ -11,7 +11,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::support::args::UserDefined;
-use crate::support::args::check_arity;
+use crate::support::args::{check_arity, row_error};
 use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
 
@@ -31,7 +31,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          definition every ArrowQuant cosine follows (cosine_similarity, tensor_cosine, the \
          quantize report, the Python batch API): 1 when b reproduces a exactly (err_sq = 0), \
          rows of zeros included; NULL when there are no values, or one side is all zeros and \
-         the other is not; otherwise dot / (√a_sq · √b_sq), clamped to [−1, 1]. NULL for a NULL \
+         the other is not; otherwise dot / (√a_sq · √b_sq), clamped to [−1, 1]. NaN or ±Inf sums \
+         are an error naming the field. NULL for a NULL \
          struct or field.",
         "sums_cosine(sums)",
     )
@@ -111,6 +112,21 @@ impl ScalarUDFImpl for SumsCosine {
             let valid = sums.is_valid(row)
                 && n.is_valid(row)
                 && [dot, aa, bb, sq_err].iter().all(|c| c.is_valid(row));
+            // Sums of finite rows are finite: a NaN or ±Inf is a struct built by hand, and a
+            // cosine from it would be NaN.
+            if valid
+                && let Some((name, value)) = ["dot", "a_sq", "b_sq", "err_sq"]
+                    .iter()
+                    .zip([dot, aa, bb, sq_err])
+                    .map(|(name, c)| (name, c.value(row)))
+                    .find(|(_, v)| !v.is_finite())
+            {
+                return Err(row_error(
+                    self.name(),
+                    row,
+                    format!("field '{name}' of 'sums' is {value}, not a finite sum"),
+                ));
+            }
             let cosine = valid.then(|| PairSums {
                 n: n.value(row).max(0) as usize,
                 dot: dot.value(row),
