@@ -8,10 +8,13 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
-use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::clip_outliers;
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
+    literal, row_error,
+};
+use crate::support::doc::DOC_SPATIAL;
 
 pub const DEFAULT_K_SIGMA: f64 = 3.0;
 

@@ -8,14 +8,15 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature};
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list, float32_list_builder, row_error};
-use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::{channel_width, fold_absmax};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list,
+    float32_list_builder, row_error,
+};
+use crate::support::doc::DOC_SPATIAL;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ColumnAbsmax {

@@ -9,11 +9,11 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::quantized::stored_bytes;
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::args::UserDefined;
 use crate::support::args::{IntArg, check_arity, coerce_integer, literal, row_error};
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUALITY;
-use crate::kernels::quantized::stored_bytes;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct CompressionRatio {

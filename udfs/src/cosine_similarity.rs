@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::support::doc::DOC_QUALITY;
 use crate::support::pair_metric::PairMetric;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

@@ -9,11 +9,11 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::quantized::Quantizer;
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, float32_list, row_error};
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUANTIZATION;
-use crate::kernels::quantized::Quantizer;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Dequantize {

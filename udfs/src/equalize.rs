@@ -8,10 +8,12 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error};
-use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::equalize;
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error,
+};
+use crate::support::doc::DOC_SPATIAL;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Equalize {

@@ -10,13 +10,13 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::metrics::PairSums;
+use crate::kernels::quantized::Quantizer;
+use crate::layout::error_sums::{SumsBuilder, error_sums_type};
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, coerce_float_list, row_error};
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUALITY;
-use crate::kernels::metrics::PairSums;
-use crate::layout::error_sums::{SumsBuilder, error_sums_type};
-use crate::kernels::quantized::Quantizer;
 use crate::support::pair_metric::coerce_pair;
 
 /// The second argument: a row of values, or a quantized row to reconstruct.

@@ -6,16 +6,14 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::Result;
-use datafusion::logical_expr::{
-    Documentation, PartitionEvaluator, Signature, WindowUDFImpl,
-};
+use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
+use crate::kernels::thermo::markov_smoothness;
 use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, coerce_float};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::kernels::thermo::markov_smoothness;
 use crate::support::window::{float_values, partition_error};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

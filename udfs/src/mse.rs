@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::support::doc::DOC_QUALITY;
 use crate::support::pair_metric::PairMetric;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
@@ -20,8 +20,4 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-crate::support::register::scalar_udf!(PairMetric::new(
-    "mse",
-    PairSums::mse,
-    || &DOCUMENTATION
-));
+crate::support::register::scalar_udf!(PairMetric::new("mse", PairSums::mse, || &DOCUMENTATION));

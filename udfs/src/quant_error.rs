@@ -11,10 +11,10 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, row_error};
 use crate::support::doc::{DOC_QUALITY, scheme_list};
-use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::support::quant_args::{self, SpecArgs};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

@@ -10,13 +10,15 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error};
-use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::KernelError;
 use crate::kernels::error::check_finite;
 use crate::kernels::error::{GRID_BITS, readable};
 use crate::kernels::thermo::{RangeChoice, range_mse};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error,
+};
+use crate::support::doc::DOC_DIFFUSION;
 use crate::support::window::float_values;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

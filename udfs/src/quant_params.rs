@@ -7,17 +7,18 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature};
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string, constant_value, row_error};
-use crate::support::doc::DOC_QUANTIZATION;
 use crate::kernels::KernelError;
 use crate::kernels::error::GRID_BITS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::{RangeParams, Sketch, clip_search};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
+    constant_value, row_error,
+};
+use crate::support::doc::DOC_QUANTIZATION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantParams {

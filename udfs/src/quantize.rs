@@ -8,12 +8,12 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, row_error};
-use crate::layout::quantized::quantized_type;
-use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
 use crate::kernels::quantized::{QuantizedRow, Quantizer};
 use crate::layout::quantized::QuantizedBuilder;
+use crate::layout::quantized::quantized_type;
+use crate::support::args::UserDefined;
+use crate::support::args::{FloatRows, row_error};
+use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
 use crate::support::quant_args::{self, SpecArgs};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

@@ -14,14 +14,14 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::{UserDefined, FloatRows, row_error};
-use crate::layout::quantized::{quantized_type};
-use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::layout::error_sums::{SumsBuilder, error_sums_type};
 use crate::kernels::quantized::{QuantizedRow, Quantizer};
-use crate::layout::refusal::{RefusalBuilder, refusal_fields};
-use crate::support::quant_args::{self, SpecArgs};
+use crate::layout::error_sums::{SumsBuilder, error_sums_type};
 use crate::layout::quantized::QuantizedBuilder;
+use crate::layout::quantized::quantized_type;
+use crate::layout::refusal::{RefusalBuilder, refusal_fields};
+use crate::support::args::{FloatRows, UserDefined, row_error};
+use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
+use crate::support::quant_args::{self, SpecArgs};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {

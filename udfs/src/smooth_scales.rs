@@ -9,10 +9,13 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder, literal, row_error};
-use crate::support::doc::DOC_SPATIAL;
 use crate::kernels::spatial::smooth_scales;
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
+    literal, row_error,
+};
+use crate::support::doc::DOC_SPATIAL;
 
 pub const DEFAULT_ALPHA: f64 = 0.5;
 

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::support::doc::DOC_QUALITY;
 use crate::support::pair_metric::PairMetric;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
@@ -20,8 +20,6 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-crate::support::register::scalar_udf!(PairMetric::new(
-    "sqnr_db",
-    PairSums::sqnr_db,
-    || &DOCUMENTATION
-));
+crate::support::register::scalar_udf!(PairMetric::new("sqnr_db", PairSums::sqnr_db, || {
+    &DOCUMENTATION
+}));

@@ -10,11 +10,11 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::quantized;
+use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, row_error};
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::doc::DOC_QUALITY;
-use crate::kernels::quantized;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct StoredBytes {

@@ -10,10 +10,10 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
+use crate::kernels::metrics::PairSums;
 use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, row_error};
 use crate::support::doc::DOC_QUALITY;
-use crate::kernels::metrics::PairSums;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct SumsCosine {

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use datafusion::logical_expr::Documentation;
 
-use crate::support::doc::DOC_QUALITY;
 use crate::kernels::metrics::PairSums;
+use crate::support::doc::DOC_QUALITY;
 use crate::support::pair_aggregate::PairAggregate;
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
@@ -22,8 +22,6 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-crate::support::register::aggregate_udf!(PairAggregate::new(
-    "tensor_mse",
-    PairSums::mse,
-    || &DOCUMENTATION
-));
+crate::support::register::aggregate_udf!(PairAggregate::new("tensor_mse", PairSums::mse, || {
+    &DOCUMENTATION
+}));

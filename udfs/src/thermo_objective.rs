@@ -7,16 +7,16 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{ArrayRef, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::Result;
-use datafusion::logical_expr::{
-    Documentation, PartitionEvaluator, Signature, WindowUDFImpl,
-};
+use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
-use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_range};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer,
+};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::support::window::{chain_weights, float_values, partition_error};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

@@ -8,16 +8,16 @@ use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, StructArray
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
-use datafusion::logical_expr::{
-    Documentation, PartitionEvaluator, Signature, WindowUDFImpl,
-};
+use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer};
-use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::kernels::thermo::{ChainWeights, optimize_chain};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer,
+};
+use crate::support::doc::DOC_THERMODYNAMIC;
 use crate::support::window::{chain_weights, partition_error};
 
 pub use crate::support::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};

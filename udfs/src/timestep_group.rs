@@ -11,10 +11,12 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error};
-use crate::support::doc::DOC_DIFFUSION;
 use crate::kernels::timesteps::{Spacing, check_schedule, timestep_group};
+use crate::support::args::UserDefined;
+use crate::support::args::{
+    IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error,
+};
+use crate::support::doc::DOC_DIFFUSION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct TimestepGroup {

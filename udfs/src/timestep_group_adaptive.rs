@@ -6,16 +6,14 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, plan_err};
-use datafusion::logical_expr::{
-    Documentation, PartitionEvaluator, Signature, WindowUDFImpl,
-};
+use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
+use crate::kernels::thermo::adaptive_segments;
 use crate::support::args::UserDefined;
 use crate::support::args::{check_arity, coerce_float, coerce_integer};
 use crate::support::doc::DOC_DIFFUSION;
-use crate::kernels::thermo::adaptive_segments;
 use crate::support::window::{constant, float_values, partition_error};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]

@@ -8,12 +8,12 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
-use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
 use crate::kernels::stats::RowStats;
 use crate::layout::stats::{StatsBuilder, stats_fields};
+use crate::support::args::UserDefined;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::doc::DOC_STATISTICS;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct WeightStats {

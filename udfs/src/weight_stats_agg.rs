@@ -7,17 +7,15 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, Documentation, Signature,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature};
 
-use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
-use crate::support::doc::DOC_STATISTICS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::Sketch;
 use crate::kernels::stats::{Moments, OUTLIER_SIGMAS};
 use crate::layout::stats::{StatsBuilder, stats_fields};
+use crate::support::args::UserDefined;
+use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::doc::DOC_STATISTICS;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct WeightStatsAgg {
