@@ -10,10 +10,8 @@ use datafusion::logical_expr::{
 
 use crate::kernels::spatial::clip_outliers;
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
-    literal, row_error,
-};
+use crate::support::args::{ArgType, Parameters, float32_list_rows};
+use crate::support::args::{FloatRows, float32_list, literal};
 use crate::support::doc::DOC_SPATIAL;
 
 pub const DEFAULT_K_SIGMA: f64 = 3.0;
@@ -53,6 +51,11 @@ fn k_sigma_of(value: Option<&ScalarValue>) -> Result<f64> {
     }
 }
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[("weights", ArgType::FloatList), ("k_sigma", ArgType::Float)],
+    1,
+);
+
 impl ScalarUDFImpl for ClipOutliers {
     fn name(&self) -> &str {
         "clip_outliers"
@@ -63,12 +66,7 @@ impl ScalarUDFImpl for ClipOutliers {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(weights [, k_sigma])", arg_types.len(), 1, 2)?;
-        let mut out = vec![coerce_float_list(self.name(), "weights", &arg_types[0])?];
-        if let Some(dt) = arg_types.get(1) {
-            out.push(coerce_float(self.name(), "k_sigma", dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -90,20 +88,12 @@ impl ScalarUDFImpl for ClipOutliers {
         let rows = args.number_rows;
         let weights = args.args[0].to_array(rows)?;
         let weights = FloatRows::new(&weights, self.name(), "weights")?;
-        let mut out = float32_list_builder(rows);
-        let mut clipped = Vec::new();
-        for row in 0..rows {
-            match weights.row(row) {
-                Some(w) => {
-                    clip_outliers(w, k_sigma, &mut clipped)
-                        .map_err(|e| row_error(self.name(), row, e))?;
-                    out.values().append_slice(&clipped);
-                    out.append(true);
-                }
-                None => out.append(false),
-            }
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        float32_list_rows(self.name(), rows, |row, clipped| {
+            let Some(w) = weights.row(row) else {
+                return Ok(false);
+            };
+            clip_outliers(w, k_sigma, clipped).map(|()| true)
+        })
     }
 
     fn documentation(&self) -> Option<&Documentation> {

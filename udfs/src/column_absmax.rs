@@ -12,9 +12,9 @@ use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Sig
 
 use crate::kernels::spatial::{channel_width, fold_absmax};
 use crate::support::args::UserDefined;
+use crate::support::args::{ArgType, Parameters};
 use crate::support::args::{
-    FloatRows, check_arity, coerce_float_list, coerce_integer, constant_value, float32_list,
-    float32_list_builder, row_error,
+    FloatRows, constant_value, float32_list, float32_list_builder, row_error,
 };
 use crate::support::doc::DOC_SPATIAL;
 
@@ -42,6 +42,14 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("weights", ArgType::FloatList),
+        ("channels", ArgType::Integer),
+    ],
+    1,
+);
+
 impl AggregateUDFImpl for ColumnAbsmax {
     fn name(&self) -> &str {
         "column_absmax"
@@ -52,12 +60,7 @@ impl AggregateUDFImpl for ColumnAbsmax {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(weights [, channels])", arg_types.len(), 1, 2)?;
-        let mut out = vec![coerce_float_list(self.name(), "weights", &arg_types[0])?];
-        if let Some(dt) = arg_types.get(1) {
-            out.push(coerce_integer(self.name(), "channels", dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

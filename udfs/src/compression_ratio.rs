@@ -10,9 +10,10 @@ use datafusion::logical_expr::{
 };
 
 use crate::kernels::quantized::stored_bytes;
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::layout::quantized::QuantizedColumn;
 use crate::support::args::UserDefined;
-use crate::support::args::{IntArg, check_arity, coerce_integer, literal, row_error};
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{IntArg, literal, row_error};
 use crate::support::doc::DOC_QUALITY;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -44,6 +45,11 @@ fn check_source_bits(function: &str, bits: i64) -> Result<()> {
     }
 }
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[("q", ArgType::Quantized), ("source_bits", ArgType::Integer)],
+    1,
+);
+
 impl ScalarUDFImpl for CompressionRatio {
     fn name(&self) -> &str {
         "compression_ratio"
@@ -54,12 +60,7 @@ impl ScalarUDFImpl for CompressionRatio {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(q [, source_bits])", arg_types.len(), 1, 2)?;
-        let mut out = vec![coerce_quantized(self.name(), "q", &arg_types[0])?];
-        if let Some(bits) = arg_types.get(1) {
-            out.push(coerce_integer(self.name(), "source_bits", bits)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

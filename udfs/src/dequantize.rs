@@ -1,18 +1,18 @@
 //! `dequantize(q)`: a quantized struct back to its values.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use datafusion::arrow::array::{Float32Builder, ListBuilder};
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
 
 use crate::kernels::quantized::Quantizer;
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::layout::quantized::QuantizedColumn;
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, float32_list, row_error};
+use crate::support::args::float32_list;
+use crate::support::args::{ArgType, Parameters, float32_list_rows};
 use crate::support::doc::DOC_QUANTIZATION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -36,6 +36,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(&[("q", ArgType::Quantized)], 1);
+
 impl ScalarUDFImpl for Dequantize {
     fn name(&self) -> &str {
         "dequantize"
@@ -46,8 +48,7 @@ impl ScalarUDFImpl for Dequantize {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(q)", arg_types.len(), 1, 1)?;
-        Ok(vec![coerce_quantized(self.name(), "q", &arg_types[0])?])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -57,29 +58,20 @@ impl ScalarUDFImpl for Dequantize {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let array = args.args[0].to_array(args.number_rows)?;
         let column = QuantizedColumn::new(&array)?;
-        let DataType::List(item) = float32_list() else {
-            unreachable!()
-        };
-        let mut out = ListBuilder::with_capacity(Float32Builder::new(), column.len())
-            .with_field(Arc::<Field>::clone(&item));
         let mut quantizer = Quantizer::default();
-        let mut values = Vec::new();
-        for row in 0..column.len() {
-            match column
-                .get(row)
-                .map_err(|e| row_error(self.name(), row, e))?
-            {
-                Some(q) => {
-                    quantizer
-                        .dequantize(&q, &mut values)
-                        .map_err(|e| row_error(self.name(), row, e))?;
-                    out.values().append_slice(&values);
-                    out.append(true);
-                }
-                None => out.append(false),
-            }
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        float32_list_rows(
+            self.name(),
+            column.len(),
+            |row, values| -> Result<bool, String> {
+                let Some(q) = column.get(row)? else {
+                    return Ok(false);
+                };
+                quantizer
+                    .dequantize(&q, values)
+                    .map_err(|e| e.to_string())?;
+                Ok(true)
+            },
+        )
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -1,6 +1,6 @@
 //! `equalize(weights, factors)`: multiply each input channel of a weight row by its factor.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
@@ -10,9 +10,8 @@ use datafusion::logical_expr::{
 
 use crate::kernels::spatial::equalize;
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, check_arity, coerce_float_list, float32_list, float32_list_builder, row_error,
-};
+use crate::support::args::{ArgType, Parameters, float32_list_rows};
+use crate::support::args::{FloatRows, float32_list};
 use crate::support::doc::DOC_SPATIAL;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -38,6 +37,14 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("weights", ArgType::FloatList),
+        ("factors", ArgType::FloatList),
+    ],
+    2,
+);
+
 impl ScalarUDFImpl for Equalize {
     fn name(&self) -> &str {
         "equalize"
@@ -48,11 +55,7 @@ impl ScalarUDFImpl for Equalize {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(weights, factors)", arg_types.len(), 2, 2)?;
-        Ok(vec![
-            coerce_float_list(self.name(), "weights", &arg_types[0])?,
-            coerce_float_list(self.name(), "factors", &arg_types[1])?,
-        ])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -65,19 +68,12 @@ impl ScalarUDFImpl for Equalize {
         let factors = args.args[1].to_array(rows)?;
         let weights = FloatRows::new(&weights, self.name(), "weights")?;
         let factors = FloatRows::new(&factors, self.name(), "factors")?;
-        let mut out = float32_list_builder(rows);
-        let mut scaled = Vec::new();
-        for row in 0..rows {
-            match (weights.row(row), factors.row(row)) {
-                (Some(w), Some(f)) => {
-                    equalize(w, f, &mut scaled).map_err(|e| row_error(self.name(), row, e))?;
-                    out.values().append_slice(&scaled);
-                    out.append(true);
-                }
-                _ => out.append(false),
-            }
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        float32_list_rows(self.name(), rows, |row, scaled| {
+            let (Some(w), Some(f)) = (weights.row(row), factors.row(row)) else {
+                return Ok(false);
+            };
+            equalize(w, f, scaled).map(|()| true)
+        })
     }
 
     fn documentation(&self) -> Option<&Documentation> {

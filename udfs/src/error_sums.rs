@@ -17,7 +17,7 @@ use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
 use crate::support::args::UserDefined;
 use crate::support::args::{FloatRows, coerce_float_list, row_error};
 use crate::support::doc::DOC_QUALITY;
-use crate::support::pair_metric::coerce_pair;
+use crate::support::pair_metric::PAIR;
 
 /// The second argument: a row of values, or a quantized row to reconstruct.
 enum Second<'a> {
@@ -72,7 +72,7 @@ impl ScalarUDFImpl for ErrorSums {
                 coerce_quantized(self.name(), "b", q)?,
             ]);
         }
-        coerce_pair(self.name(), arg_types)
+        PAIR.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

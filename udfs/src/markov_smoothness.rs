@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Float64Array};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
@@ -12,9 +12,9 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::markov_smoothness;
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, coerce_float};
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::support::window::{float_values, partition_error};
+use crate::support::window::{float_values, partition_error, result_field};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct MarkovSmoothness {
@@ -38,6 +38,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(&[("scale", ArgType::Float)], 1);
+
 impl WindowUDFImpl for MarkovSmoothness {
     fn name(&self) -> &str {
         "markov_smoothness"
@@ -48,8 +50,7 @@ impl WindowUDFImpl for MarkovSmoothness {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(scale)", arg_types.len(), 1, 1)?;
-        Ok(vec![coerce_float(self.name(), "scale", &arg_types[0])?])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -60,11 +61,7 @@ impl WindowUDFImpl for MarkovSmoothness {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
+        result_field(&field_args, DataType::Float64)
     }
 
     fn documentation(&self) -> Option<&Documentation> {

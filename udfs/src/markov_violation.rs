@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
@@ -12,9 +12,9 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::markov_smoothness;
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, coerce_float};
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::support::window::{constant_f64, float_values, partition_error};
+use crate::support::window::{constant_f64, float_values, partition_error, result_field};
 
 /// The threshold of the architecture we were asked to build (`arrow_quant_v2`): a jump of more than a quarter of the scale.
 pub const DEFAULT_THRESHOLD: f64 = 0.25;
@@ -42,6 +42,11 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[("scale", ArgType::Float), ("threshold", ArgType::Float)],
+    1,
+);
+
 impl WindowUDFImpl for MarkovViolation {
     fn name(&self) -> &str {
         "markov_violation"
@@ -52,13 +57,7 @@ impl WindowUDFImpl for MarkovViolation {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(scale [, threshold])", arg_types.len(), 1, 2)?;
-        let names = ["scale", "threshold"];
-        names
-            .iter()
-            .zip(arg_types)
-            .map(|(name, dt)| coerce_float(self.name(), name, dt))
-            .collect()
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -76,11 +75,7 @@ impl WindowUDFImpl for MarkovViolation {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Boolean,
-            true,
-        )))
+        result_field(&field_args, DataType::Boolean)
     }
 
     fn documentation(&self) -> Option<&Documentation> {

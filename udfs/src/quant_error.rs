@@ -13,9 +13,9 @@ use datafusion::logical_expr::{
 
 use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, row_error};
+use crate::support::args::row_error;
 use crate::support::doc::{DOC_QUALITY, scheme_list};
-use crate::support::quant_args::{self, SpecArgs};
+use crate::support::quant_args::{self, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantError {
@@ -74,7 +74,7 @@ impl ScalarUDFImpl for QuantError {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        quant_args::coerce(self.name(), arg_types)
+        quant_args::QUANT_ARGS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -93,8 +93,7 @@ impl ScalarUDFImpl for QuantError {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
         let width = source_bytes_per_value(weights.data_type());
-        let rows = FloatRows::new(&weights, self.name(), "weights")?;
-        let mut spec_args = SpecArgs::new(&args.args)?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
         let mut builders: Vec<Float64Builder> = FIELDS
             .iter()
             .map(|_| Float64Builder::with_capacity(rows.len()))
@@ -103,10 +102,7 @@ impl ScalarUDFImpl for QuantError {
         let mut quantizer = Quantizer::default();
         let mut q = QuantizedRow::default();
         for row in 0..rows.len() {
-            let spec = spec_args
-                .spec(row)
-                .map_err(|e| row_error(self.name(), row, e))?;
-            let (Some(x), Some(spec)) = (rows.row(row), spec) else {
+            let Some((x, spec)) = rows.get(row)? else {
                 builders.iter_mut().for_each(|b| b.append_null());
                 valid.push(false);
                 continue;

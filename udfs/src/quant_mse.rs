@@ -15,9 +15,8 @@ use crate::kernels::error::check_finite;
 use crate::kernels::error::{GRID_BITS, readable};
 use crate::kernels::thermo::{RangeChoice, range_mse};
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, IntArg, check_arity, coerce_float, coerce_float_list, coerce_integer, row_error,
-};
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{FloatRows, IntArg, row_error};
 use crate::support::doc::DOC_DIFFUSION;
 use crate::support::window::float_values;
 
@@ -46,6 +45,16 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("values", ArgType::FloatList),
+        ("scale", ArgType::Float),
+        ("offset", ArgType::Float),
+        ("bits", ArgType::Integer),
+    ],
+    4,
+);
+
 impl ScalarUDFImpl for QuantMse {
     fn name(&self) -> &str {
         "quant_mse"
@@ -56,19 +65,7 @@ impl ScalarUDFImpl for QuantMse {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(
-            self.name(),
-            "(values, scale, offset, bits)",
-            arg_types.len(),
-            4,
-            4,
-        )?;
-        Ok(vec![
-            coerce_float_list(self.name(), "values", &arg_types[0])?,
-            coerce_float(self.name(), "scale", &arg_types[1])?,
-            coerce_float(self.name(), "offset", &arg_types[2])?,
-            coerce_integer(self.name(), "bits", &arg_types[3])?,
-        ])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

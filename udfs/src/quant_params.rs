@@ -14,10 +14,9 @@ use crate::kernels::error::GRID_BITS;
 use crate::kernels::error::check_finite;
 use crate::kernels::sketch::{RangeParams, Sketch, clip_search};
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
-    constant_value, row_error,
-};
+use crate::support::args::nullable_fields;
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{FloatRows, arg_error, constant_value, row_error};
 use crate::support::doc::DOC_QUANTIZATION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -47,17 +46,16 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 });
 
 fn fields() -> Fields {
-    let f = |n: &str, t: DataType| Field::new(n, t, true);
-    Fields::from(vec![
-        f("scale", DataType::Float32),
-        f("offset", DataType::Float32),
-        f("zero_point", DataType::Int32),
-        f("clip_min", DataType::Float32),
-        f("clip_max", DataType::Float32),
-        f("min", DataType::Float32),
-        f("max", DataType::Float32),
-        f("count", DataType::UInt64),
-        f("mse", DataType::Float64),
+    nullable_fields(&[
+        ("scale", DataType::Float32),
+        ("offset", DataType::Float32),
+        ("zero_point", DataType::Int32),
+        ("clip_min", DataType::Float32),
+        ("clip_max", DataType::Float32),
+        ("min", DataType::Float32),
+        ("max", DataType::Float32),
+        ("count", DataType::UInt64),
+        ("mse", DataType::Float64),
     ])
 }
 
@@ -92,6 +90,15 @@ fn parse_symmetric(value: Option<&ScalarValue>) -> Result<bool> {
     }
 }
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("values", ArgType::FloatList),
+        ("bits", ArgType::Integer),
+        ("scheme", ArgType::Text),
+    ],
+    2,
+);
+
 impl AggregateUDFImpl for QuantParams {
     fn name(&self) -> &str {
         "quant_params"
@@ -102,21 +109,7 @@ impl AggregateUDFImpl for QuantParams {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(
-            self.name(),
-            "(values, bits [, scheme])",
-            arg_types.len(),
-            2,
-            3,
-        )?;
-        let mut out = vec![
-            coerce_float_list(self.name(), "values", &arg_types[0])?,
-            coerce_integer(self.name(), "bits", &arg_types[1])?,
-        ];
-        if let Some(t) = arg_types.get(2) {
-            out.push(coerce_string(self.name(), "scheme", t)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

@@ -12,9 +12,9 @@ use crate::kernels::quantized::{QuantizedRow, Quantizer};
 use crate::layout::quantized::QuantizedBuilder;
 use crate::layout::quantized::quantized_type;
 use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, row_error};
+use crate::support::args::row_error;
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::support::quant_args::{self, SpecArgs};
+use crate::support::quant_args::{self, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Quantize {
@@ -57,7 +57,7 @@ impl ScalarUDFImpl for Quantize {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        quant_args::coerce(self.name(), arg_types)
+        quant_args::QUANT_ARGS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -71,23 +71,19 @@ impl ScalarUDFImpl for Quantize {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
-        let rows = FloatRows::new(&weights, self.name(), "weights")?;
-        let mut spec_args = SpecArgs::new(&args.args)?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
         let mut out = QuantizedBuilder::with_capacity(rows.len());
         let mut quantizer = Quantizer::default();
         let mut row_out = QuantizedRow::default();
         for row in 0..rows.len() {
-            let spec = spec_args
-                .spec(row)
-                .map_err(|e| row_error(self.name(), row, e))?;
-            match (rows.row(row), spec) {
-                (Some(x), Some(spec)) => {
+            match rows.get(row)? {
+                Some((x, spec)) => {
                     quantizer
                         .quantize(x, &spec, &mut row_out)
                         .map_err(|e| row_error(self.name(), row, e))?;
                     out.append(&row_out, spec.bits, x.len() as u32, spec.scheme.name());
                 }
-                _ => out.append_null(),
+                None => out.append_null(),
             }
         }
         Ok(ColumnarValue::Array(out.finish()?))

@@ -19,9 +19,9 @@ use crate::layout::error_sums::{SumsBuilder, error_sums_type};
 use crate::layout::quantized::QuantizedBuilder;
 use crate::layout::quantized::quantized_type;
 use crate::layout::refusal::{RefusalBuilder, refusal_fields};
-use crate::support::args::{FloatRows, UserDefined, row_error};
+use crate::support::args::{UserDefined, row_error};
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::support::quant_args::{self, SpecArgs};
+use crate::support::quant_args::{self, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {
@@ -94,7 +94,7 @@ impl ScalarUDFImpl for QuantizeMeasured {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        quant_args::coerce(self.name(), arg_types)
+        quant_args::QUANT_ARGS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -112,32 +112,26 @@ impl ScalarUDFImpl for QuantizeMeasured {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
-        let rows = FloatRows::new(&weights, self.name(), "weights")?;
-        let mut spec_args = SpecArgs::new(&args.args)?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
         let mut quantized = QuantizedBuilder::with_capacity(rows.len());
         let mut sums = SumsBuilder::with_capacity(rows.len());
         let mut refused = self.refusals.then(RefusalBuilder::default);
         let mut quantizer = Quantizer::default();
         let mut row_out = QuantizedRow::default();
         for row in 0..rows.len() {
-            let spec = spec_args
-                .spec(row)
-                .map_err(|e| row_error(self.name(), row, e))?;
-            let measured = match (rows.row(row), spec) {
-                (Some(x), Some(spec)) => {
-                    match quantizer.quantize_measured(x, &spec, &mut row_out) {
-                        Ok(s) => Some((s, x.len(), spec)),
-                        Err(e) => match refused.as_mut() {
-                            Some(refused) => {
-                                refused.append(&e, x);
-                                quantized.append_null();
-                                sums.append_null();
-                                continue;
-                            }
-                            None => return Err(row_error(self.name(), row, e)),
-                        },
-                    }
-                }
+            let measured = match rows.get(row)? {
+                Some((x, spec)) => match quantizer.quantize_measured(x, &spec, &mut row_out) {
+                    Ok(s) => Some((s, x.len(), spec)),
+                    Err(e) => match refused.as_mut() {
+                        Some(refused) => {
+                            refused.append(&e, x);
+                            quantized.append_null();
+                            sums.append_null();
+                            continue;
+                        }
+                        None => return Err(row_error(self.name(), row, e)),
+                    },
+                },
                 _ => None,
             };
             match measured {

@@ -11,9 +11,10 @@ use datafusion::logical_expr::{
 };
 
 use crate::kernels::quantized::signed_codes;
-use crate::layout::quantized::{QuantizedColumn, coerce_quantized};
+use crate::layout::quantized::QuantizedColumn;
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, row_error};
+use crate::support::args::row_error;
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_QUANTIZATION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -44,6 +45,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(&[("q", ArgType::Quantized)], 1);
+
 impl ScalarUDFImpl for QuantizedCodes {
     fn name(&self) -> &str {
         "quantized_codes"
@@ -54,8 +57,7 @@ impl ScalarUDFImpl for QuantizedCodes {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(q)", arg_types.len(), 1, 1)?;
-        Ok(vec![coerce_quantized(self.name(), "q", &arg_types[0])?])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

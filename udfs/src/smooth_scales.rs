@@ -11,10 +11,8 @@ use datafusion::logical_expr::{
 
 use crate::kernels::spatial::smooth_scales;
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, float32_list, float32_list_builder,
-    literal, row_error,
-};
+use crate::support::args::{ArgType, Parameters, float32_list_rows};
+use crate::support::args::{FloatRows, float32_list, literal};
 use crate::support::doc::DOC_SPATIAL;
 
 pub const DEFAULT_ALPHA: f64 = 0.5;
@@ -63,6 +61,15 @@ fn alpha_of(value: Option<&ScalarValue>) -> Result<f64> {
     }
 }
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("act_absmax", ArgType::FloatList),
+        ("weight_absmax", ArgType::FloatList),
+        ("alpha", ArgType::Float),
+    ],
+    2,
+);
+
 impl ScalarUDFImpl for SmoothScales {
     fn name(&self) -> &str {
         "smooth_scales"
@@ -73,16 +80,7 @@ impl ScalarUDFImpl for SmoothScales {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let forms = "(act_absmax, weight_absmax [, alpha])";
-        check_arity(self.name(), forms, arg_types.len(), 2, 3)?;
-        let mut out = vec![
-            coerce_float_list(self.name(), "act_absmax", &arg_types[0])?,
-            coerce_float_list(self.name(), "weight_absmax", &arg_types[1])?,
-        ];
-        if let Some(dt) = arg_types.get(2) {
-            out.push(coerce_float(self.name(), "alpha", dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
@@ -113,20 +111,12 @@ impl ScalarUDFImpl for SmoothScales {
         let weight = args.args[1].to_array(rows)?;
         let act = FloatRows::new(&act, self.name(), "act_absmax")?;
         let weight = FloatRows::new(&weight, self.name(), "weight_absmax")?;
-        let mut out = float32_list_builder(rows);
-        let mut scales = Vec::new();
-        for row in 0..rows {
-            match (act.row(row), weight.row(row)) {
-                (Some(a), Some(w)) => {
-                    smooth_scales(a, w, alpha, &mut scales)
-                        .map_err(|e| row_error(self.name(), row, e))?;
-                    out.values().append_slice(&scales);
-                    out.append(true);
-                }
-                _ => out.append(false),
-            }
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        float32_list_rows(self.name(), rows, |row, scales| {
+            let (Some(a), Some(w)) = (act.row(row), weight.row(row)) else {
+                return Ok(false);
+            };
+            smooth_scales(a, w, alpha, scales).map(|()| true)
+        })
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -5,19 +5,18 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Float64Array};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::{ChainWeights, RangeChoice, chain_objective, check_range};
+use crate::support::args::FloatRows;
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer,
-};
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::support::window::{chain_weights, float_values, partition_error};
+use crate::support::window::{chain_weights, float_values, partition_error, result_field};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ThermoObjective {
@@ -49,6 +48,18 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("state", ArgType::FloatList),
+        ("scale", ArgType::Float),
+        ("offset", ArgType::Float),
+        ("bits", ArgType::Integer),
+        ("lambda_markov", ArgType::Float),
+        ("lambda_entropy", ArgType::Float),
+    ],
+    4,
+);
+
 impl WindowUDFImpl for ThermoObjective {
     fn name(&self) -> &str {
         "thermo_objective"
@@ -59,21 +70,7 @@ impl WindowUDFImpl for ThermoObjective {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let forms = "(state, scale, offset, bits [, lambda_markov [, lambda_entropy]])";
-        check_arity(self.name(), forms, arg_types.len(), 4, 6)?;
-        let mut out = vec![
-            coerce_float_list(self.name(), "state", &arg_types[0])?,
-            coerce_float(self.name(), "scale", &arg_types[1])?,
-            coerce_float(self.name(), "offset", &arg_types[2])?,
-            coerce_integer(self.name(), "bits", &arg_types[3])?,
-        ];
-        for (name, dt) in ["lambda_markov", "lambda_entropy"]
-            .iter()
-            .zip(&arg_types[4..])
-        {
-            out.push(coerce_float(self.name(), name, dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -85,11 +82,7 @@ impl WindowUDFImpl for ThermoObjective {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
+        result_field(&field_args, DataType::Float64)
     }
 
     fn documentation(&self) -> Option<&Documentation> {

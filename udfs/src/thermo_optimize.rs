@@ -6,19 +6,19 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, StructArray};
 use datafusion::arrow::buffer::NullBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::{ChainWeights, optimize_chain};
+use crate::support::args::FloatRows;
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    FloatRows, check_arity, coerce_float, coerce_float_list, coerce_integer,
-};
+use crate::support::args::nullable_fields;
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::support::window::{chain_weights, partition_error};
+use crate::support::window::{chain_weights, partition_error, result_field};
 
 pub use crate::support::window::{DEFAULT_LAMBDA_ENTROPY, DEFAULT_LAMBDA_MARKOV};
 
@@ -58,16 +58,25 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 });
 
 fn fields() -> Fields {
-    let f = |n: &str, t: DataType| Field::new(n, t, true);
-    Fields::from(vec![
-        f("scale", DataType::Float32),
-        f("offset", DataType::Float32),
-        f("clip_min", DataType::Float32),
-        f("clip_max", DataType::Float32),
-        f("mse", DataType::Float64),
-        f("objective", DataType::Float64),
+    nullable_fields(&[
+        ("scale", DataType::Float32),
+        ("offset", DataType::Float32),
+        ("clip_min", DataType::Float32),
+        ("clip_max", DataType::Float32),
+        ("mse", DataType::Float64),
+        ("objective", DataType::Float64),
     ])
 }
+
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("state", ArgType::FloatList),
+        ("bits", ArgType::Integer),
+        ("lambda_markov", ArgType::Float),
+        ("lambda_entropy", ArgType::Float),
+    ],
+    2,
+);
 
 impl WindowUDFImpl for ThermoOptimize {
     fn name(&self) -> &str {
@@ -79,19 +88,7 @@ impl WindowUDFImpl for ThermoOptimize {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let forms = "(state, bits [, lambda_markov [, lambda_entropy]])";
-        check_arity(self.name(), forms, arg_types.len(), 2, 4)?;
-        let mut out = vec![
-            coerce_float_list(self.name(), "state", &arg_types[0])?,
-            coerce_integer(self.name(), "bits", &arg_types[1])?,
-        ];
-        for (name, dt) in ["lambda_markov", "lambda_entropy"]
-            .iter()
-            .zip(&arg_types[2..])
-        {
-            out.push(coerce_float(self.name(), name, dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -103,11 +100,7 @@ impl WindowUDFImpl for ThermoOptimize {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Struct(fields()),
-            true,
-        )))
+        result_field(&field_args, DataType::Struct(fields()))
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Float64Array};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
@@ -12,9 +12,11 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::{SmoothMethod, smooth_steps};
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, coerce_float, coerce_string};
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_THERMODYNAMIC;
-use crate::support::window::{constant_str, float_values, partition_error, window_arg_error};
+use crate::support::window::{
+    constant_str, float_values, partition_error, result_field, window_arg_error,
+};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct ThermoSmooth {
@@ -45,6 +47,9 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters =
+    Parameters::new(&[("value", ArgType::Float), ("method", ArgType::Text)], 1);
+
 impl WindowUDFImpl for ThermoSmooth {
     fn name(&self) -> &str {
         "thermo_smooth"
@@ -55,12 +60,7 @@ impl WindowUDFImpl for ThermoSmooth {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(value [, method])", arg_types.len(), 1, 2)?;
-        let mut out = vec![coerce_float(self.name(), "value", &arg_types[0])?];
-        if let Some(dt) = arg_types.get(1) {
-            out.push(coerce_string(self.name(), "method", dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -76,11 +76,7 @@ impl WindowUDFImpl for ThermoSmooth {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
+        result_field(&field_args, DataType::Float64)
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -13,9 +13,8 @@ use datafusion::logical_expr::{
 
 use crate::kernels::timesteps::{Spacing, check_schedule, timestep_group};
 use crate::support::args::UserDefined;
-use crate::support::args::{
-    IntArg, StrArg, arg_error, check_arity, coerce_integer, coerce_string, literal, row_error,
-};
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{IntArg, StrArg, arg_error, literal, row_error};
 use crate::support::doc::DOC_DIFFUSION;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -42,6 +41,16 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("timestep", ArgType::Integer),
+        ("num_timesteps", ArgType::Integer),
+        ("num_groups", ArgType::Integer),
+        ("spacing", ArgType::Text),
+    ],
+    3,
+);
+
 impl ScalarUDFImpl for TimestepGroup {
     fn name(&self) -> &str {
         "timestep_group"
@@ -52,18 +61,7 @@ impl ScalarUDFImpl for TimestepGroup {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let forms = "(timestep, num_timesteps, num_groups [, spacing])";
-        check_arity(self.name(), forms, arg_types.len(), 3, 4)?;
-        let names = ["timestep", "num_timesteps", "num_groups"];
-        let mut out = names
-            .iter()
-            .zip(arg_types)
-            .map(|(name, dt)| coerce_integer(self.name(), name, dt))
-            .collect::<Result<Vec<_>>>()?;
-        if let Some(dt) = arg_types.get(3) {
-            out.push(coerce_string(self.name(), "spacing", dt)?);
-        }
-        Ok(out)
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

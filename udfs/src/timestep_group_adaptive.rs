@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Int64Array};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{Documentation, PartitionEvaluator, Signature, WindowUDFImpl};
 use datafusion_functions_window_common::field::WindowUDFFieldArgs;
@@ -12,9 +12,9 @@ use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::thermo::adaptive_segments;
 use crate::support::args::UserDefined;
-use crate::support::args::{check_arity, coerce_float, coerce_integer};
+use crate::support::args::{ArgType, Parameters};
 use crate::support::doc::DOC_DIFFUSION;
-use crate::support::window::{constant, float_values, partition_error};
+use crate::support::window::{constant, float_values, partition_error, result_field};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct TimestepGroupAdaptive {
@@ -44,6 +44,14 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(
+    &[
+        ("statistic", ArgType::Float),
+        ("num_groups", ArgType::Integer),
+    ],
+    2,
+);
+
 impl WindowUDFImpl for TimestepGroupAdaptive {
     fn name(&self) -> &str {
         "timestep_group_adaptive"
@@ -54,17 +62,7 @@ impl WindowUDFImpl for TimestepGroupAdaptive {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(
-            self.name(),
-            "(statistic, num_groups)",
-            arg_types.len(),
-            2,
-            2,
-        )?;
-        Ok(vec![
-            coerce_float(self.name(), "statistic", &arg_types[0])?,
-            coerce_integer(self.name(), "num_groups", &arg_types[1])?,
-        ])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn partition_evaluator(
@@ -85,11 +83,7 @@ impl WindowUDFImpl for TimestepGroupAdaptive {
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Int64,
-            true,
-        )))
+        result_field(&field_args, DataType::Int64)
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -12,7 +12,8 @@ use crate::kernels::error::check_finite;
 use crate::kernels::stats::RowStats;
 use crate::layout::stats::{StatsBuilder, stats_fields};
 use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{FloatRows, row_error};
 use crate::support::doc::DOC_STATISTICS;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -34,6 +35,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+const PARAMETERS: Parameters = Parameters::new(&[("weights", ArgType::FloatList)], 1);
+
 impl ScalarUDFImpl for WeightStats {
     fn name(&self) -> &str {
         "weight_stats"
@@ -44,12 +47,7 @@ impl ScalarUDFImpl for WeightStats {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(weights)", arg_types.len(), 1, 1)?;
-        Ok(vec![coerce_float_list(
-            self.name(),
-            "weights",
-            &arg_types[0],
-        )?])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

@@ -14,7 +14,8 @@ use crate::kernels::sketch::Sketch;
 use crate::kernels::stats::{Moments, OUTLIER_SIGMAS};
 use crate::layout::stats::{StatsBuilder, stats_fields};
 use crate::support::args::UserDefined;
-use crate::support::args::{FloatRows, check_arity, coerce_float_list, row_error};
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{FloatRows, row_error};
 use crate::support::doc::DOC_STATISTICS;
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
@@ -44,6 +45,8 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 
 const STATE: [&str; 7] = ["n", "mean", "m2", "m3", "m4", "min", "max"];
 
+const PARAMETERS: Parameters = Parameters::new(&[("weights", ArgType::FloatList)], 1);
+
 impl AggregateUDFImpl for WeightStatsAgg {
     fn name(&self) -> &str {
         "weight_stats_agg"
@@ -54,12 +57,7 @@ impl AggregateUDFImpl for WeightStatsAgg {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        check_arity(self.name(), "(weights)", arg_types.len(), 1, 1)?;
-        Ok(vec![coerce_float_list(
-            self.name(),
-            "weights",
-            &arg_types[0],
-        )?])
+        PARAMETERS.coerce(self.name(), arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

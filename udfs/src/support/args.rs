@@ -1,6 +1,7 @@
-//! The Arrow plumbing every SQL function shares, written once: which list types are accepted,
-//! turning a list column into rows of `&[f32]`, reading literal and column arguments, the
-//! quantized struct's layout, and one error style.
+//! The Arrow plumbing every SQL function shares, written once: the signature, each function's
+//! parameter table ([`Parameters`]: arity, planning types, the forms errors quote), which list
+//! types are accepted, turning a list column into rows of `&[f32]`, reading literal and column
+//! arguments, and one error style.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
-    DataType, Field, Float16Type, Float32Type, Float64Type, Int64Type,
+    DataType, Field, Fields, Float16Type, Float32Type, Float64Type, Int64Type,
 };
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_datafusion_err, plan_err};
 use datafusion::logical_expr::{ColumnarValue, Signature, Volatility};
 
 use crate::kernels::KernelError;
+use crate::layout::quantized::coerce_quantized;
 
 /// The signature every ArrowQuant function has: `user_defined` (each function checks and
 /// coerces its own arguments in `coerce_types`, so that errors name the argument) and
@@ -78,6 +80,14 @@ pub fn coerce_float_list(function: &str, argument: &str, dt: &DataType) -> Resul
     }
 }
 
+/// The fields of a result struct, every one nullable.
+pub fn nullable_fields(fields: &[(&str, DataType)]) -> Fields {
+    fields
+        .iter()
+        .map(|(name, data_type)| Field::new(*name, data_type.clone(), true))
+        .collect()
+}
+
 pub fn float32_list() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
@@ -107,6 +117,87 @@ pub fn coerce_string(function: &str, argument: &str, dt: &DataType) -> Result<Da
             Ok(DataType::Utf8)
         }
         _ => plan_err!("{function}: argument '{argument}' must be a string, got {dt}"),
+    }
+}
+
+/// What an argument is planned as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgType {
+    /// A list of numbers ([`coerce_float_list`]).
+    FloatList,
+    /// A number, planned as Float64.
+    Float,
+    /// An integer, planned as Int64.
+    Integer,
+    /// A string, planned as Utf8.
+    Text,
+    /// A group size: an integer, or a string such as 'row'.
+    GroupSize,
+    /// A quantized value, the struct `quantize` returns.
+    Quantized,
+}
+
+impl ArgType {
+    fn coerce(self, function: &str, argument: &str, dt: &DataType) -> Result<DataType> {
+        match self {
+            ArgType::FloatList => coerce_float_list(function, argument, dt),
+            ArgType::Float => coerce_float(function, argument, dt),
+            ArgType::Integer => coerce_integer(function, argument, dt),
+            ArgType::Text => coerce_string(function, argument, dt),
+            ArgType::GroupSize => match dt {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(DataType::Utf8),
+                _ => coerce_integer(function, argument, dt),
+            },
+            ArgType::Quantized => coerce_quantized(function, argument, dt),
+        }
+    }
+}
+
+/// A function's parameters in order, the first `required` of them required and the rest
+/// optional from the right: the one table its arity check, its planning types and the forms
+/// its errors quote come from.
+#[derive(Debug)]
+pub struct Parameters {
+    pub list: &'static [(&'static str, ArgType)],
+    pub required: usize,
+}
+
+impl Parameters {
+    pub const fn new(list: &'static [(&'static str, ArgType)], required: usize) -> Self {
+        assert!(required <= list.len());
+        Parameters { list, required }
+    }
+
+    /// The call's forms as errors quote them: `(values, bits [, scheme [, group]])`.
+    pub fn forms(&self) -> String {
+        let mut out = String::from("(");
+        for (i, (name, _)) in self.list.iter().enumerate() {
+            match i {
+                0 if self.required == 0 => out.push_str(&format!("[{name}")),
+                0 => out.push_str(name),
+                _ if i < self.required => out.push_str(&format!(", {name}")),
+                _ => out.push_str(&format!(" [, {name}")),
+            }
+        }
+        out.push_str(&"]".repeat(self.list.len() - self.required));
+        out.push(')');
+        out
+    }
+
+    /// Checks the number of arguments and plans each one's type, errors naming the argument.
+    pub fn coerce(&self, function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        check_arity(
+            function,
+            &self.forms(),
+            arg_types.len(),
+            self.required,
+            self.list.len(),
+        )?;
+        self.list
+            .iter()
+            .zip(arg_types)
+            .map(|((name, kind), dt)| kind.coerce(function, name, dt))
+            .collect()
     }
 }
 
@@ -350,6 +441,27 @@ pub fn float32_list_builder(
     .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
 
+/// A `List<Float32>` column of `rows` rows, row `i` made by `make(i, &mut values)`: `Ok(true)`
+/// appends what it left in `values` (one scratch vector reused by every row), `Ok(false)` a
+/// NULL row; an error names the function and the row.
+pub fn float32_list_rows<E: std::fmt::Display>(
+    function: &str,
+    rows: usize,
+    mut make: impl FnMut(usize, &mut Vec<f32>) -> std::result::Result<bool, E>,
+) -> Result<ColumnarValue> {
+    let mut out = float32_list_builder(rows);
+    let mut values = Vec::new();
+    for row in 0..rows {
+        if make(row, &mut values).map_err(|e| row_error(function, row, e))? {
+            out.values().append_slice(&values);
+            out.append(true);
+        } else {
+            out.append(false);
+        }
+    }
+    Ok(ColumnarValue::Array(Arc::new(out.finish())))
+}
+
 /// The value of a constant argument: a `Literal`, or, across `datafusion-ffi` where physical
 /// expressions arrive opaque, any expression that evaluates to a scalar without reading a
 /// column (a column reference fails its bounds check on a batch with no columns).
@@ -382,6 +494,49 @@ mod tests {
         (0..rows.len())
             .map(|i| rows.row(i).map(<[f32]>::to_vec))
             .collect()
+    }
+
+    #[test]
+    fn parameters_quote_their_forms_and_plan_each_argument() {
+        const P: Parameters = Parameters::new(
+            &[
+                ("values", ArgType::FloatList),
+                ("bits", ArgType::Integer),
+                ("group", ArgType::GroupSize),
+                ("scheme", ArgType::Text),
+            ],
+            2,
+        );
+        assert_eq!(P.forms(), "(values, bits [, group [, scheme]])");
+        assert_eq!(
+            Parameters::new(&[("q", ArgType::Quantized)], 1).forms(),
+            "(q)"
+        );
+        assert_eq!(
+            Parameters::new(&[("x", ArgType::Float), ("y", ArgType::Float)], 0).forms(),
+            "([x [, y]])"
+        );
+        let planned = P
+            .coerce("f", &[float32_list(), DataType::Int32, DataType::Utf8View])
+            .unwrap();
+        assert_eq!(planned, [float32_list(), DataType::Int64, DataType::Utf8]);
+        let planned = P
+            .coerce("f", &[float32_list(), DataType::Null, DataType::UInt8])
+            .unwrap();
+        assert_eq!(planned, [float32_list(), DataType::Int64, DataType::Int64]);
+        let few = P.coerce("f", &[float32_list()]).unwrap_err().to_string();
+        assert!(
+            few.contains("f takes (values, bits [, group [, scheme]]); got 1 argument(s)"),
+            "{few}"
+        );
+        let wrong = P
+            .coerce("f", &[float32_list(), DataType::Float32])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("f: argument 'bits' must be an integer, got Float32"),
+            "{wrong}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Sig
 
 use crate::kernels::metrics::PairSums;
 use crate::support::args::FloatRows;
-use crate::support::pair_metric::{PairDefinition, coerce_pair};
+use crate::support::pair_metric::{PAIR, PairDefinition};
 
 /// An aggregate function of two rows: the metric of all the pairs of a group.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -48,7 +48,7 @@ impl AggregateUDFImpl for PairAggregate {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_pair(self.0.name, arg_types)
+        PAIR.coerce(self.0.name, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

@@ -12,7 +12,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::kernels::metrics::PairSums;
-use crate::support::args::{FloatRows, UserDefined, check_arity, coerce_float_list, row_error};
+use crate::support::args::{ArgType, FloatRows, Parameters, UserDefined, row_error};
 
 /// What a function over a pair of rows is: its name, the metric it takes from the pair's
 /// sums and its documentation. Shared by [`PairMetric`] (per row) and `PairAggregate` (per
@@ -69,14 +69,9 @@ impl PairMetric {
     }
 }
 
-/// Plans `(a, b)`: two float lists.
-pub fn coerce_pair(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-    check_arity(function, "(a, b)", arg_types.len(), 2, 2)?;
-    Ok(vec![
-        coerce_float_list(function, "a", &arg_types[0])?,
-        coerce_float_list(function, "b", &arg_types[1])?,
-    ])
-}
+/// `(a, b)`: two float lists.
+pub const PAIR: Parameters =
+    Parameters::new(&[("a", ArgType::FloatList), ("b", ArgType::FloatList)], 2);
 
 impl ScalarUDFImpl for PairMetric {
     fn name(&self) -> &str {
@@ -88,7 +83,7 @@ impl ScalarUDFImpl for PairMetric {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        coerce_pair(self.0.name, arg_types)
+        PAIR.coerce(self.0.name, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

@@ -1,46 +1,30 @@
-//! The `(weights, bits [, group_size [, scheme]])` arguments that `quantize` and
-//! `quant_error` share: their planning types, their validation when literal, and reading
-//! them per row when they are columns (as when a strategy table joined to the weights gives
-//! each row its own bit width).
+//! The `(weights, bits [, group_size [, scheme]])` arguments that `quantize`,
+//! `quantize_measured` and `quant_error` share: their planning types, their validation when
+//! literal, and reading them per row ([`QuantRows`]: each row's values with its setting) when
+//! they are columns (as when a strategy table joined to the weights gives each row its own bit
+//! width).
 
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::ColumnarValue;
 
 use crate::kernels::KernelError;
 use crate::kernels::scheme::{GroupSize, QuantSpec, Scheme};
-use crate::support::args::{
-    IntArg, StrArg, arg_error, check_arity, coerce_float_list, coerce_integer, coerce_string,
-    literal,
-};
-
-pub const FORMS: &str = "(weights, bits [, group_size [, scheme]])";
+use crate::support::args::{ArgType, Parameters};
+use crate::support::args::{FloatRows, IntArg, StrArg, arg_error, literal, row_error};
 
 /// Planning types: weights stay as they are, bits become Int64, group_size Int64 (or Utf8 for
 /// 'row'), scheme Utf8.
-pub fn coerce(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-    check_arity(function, FORMS, arg_types.len(), 2, 4)?;
-    let mut out = vec![
-        coerce_float_list(function, "weights", &arg_types[0])?,
-        coerce_integer(function, "bits", &arg_types[1])?,
-    ];
-    if let Some(group) = arg_types.get(2) {
-        out.push(
-            if matches!(
-                group,
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ) {
-                DataType::Utf8
-            } else {
-                coerce_integer(function, "group_size", group)?
-            },
-        );
-    }
-    if let Some(scheme) = arg_types.get(3) {
-        out.push(coerce_string(function, "scheme", scheme)?);
-    }
-    Ok(out)
-}
+pub const QUANT_ARGS: Parameters = Parameters::new(
+    &[
+        ("weights", ArgType::FloatList),
+        ("bits", ArgType::Integer),
+        ("group_size", ArgType::GroupSize),
+        ("scheme", ArgType::Text),
+    ],
+    2,
+);
 
 fn group_of_literal(value: &ScalarValue) -> Option<std::result::Result<GroupSize, KernelError>> {
     match value {
@@ -121,8 +105,40 @@ enum GroupArg {
     Str(StrArg),
 }
 
+/// The rows of one batch of a quantize-style call, each with its setting.
+pub struct QuantRows<'a> {
+    function: &'a str,
+    rows: FloatRows<'a>,
+    specs: SpecArgs,
+}
+
+impl<'a> QuantRows<'a> {
+    /// `weights` is `args[0]` as an array; the setting comes from `args[1..]`.
+    pub fn new(function: &'a str, weights: &'a ArrayRef, args: &[ColumnarValue]) -> Result<Self> {
+        Ok(QuantRows {
+            function,
+            rows: FloatRows::new(weights, function, "weights")?,
+            specs: SpecArgs::new(args)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Row `row`'s values and setting; `None` when the values or an argument are NULL (the
+    /// result is then NULL). A bad setting is an error naming the function and the row.
+    pub fn get(&mut self, row: usize) -> Result<Option<(&[f32], QuantSpec)>> {
+        let spec = self
+            .specs
+            .spec(row)
+            .map_err(|e| row_error(self.function, row, e))?;
+        Ok(self.rows.row(row).zip(spec))
+    }
+}
+
 /// The spec arguments of one batch, read per row (a literal is parsed once).
-pub struct SpecArgs {
+struct SpecArgs {
     bits: IntArg,
     group: GroupArg,
     scheme: Option<StrArg>,
@@ -131,7 +147,7 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    pub fn new(args: &[ColumnarValue]) -> Result<Self> {
+    fn new(args: &[ColumnarValue]) -> Result<Self> {
         let group = match args.get(2) {
             None => GroupArg::Default,
             Some(v) if v.data_type() == DataType::Utf8 => GroupArg::Str(StrArg::new(v)?),
@@ -150,7 +166,7 @@ impl SpecArgs {
     }
 
     /// The spec for `row`; `Ok(None)` when an argument is NULL (the result is then NULL).
-    pub fn spec(&mut self, row: usize) -> std::result::Result<Option<QuantSpec>, KernelError> {
+    fn spec(&mut self, row: usize) -> std::result::Result<Option<QuantSpec>, KernelError> {
         if let Some(cached) = self.cached {
             return Ok(cached);
         }

@@ -1,10 +1,13 @@
 //! What the window functions share: their argument types, constant arguments read while
 //! planning, and the partition's column as plain `f64` values.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion_functions_window_common::field::WindowUDFFieldArgs;
 use datafusion_functions_window_common::partition::PartitionEvaluatorArgs;
 
 use crate::kernels::KernelError;
@@ -61,6 +64,11 @@ pub fn constant_str(
         Some(ScalarValue::LargeUtf8(Some(s))) => Ok(Some(s)),
         Some(other) => plan_err!("{function}: argument '{argument}' must be a string, got {other}"),
     }
+}
+
+/// A window function's result column: nullable, of `data_type`.
+pub fn result_field(field_args: &WindowUDFFieldArgs, data_type: DataType) -> Result<FieldRef> {
+    Ok(Arc::new(Field::new(field_args.name(), data_type, true)))
 }
 
 /// The partition's column as `f64` values, NULLs kept as `None`.
