@@ -22,6 +22,16 @@ pub enum ModelError {
     #[error("{path}: not a safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
 
+    #[error("{path}: not a GGUF file: {reason}")]
+    NotGguf { path: PathBuf, reason: String },
+
+    #[error("{path}: metadata key '{key}': {reason}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
     #[error("{path}: tensor '{tensor}': {reason}")]
     BadTensor {
         path: PathBuf,

@@ -1,8 +1,10 @@
-//! The files ArrowQuant reads, parsed without DataFusion: safetensors files, sharded
+//! The files ArrowQuant reads, parsed without DataFusion: safetensors and GGUF files, sharded
 //! checkpoints, model and pipeline folders, and the check that a Parquet file's footer decodes.
 //! Everything here takes untrusted bytes, so it is built on its own for fuzzing (`fuzz/`).
 
 pub mod error;
+pub mod gguf_file;
+pub mod gguf_write;
 pub mod input;
 pub mod panics;
 pub mod parquet_file;

@@ -358,7 +358,7 @@ fn check_layout(
         .collect())
 }
 
-fn whole_map_buffer(map: &Arc<Mmap>) -> Buffer {
+pub(crate) fn whole_map_buffer(map: &Arc<Mmap>) -> Buffer {
     let ptr = NonNull::new(map.as_ptr() as *mut u8).unwrap_or(NonNull::dangling());
     // SAFETY: the pointer is valid for `map.len()` bytes for as long as the map lives, and the
     // buffer holds the `Arc` that keeps it alive.
