@@ -555,6 +555,11 @@ pub fn read_header(path: &Path, bytes: &[u8]) -> Result<GgufHeader, ModelError> 
             tensor: name.clone(),
             reason,
         };
+        // An empty dimension would make rows without values: as many as the others say,
+        // unbounded by the file's size.
+        if let Some(j) = dims.iter().position(|&d| d == 0) {
+            return Err(bad(format!("dimension {j} of {dims:?} is 0")));
+        }
         // ggml holds dimensions and sizes as int64.
         let elements = dims
             .iter()
@@ -667,8 +672,8 @@ fn skip_value(
     }
 }
 
-/// JSON text of a value that [`read_header`] validated.
-fn value_json(bytes: &[u8], entry: &MetadataEntry) -> String {
+/// JSON text of a value that [`read_header`] validated in `bytes`.
+pub fn value_json(bytes: &[u8], entry: &MetadataEntry) -> String {
     let mut out = String::new();
     let mut pos = entry.value.start;
     write_json(bytes, &mut pos, entry.value_type, &mut out);
@@ -964,6 +969,13 @@ mod tests {
                 "its bytes overlap those of tensor",
             ),
             (bytes[..bytes.len() - 70].to_vec(), "tensor 'q'"),
+            (
+                patched(
+                    b"\x20\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\x08\0\0\0",
+                    b"\x20\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x08\0\0\0",
+                ),
+                "tensor 'q': dimension 1 of [32, 0] is 0",
+            ),
         ];
         for (i, (bad, want)) in cases.iter().enumerate() {
             let e = err(bad);
