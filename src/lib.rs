@@ -22,3 +22,11 @@ pub mod tables;
 pub fn open_model(path: impl AsRef<std::path::Path>) -> datafusion::common::Result<model::Model> {
     model::Model::open(path).map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))
 }
+
+/// `GgufFile::open` for the engine, its error carried as [`open_model`]'s is.
+pub fn open_gguf(
+    path: impl AsRef<std::path::Path>,
+) -> datafusion::common::Result<model::gguf_file::GgufFile> {
+    model::gguf_file::GgufFile::open(path.as_ref())
+        .map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))
+}

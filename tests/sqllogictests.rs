@@ -129,6 +129,7 @@ macro_rules! slt {
 
 slt!(quantize, "quantize.slt");
 slt!(gguf, "gguf.slt");
+slt!(gguf_files, "gguf_files.slt");
 slt!(quality, "quality.slt");
 slt!(statistics, "statistics.slt");
 slt!(aggregates, "aggregates.slt");

@@ -301,6 +301,11 @@ impl GgufFile {
         self.buffer.slice_with_length(start, len)
     }
 
+    /// Tells the kernel the pages of `[start, start + len)` are not needed for now.
+    pub fn release(&self, start: usize, len: usize) {
+        super::safetensors_file::release_pages(&self.map, start, len);
+    }
+
     /// The value of a scalar entry; `None` for an array (see [`json`](Self::json)).
     pub fn value(&self, entry: &MetadataEntry) -> Option<Value> {
         let mut pos = entry.value.start;

@@ -89,23 +89,10 @@ impl SafetensorsFile {
         &self.map[start..start + len]
     }
 
-    /// Tells the kernel the pages of `[start, start + len)` are not needed for now, so that a
-    /// scan over a model larger than memory keeps a bounded resident set. Later reads fault the
-    /// pages back in from the page cache or the file: the contents never change.
+    /// Tells the kernel the pages of `[start, start + len)` are not needed for now (see
+    /// [`release_pages`]).
     pub fn release(&self, start: usize, len: usize) {
-        let page = 4096;
-        let first = start.div_ceil(page) * page;
-        let end = (start + len) / page * page;
-        if end > first {
-            // SAFETY: the map is read-only and file-backed, so dropping its pages loses nothing.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    first,
-                    end - first,
-                )
-            };
-        }
+        release_pages(&self.map, start, len);
     }
 }
 
@@ -356,6 +343,21 @@ fn check_layout(
             name,
         })
         .collect())
+}
+
+/// Tells the kernel the pages of `[start, start + len)` of a map are not needed for now, so
+/// that a scan over a model larger than memory keeps a bounded resident set. Later reads fault
+/// the pages back in from the page cache or the file: the contents never change.
+pub(crate) fn release_pages(map: &Mmap, start: usize, len: usize) {
+    let page = 4096;
+    let first = start.div_ceil(page) * page;
+    let end = (start + len) / page * page;
+    if end > first {
+        // SAFETY: the map is read-only and file-backed, so dropping its pages loses nothing.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+        };
+    }
 }
 
 pub(crate) fn whole_map_buffer(map: &Arc<Mmap>) -> Buffer {

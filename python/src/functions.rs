@@ -4,7 +4,6 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use arrowquant::tables::{ReadSafetensors, SafetensorsInfo};
 use arrowquant_udfs::udfs;
 use datafusion::catalog::TableFunctionImpl;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
@@ -166,16 +165,13 @@ fn window_functions() -> Vec<WindowFunction> {
 
 #[pyfunction]
 fn table_functions() -> Vec<TableFunction> {
-    vec![
-        TableFunction {
-            name: "read_safetensors",
-            inner: Arc::new(ReadSafetensors),
-        },
-        TableFunction {
-            name: "safetensors_info",
-            inner: Arc::new(SafetensorsInfo),
-        },
-    ]
+    arrowquant::tables::table_functions()
+        .into_iter()
+        .map(|t| TableFunction {
+            name: t.name,
+            inner: t.function,
+        })
+        .collect()
 }
 
 /// The function catalogue as a Markdown table (the README's).

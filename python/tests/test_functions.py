@@ -4,6 +4,7 @@ registered through datafusion-ffi capsules."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import datafusion
 import pyarrow as pa
@@ -12,6 +13,8 @@ import pytest
 from datafusion import SessionContext, col, lit
 
 import arrow_quant_v2 as aq
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -95,6 +98,9 @@ QUERIES = {
     "thermo_objective": "SELECT max(o) > 0 FROM (SELECT thermo_objective(a, 0.1, 0.0, 4) OVER (ORDER BY t) AS o FROM (VALUES (0, [0.0, 1.0]), (1, [0.0, 2.0])) v(t, a))",
     "read_safetensors": "SELECT count(*) FROM read_safetensors('{model}') WHERE layer = 'conv_in.weight'",
     "safetensors_info": "SELECT count(*) FROM safetensors_info('{model}')",
+    "read_gguf": "SELECT count(*) FROM read_gguf('{gguf}') WHERE dtype = 'Q8_0'",
+    "gguf_info": "SELECT sum(bytes) FROM gguf_info('{gguf}')",
+    "gguf_metadata": "SELECT value FROM gguf_metadata('{gguf}') WHERE key = 'general.architecture'",
 }
 
 EXPECTED = {
@@ -130,6 +136,9 @@ EXPECTED = {
     "thermo_objective": True,
     "read_safetensors": 32,
     "safetensors_info": 212,
+    "read_gguf": 2,
+    "gguf_info": 2132,
+    "gguf_metadata": "llama",
 }
 
 
@@ -140,7 +149,8 @@ def test_every_function_is_registered_and_covered():
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
 def test_each_function_from_python(ctx, bundled_model, name):
-    value = one(ctx, QUERIES[name].format(model=bundled_model))
+    gguf = ROOT / "tests" / "data" / "gguf" / "tiny.gguf"
+    value = one(ctx, QUERIES[name].format(model=bundled_model, gguf=gguf))
     expected = EXPECTED[name]
     if isinstance(expected, float):
         # Scales and offsets are stored as f16: rebuilt values are exact to about 1e-4.

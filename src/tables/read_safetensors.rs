@@ -4,17 +4,16 @@ use std::sync::{Arc, LazyLock};
 
 use arrowquant_udfs::support::doc::DOC_TABLES;
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{DFSchema, Result};
+use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Documentation, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
-use super::path_argument;
 use super::scan::{SafetensorsPartition, plan_units, split_units, weights_schema};
+use super::{is_tensor_filter, path_argument, select_tensors};
 use crate::model::{Model, dtype_name};
 
 /// The table function.
@@ -73,38 +72,15 @@ impl SafetensorsTable {
         }
     }
 
-    /// Tensors passing every pushed-down filter, evaluated on a table of (layer, dtype).
+    /// Tensors passing every pushed-down filter.
     fn selected_tensors(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<usize>> {
-        let all: Vec<usize> = (0..self.model.tensors.len()).collect();
-        if filters.is_empty() {
-            return Ok(all);
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("layer", DataType::Utf8, false),
-            Field::new("dtype", DataType::Utf8, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    self.model.tensors.iter().map(|t| t.layer.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    self.model.tensors.iter().map(|t| dtype_name(t.meta.dtype)),
-                )),
-            ],
-        )?;
-        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-        let mut keep = vec![true; all.len()];
-        for filter in filters {
-            let predicate = state.create_physical_expr(filter.clone(), &df_schema)?;
-            let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let mask = datafusion::arrow::array::AsArray::as_boolean(&mask);
-            for (k, m) in keep.iter_mut().zip(mask.iter()) {
-                *k &= m == Some(true);
-            }
-        }
-        Ok(all.into_iter().filter(|&i| keep[i]).collect())
+        let tensors = &self.model.tensors;
+        select_tensors(
+            state,
+            filters,
+            tensors.iter().map(|t| t.layer.as_str()),
+            tensors.iter().map(|t| dtype_name(t.meta.dtype)),
+        )
     }
 }
 
@@ -125,15 +101,6 @@ fn check_row_sizes(model: &Model, tensors: &[usize]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A filter the scan can apply itself: one that reads only `layer` and `dtype`.
-fn is_tensor_filter(filter: &Expr) -> bool {
-    let columns = filter.column_refs();
-    !columns.is_empty()
-        && columns
-            .iter()
-            .all(|c| c.name == "layer" || c.name == "dtype")
 }
 
 #[async_trait]

@@ -198,7 +198,7 @@ fn read_unit(
     )?)
 }
 
-fn shape_column(shape: &[usize], rows: usize) -> ArrayRef {
+pub(crate) fn shape_column(shape: &[usize], rows: usize) -> ArrayRef {
     let values = Int64Array::from_iter_values(
         std::iter::repeat_n(shape, rows).flat_map(|s| s.iter().map(|&d| d as i64)),
     );
@@ -246,7 +246,7 @@ fn weights_column(model: &Model, t: &ModelTensor, unit: &ScanUnit, row_lens: &[u
     ))
 }
 
-fn widen(bytes: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> ScalarBuffer<f32> {
+pub(crate) fn widen(bytes: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> ScalarBuffer<f32> {
     bytes
         .chunks_exact(width)
         .map(read)
@@ -256,7 +256,7 @@ fn widen(bytes: &[u8], width: usize, read: impl Fn(&[u8]) -> f32) -> ScalarBuffe
 
 /// F16 → f32 through `half`'s slice conversion (F16C when the CPU has it), a small stack block
 /// at a time so no second copy of the row is allocated.
-fn widen_f16(bytes: &[u8]) -> ScalarBuffer<f32> {
+pub(crate) fn widen_f16(bytes: &[u8]) -> ScalarBuffer<f32> {
     use half::slice::HalfFloatSliceExt;
     const BLOCK: usize = 256;
     let mut out = vec![0f32; bytes.len() / 2];

@@ -37,6 +37,25 @@ impl GgufFormat {
         }
     }
 
+    /// The format's id in GGUF files (ggml's `ggml_type`).
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            GgufFormat::Q4_0 => 2,
+            GgufFormat::Q4_1 => 3,
+            GgufFormat::Q5_0 => 6,
+            GgufFormat::Q5_1 => 7,
+            GgufFormat::Q8_0 => 8,
+        }
+    }
+
+    /// The format a GGUF file's type id stands for, when it is one of these.
+    pub fn from_ggml_type(id: u32) -> Option<GgufFormat> {
+        use GgufFormat::*;
+        [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
+            .into_iter()
+            .find(|f| f.ggml_type() == id)
+    }
+
     pub fn bits(self) -> u8 {
         match self {
             GgufFormat::Q4_0 | GgufFormat::Q4_1 => 4,

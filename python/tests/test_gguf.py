@@ -1,0 +1,124 @@
+"""GGUF files from gguf-py (the `gguf` package on PyPI, llama.cpp's own Python reader and
+writer) read through ArrowQuant's table functions in a DataFusion Python session: fresh random
+data every run, the values compared bit for bit with `gguf.quants.dequantize`, and the tensor
+and metadata listings with `GGUFReader`'s."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from datafusion import SessionContext
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, GGUFWriter
+from gguf.quants import dequantize, quantize
+
+import arrow_quant_v2 as aq
+
+DECODED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+
+
+@pytest.fixture
+def ctx() -> SessionContext:
+    return aq.register(SessionContext())
+
+
+@pytest.fixture
+def random_gguf(tmp_path):
+    """A file of every type ArrowQuant decodes, from fresh random data, and the arrays gguf-py
+    holds for each tensor (its bytes for block types)."""
+    rng = np.random.default_rng()
+    path = tmp_path / "random.gguf"
+    w = GGUFWriter(str(path), "llama")
+    w.add_custom_alignment(int(rng.choice([32, 64, 256])))
+    w.add_uint32("test.seed_free", int(rng.integers(0, 2**32)))
+    w.add_array("test.values", [float(v) for v in rng.standard_normal(5).astype(np.float32)])
+    stored = {}
+    for kind in DECODED:
+        rows = int(rng.integers(1, 5))
+        cols = 32 * int(rng.integers(1, 9))
+        x = (rng.standard_normal((rows, cols)) * rng.choice([1e-3, 1.0, 300.0])).astype(np.float32)
+        name = f"blk.{kind.name.lower()}.weight"
+        if kind == T.F32:
+            data = x
+        elif kind == T.F16:
+            data = x.astype(np.float16)
+        else:
+            data = quantize(x, kind)
+        w.add_tensor(name, data, raw_dtype=None if kind in (T.F32, T.F16) else kind)
+        stored[name] = (kind, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, stored
+
+
+def table(ctx: SessionContext, sql: str) -> pa.Table:
+    return pa.Table.from_batches(ctx.sql(sql).collect())
+
+
+def test_every_decoded_type_equals_gguf_py_bit_for_bit(ctx, random_gguf):
+    path, stored = random_gguf
+    got = table(
+        ctx, f"SELECT layer, row, weights, data FROM read_gguf('{path}') ORDER BY layer, row"
+    )
+    by_layer: dict[str, list] = {}
+    for layer, weights, data in zip(
+        got.column("layer").to_pylist(),
+        got.column("weights").to_pylist(),
+        got.column("data").to_pylist(),
+    ):
+        by_layer.setdefault(layer, []).append((weights, data))
+    assert sorted(by_layer) == sorted(stored)
+    for name, (kind, data) in stored.items():
+        rows = by_layer[name]
+        want = data.astype(np.float32) if kind in (T.F32, T.F16) else dequantize(data, kind)
+        ours = np.array([w for w, _ in rows], dtype=np.float32)
+        assert ours.shape == want.shape, name
+        assert np.array_equal(ours.view(np.uint32), want.astype(np.float32).view(np.uint32)), name
+        # data holds each row's bytes as gguf-py stored them.
+        assert b"".join(d for _, d in rows) == data.tobytes(), name
+
+
+def test_the_tensor_listing_is_gguf_py_s(ctx, random_gguf):
+    path, _ = random_gguf
+    reader = GGUFReader(str(path))
+    info = table(
+        ctx, f"SELECT layer, dtype, ggml_type, dims, bytes, file_offset FROM gguf_info('{path}')"
+    )
+    assert info.column("layer").to_pylist() == [t.name for t in reader.tensors]
+    assert info.column("dtype").to_pylist() == [t.tensor_type.name for t in reader.tensors]
+    assert info.column("ggml_type").to_pylist() == [int(t.tensor_type) for t in reader.tensors]
+    assert info.column("dims").to_pylist() == [[int(d) for d in t.shape] for t in reader.tensors]
+    assert info.column("bytes").to_pylist() == [int(t.n_bytes) for t in reader.tensors]
+    assert info.column("file_offset").to_pylist() == [int(t.data_offset) for t in reader.tensors]
+
+
+def test_the_metadata_is_gguf_py_s(ctx, random_gguf):
+    path, _ = random_gguf
+    reader = GGUFReader(str(path))
+    meta = table(ctx, f"SELECT key, value_type, json FROM gguf_metadata('{path}')")
+    keys = [k for k in reader.fields if not k.startswith("GGUF.")]
+    assert meta.column("key").to_pylist() == keys
+    for key, value_type, text in zip(
+        *(meta.column(c).to_pylist() for c in ("key", "value_type", "json"))
+    ):
+        field = reader.fields[key]
+        want = field.contents()
+        if isinstance(want, float) or (
+            isinstance(want, list) and want and isinstance(want[0], float)
+        ):
+            assert np.allclose(json.loads(text), want, rtol=0, atol=0), key
+        else:
+            assert json.loads(text) == want, key
+        assert value_type.split("[")[0] == field.types[0].name, key
+
+
+def test_a_corrupt_file_is_refused_by_name(ctx, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16)
+    with pytest.raises(Exception, match="bad.gguf: not a GGUF file: the tensor count is"):
+        ctx.sql(f"SELECT * FROM gguf_info('{bad}')").collect()
