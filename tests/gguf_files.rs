@@ -63,7 +63,7 @@ async fn truncated_and_edited_files_are_refused_naming_the_tensor() {
     .await;
     assert!(
         e.contains(
-            "head.gguf: not a GGUF file: the tensor count is 9, more than the 24 bytes left"
+            "head.gguf: not a GGUF file: the tensor count is 10, more than the 24 bytes left"
         ),
         "{e}"
     );

@@ -137,7 +137,7 @@ EXPECTED = {
     "read_safetensors": 32,
     "safetensors_info": 212,
     "read_gguf": 2,
-    "gguf_info": 2132,
+    "gguf_info": 2198,
     "gguf_metadata": "llama",
 }
 

@@ -11,13 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from datafusion import SessionContext
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 import arrow_quant_v2 as aq
 
 DECODED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+# gguf-py has no quantizer for these: their blocks are random bytes (any bytes are a block).
+RANDOM_BLOCKS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 
 
 @pytest.fixture
@@ -36,15 +38,18 @@ def random_gguf(tmp_path):
     w.add_uint32("test.seed_free", int(rng.integers(0, 2**32)))
     w.add_array("test.values", [float(v) for v in rng.standard_normal(5).astype(np.float32)])
     stored = {}
-    for kind in DECODED:
+    for kind in DECODED + RANDOM_BLOCKS:
         rows = int(rng.integers(1, 5))
-        cols = 32 * int(rng.integers(1, 9))
+        block, size = GGML_QUANT_SIZES[kind]
+        cols = block * int(rng.integers(1, 9 if block == 32 else 3))
         x = (rng.standard_normal((rows, cols)) * rng.choice([1e-3, 1.0, 300.0])).astype(np.float32)
         name = f"blk.{kind.name.lower()}.weight"
         if kind == T.F32:
             data = x
         elif kind == T.F16:
             data = x.astype(np.float16)
+        elif kind in RANDOM_BLOCKS:
+            data = rng.integers(0, 256, size=(rows, cols // block * size), dtype=np.uint8)
         else:
             data = quantize(x, kind)
         w.add_tensor(name, data, raw_dtype=None if kind in (T.F32, T.F16) else kind)
@@ -78,6 +83,7 @@ def test_every_decoded_type_equals_gguf_py_bit_for_bit(ctx, random_gguf):
         want = data.astype(np.float32) if kind in (T.F32, T.F16) else dequantize(data, kind)
         ours = np.array([w for w, _ in rows], dtype=np.float32)
         assert ours.shape == want.shape, name
+        # Bit patterns, NaN payloads included (random blocks have NaN and ±inf scales).
         assert np.array_equal(ours.view(np.uint32), want.astype(np.float32).view(np.uint32)), name
         # data holds each row's bytes as gguf-py stored them.
         assert b"".join(d for _, d in rows) == data.tobytes(), name

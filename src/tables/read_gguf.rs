@@ -5,12 +5,14 @@
 //! multiple of the block), plus `ggml_type`. `data` is each row's bytes as stored, zero-copy:
 //! for a block type, exactly its blocks. `weights` is the values: F32 zero-copy where aligned,
 //! F16, BF16 and F64 widened or narrowed as `read_safetensors` does, the block types ArrowQuant
-//! has a decoder for dequantized by its kernels, NULL for integer tensors; reading the weights
+//! has a decoder for (the legacy blocks, the k-quants, IQ4_NL and IQ4_XS) dequantized by its
+//! kernels, NULL for integer tensors; reading the weights
 //! of a block type without a decoder is an error naming the tensor and the type.
 
 use std::sync::{Arc, LazyLock};
 
-use arrowquant_udfs::kernels::gguf::{GgufFormat, dequantize_row};
+use arrowquant_udfs::kernels::gguf::{self, GgufFormat};
+use arrowquant_udfs::kernels::kquants::{self, KFormat};
 use arrowquant_udfs::support::doc::DOC_TABLES;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -44,10 +46,10 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          read_safetensors {layer, row, shape, dtype (the ggml type's name), weights \
          List<Float32>, data (the row's bytes as stored: for a block type, its blocks)} plus \
          ggml_type (the type's id). Memory-mapped; F32 zero-copy where aligned, F16 and BF16 \
-         widened exactly, F64 narrowed, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 dequantized by \
-         ArrowQuant's kernels (as dequantize does); weights is NULL for integer tensors, and \
-         reading the weights of another block type is an error naming it (its data column \
-         reads). Filters on layer and dtype are pushed down. A corrupt file is refused naming \
+         widened exactly, F64 narrowed; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K, IQ4_NL and \
+         IQ4_XS dequantized by ArrowQuant's kernels, bit for bit as gguf-py's dequantize; \
+         weights is NULL for integer tensors, and reading the weights of another block type (the \
+         other i-quants, TQ, MXFP4) is an error naming it (its data column reads). Filters on layer and dtype are pushed down. A corrupt file is refused naming \
          the file and the key or tensor.",
         "read_gguf(path)",
     )
@@ -278,6 +280,7 @@ enum Decode {
     F64,
     Integer,
     Blocks(GgufFormat),
+    KBlocks(KFormat),
 }
 
 fn decoder(t: &GgufTensor) -> Option<Decode> {
@@ -287,7 +290,10 @@ fn decoder(t: &GgufTensor) -> Option<Decode> {
         "BF16" => Decode::Bf16,
         "F64" => Decode::F64,
         _ if t.ggml_type.is_integer() => Decode::Integer,
-        _ => Decode::Blocks(GgufFormat::from_ggml_type(t.ggml_type.id)?),
+        _ => match GgufFormat::from_ggml_type(t.ggml_type.id) {
+            Some(format) => Decode::Blocks(format),
+            None => Decode::KBlocks(KFormat::from_ggml_type(t.ggml_type.id)?),
+        },
     })
 }
 
@@ -411,23 +417,14 @@ fn weights_column(
             )));
         }
         Some(Decode::Blocks(format)) => {
-            let mut out = Vec::with_capacity(lens.iter().sum());
-            let mut row = Vec::new();
-            let mut at = 0;
-            for (i, &n) in lens.iter().enumerate() {
-                let size = row_bytes(t, n);
-                dequantize_row(format, &bytes[at..at + size], n, &mut row).map_err(|e| {
-                    DataFusionError::Execution(format!(
-                        "read_gguf: {}: tensor '{}' row {}: {e}",
-                        file.path().display(),
-                        t.name,
-                        first_row + i
-                    ))
-                })?;
-                out.extend_from_slice(&row);
-                at += size;
-            }
-            out.into()
+            decode_rows(file, t, first_row, lens, bytes, |b, n, row| {
+                gguf::dequantize_row(format, b, n, row)
+            })?
+        }
+        Some(Decode::KBlocks(format)) => {
+            decode_rows(file, t, first_row, lens, bytes, |b, n, row| {
+                kquants::dequantize_row(format, b, n, row)
+            })?
         }
         None => return exec_err!("read_gguf: tensor '{}': no decoder", t.name),
     };
@@ -437,4 +434,32 @@ fn weights_column(
         Arc::new(Float32Array::new(values, None)),
         None,
     )))
+}
+
+/// The values of rows of block-encoded bytes, each decoded by `decode(bytes, values, out)`.
+fn decode_rows(
+    file: &GgufFile,
+    t: &GgufTensor,
+    first_row: usize,
+    lens: &[usize],
+    bytes: &[u8],
+    mut decode: impl FnMut(&[u8], usize, &mut Vec<f32>) -> arrowquant_udfs::kernels::error::Result<()>,
+) -> Result<ScalarBuffer<f32>> {
+    let mut out = Vec::with_capacity(lens.iter().sum());
+    let mut row = Vec::new();
+    let mut at = 0;
+    for (i, &n) in lens.iter().enumerate() {
+        let size = row_bytes(t, n);
+        decode(&bytes[at..at + size], n, &mut row).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "read_gguf: {}: tensor '{}' row {}: {e}",
+                file.path().display(),
+                t.name,
+                first_row + i
+            ))
+        })?;
+        out.extend_from_slice(&row);
+        at += size;
+    }
+    Ok(out.into())
 }

@@ -7,6 +7,7 @@ pub mod affine;
 pub mod cpu;
 pub mod error;
 pub mod gguf;
+pub mod kquants;
 pub mod metrics;
 pub mod packing;
 pub mod quantized;
