@@ -1,4 +1,5 @@
-//! Kernel speed on a 4 MB f32 layer (1,048,576 values as 256 rows of 4096), one thread; and
+//! Kernel speed on a 4 MB f32 layer (1,048,576 values as 256 rows of 4096), one thread (the
+//! k-quant and IQ4 decoders over as many values of random blocks); and
 //! `thermo_optimize`'s transition search over chains of 1,000 and 4,000 timestep groups.
 //!
 //! Run: `cargo bench --bench kernels`. `baseline/copy` (a plain copy of the layer) is measured
@@ -9,14 +10,15 @@
 use std::hint::black_box;
 
 use arrowquant_udfs::kernels::affine::{self, AffineOutput};
+use arrowquant_udfs::kernels::kquants::{self, KFormat};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
 use arrowquant_udfs::kernels::scheme::GroupSize;
 use arrowquant_udfs::kernels::thermo::{ChainWeights, optimize_chain};
 use arrowquant_udfs::kernels::{QuantSpec, Scheme};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 const ROWS: usize = 256;
@@ -28,6 +30,29 @@ fn layer() -> Vec<f32> {
     (0..ROWS * ROW_LEN)
         .map(|_| normal.sample(&mut rng))
         .collect()
+}
+
+/// Random blocks of `format` for `values` values, each block's f16 scale fields set to 0.01.
+fn kquant_layer(format: KFormat, values: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut bytes: Vec<u8> = (0..format.row_bytes(values).unwrap())
+        .map(|_| rng.random())
+        .collect();
+    // Where each block's f16 fields sit (ggml's block layouts).
+    let f16_fields: &[usize] = match format {
+        KFormat::Q2K => &[80, 82],
+        KFormat::Q3K => &[108],
+        KFormat::Q4K | KFormat::Q5K => &[0, 2],
+        KFormat::Q6K => &[208],
+        KFormat::Iq4Nl | KFormat::Iq4Xs => &[0],
+    };
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    for block in bytes.chunks_exact_mut(format.block_bytes()) {
+        for &at in f16_fields {
+            block[at..at + 2].copy_from_slice(&scale);
+        }
+    }
+    bytes
 }
 
 fn quantize_layer(
@@ -114,6 +139,23 @@ fn benches(c: &mut Criterion) {
                 for q in &rows {
                     let view = q.view(&spec, ROW_LEN);
                     quantizer.dequantize(&view, &mut out).unwrap();
+                    black_box(&out);
+                }
+            })
+        });
+    }
+
+    // The k-quant and IQ4 decoders (read_gguf's), over blocks of random bytes whose f16
+    // super-scales are set to 0.01 (random ones are often NaN or subnormal, which real
+    // files are not).
+    for format in KFormat::ALL {
+        let bytes = kquant_layer(format, x.len());
+        let row_bytes = format.row_bytes(ROW_LEN).unwrap();
+        let mut out = Vec::with_capacity(ROW_LEN);
+        group.bench_function(format!("dequantize/{}", format.name()), |b| {
+            b.iter(|| {
+                for row in black_box(&bytes).chunks(row_bytes) {
+                    kquants::dequantize_row(format, row, ROW_LEN, &mut out).unwrap();
                     black_box(&out);
                 }
             })
