@@ -16,7 +16,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{Session, TableFunctionImpl};
 use datafusion::common::{DFSchema, Result, ScalarValue, plan_err};
-use datafusion::logical_expr::{Documentation, Expr};
+use datafusion::logical_expr::{Documentation, Expr, TableProviderFilterPushDown};
 use datafusion::prelude::SessionContext;
 
 pub use gguf_info::GgufInfo;
@@ -99,6 +99,31 @@ fn is_tensor_filter(filter: &Expr) -> bool {
         && columns
             .iter()
             .all(|c| c.name == "layer" || c.name == "dtype")
+}
+
+/// What a weights table says of each filter: inexact for the ones that pick tensors (the scan
+/// applies them to its list of tensors; DataFusion still applies them to the rows, which costs
+/// nothing next to reading them), unsupported for the rest.
+fn tensor_filter_pushdown(filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            if is_tensor_filter(f) {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
+
+/// The filters a scan applies to its tensors.
+fn tensor_filters(filters: &[Expr]) -> Vec<Expr> {
+    filters
+        .iter()
+        .filter(|f| is_tensor_filter(f))
+        .cloned()
+        .collect()
 }
 
 /// The indexes of the tensors passing every pushed-down filter, evaluated on a table of the

@@ -32,7 +32,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use half::bf16;
 
 use super::scan::{BATCH_BYTES, shape_column, weights_schema, widen, widen_f16};
-use super::{is_tensor_filter, path_argument, select_tensors};
+use super::{path_argument, select_tensors, tensor_filter_pushdown, tensor_filters};
 use crate::model::gguf_file::{GgufFile, GgufTensor};
 use crate::model::{row_layout, row_values};
 
@@ -188,17 +188,7 @@ impl TableProvider for GgufTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Inexact: the filter picks tensors; DataFusion still applies it to the rows.
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if is_tensor_filter(f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(tensor_filter_pushdown(filters))
     }
 
     async fn scan(
@@ -208,11 +198,7 @@ impl TableProvider for GgufTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let pushed: Vec<Expr> = filters
-            .iter()
-            .filter(|f| is_tensor_filter(f))
-            .cloned()
-            .collect();
+        let pushed = tensor_filters(filters);
         let tensors = self.file.tensors();
         let chosen = select_tensors(
             state,

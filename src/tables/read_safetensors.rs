@@ -13,7 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
 use super::scan::{SafetensorsPartition, plan_units, split_units, weights_schema};
-use super::{is_tensor_filter, path_argument, select_tensors};
+use super::{path_argument, select_tensors, tensor_filter_pushdown, tensor_filters};
 use crate::model::{Model, dtype_name};
 
 /// The table function.
@@ -117,18 +117,7 @@ impl TableProvider for SafetensorsTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Inexact: the pushed filter picks tensors; DataFusion still applies it to the rows,
-        // which costs nothing next to reading them.
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if is_tensor_filter(f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(tensor_filter_pushdown(filters))
     }
 
     async fn scan(
@@ -138,11 +127,7 @@ impl TableProvider for SafetensorsTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let pushed: Vec<Expr> = filters
-            .iter()
-            .filter(|f| is_tensor_filter(f))
-            .cloned()
-            .collect();
+        let pushed = tensor_filters(filters);
         let tensors = self.selected_tensors(state, &pushed)?;
         check_row_sizes(&self.model, &tensors)?;
         let options = state.config_options();
