@@ -78,6 +78,18 @@ pub const GRID_BITS: &str = "2 to 8";
 
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
 
+/// Checks that a row of `len` values in a block format holds the `expected` bytes its blocks
+/// take (a stored or read row that does not is corrupt).
+pub fn check_row_bytes(format: &str, len: usize, expected: usize, got: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(KernelError::Corrupt(format!(
+            "{len} values in {format} need {expected} bytes, found {got}"
+        )))
+    }
+}
+
 /// A number for a message: plain, or in exponent form when plain would be a long run of digits.
 pub fn readable(v: f64) -> String {
     if v.is_finite() && v != 0.0 && !(1e-6..1e16).contains(&v.abs()) {

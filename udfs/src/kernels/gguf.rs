@@ -339,13 +339,7 @@ pub fn dequantize_row(
     out: &mut Vec<f32>,
 ) -> Result<()> {
     let expected = format.row_bytes(len)?;
-    if bytes.len() != expected {
-        return Err(KernelError::Corrupt(format!(
-            "{len} values in {} need {expected} bytes, found {}",
-            format.name(),
-            bytes.len()
-        )));
-    }
+    super::error::check_row_bytes(format.name(), len, expected, bytes.len())?;
     out.clear();
     out.resize(len, 0.0);
     #[cfg(target_arch = "x86_64")]

@@ -160,13 +160,7 @@ impl KFormat {
 /// them, as in the reference.
 pub fn dequantize_row(format: KFormat, bytes: &[u8], len: usize, out: &mut Vec<f32>) -> Result<()> {
     let expected = format.row_bytes(len)?;
-    if bytes.len() != expected {
-        return Err(KernelError::Corrupt(format!(
-            "{len} values in {} need {expected} bytes, found {}",
-            format.name(),
-            bytes.len()
-        )));
-    }
+    super::error::check_row_bytes(format.name(), len, expected, bytes.len())?;
     out.clear();
     out.resize(len, 0.0);
     match format {
