@@ -97,16 +97,6 @@ impl GgmlType {
             .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 
-    /// Every type, in id order.
-    pub fn all() -> &'static [GgmlType] {
-        GGML_TYPES
-    }
-
-    /// Plain floats, whose values are read without a block decoder.
-    pub fn is_float(self) -> bool {
-        matches!(self.name, "F32" | "F16" | "BF16" | "F64")
-    }
-
     /// Plain integers (no float view).
     pub fn is_integer(self) -> bool {
         matches!(self.name, "I8" | "I16" | "I32" | "I64")
@@ -326,11 +316,6 @@ impl GgufFile {
             _ => self.json(entry),
         }
     }
-
-    /// The entry with this key.
-    pub fn entry(&self, key: &str) -> Option<&MetadataEntry> {
-        self.header.metadata.iter().find(|e| e.key == key)
-    }
 }
 
 /// A scalar metadata value, decoded. Strings are shown with invalid UTF-8 replaced (U+FFFD):
@@ -339,34 +324,24 @@ impl GgufFile {
 pub enum Value {
     Int(i64),
     UInt(u64),
+    /// A FLOAT32, kept as one so that it prints as its shortest f32 form (0.1, not
+    /// 0.10000000149011612).
+    Float32(f32),
     Float(f64),
     Bool(bool),
     String(String),
 }
 
 impl Value {
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            Value::UInt(v) => Some(v),
-            Value::Int(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
     fn write_json(&self, out: &mut String) {
         use std::fmt::Write;
         match self {
             Value::Int(v) => write!(out, "{v}").expect("to a String"),
             Value::UInt(v) => write!(out, "{v}").expect("to a String"),
             // JSON has no NaN or infinity: those are written as strings.
+            Value::Float32(v) if v.is_finite() => write!(out, "{v:?}").expect("to a String"),
             Value::Float(v) if v.is_finite() => write!(out, "{v:?}").expect("to a String"),
+            Value::Float32(v) => write!(out, "\"{v}\"").expect("to a String"),
             Value::Float(v) => write!(out, "\"{v}\"").expect("to a String"),
             Value::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
             Value::String(s) => out.push_str(&serde_json::Value::String(s.clone()).to_string()),
@@ -718,7 +693,7 @@ fn read_scalar(bytes: &[u8], pos: &mut usize, value_type: ValueType) -> Value {
         I16 => Value::Int(i64::from(i16::from_le_bytes(take(bytes, pos)))),
         U32 => Value::UInt(u64::from(u32::from_le_bytes(take(bytes, pos)))),
         I32 => Value::Int(i64::from(i32::from_le_bytes(take(bytes, pos)))),
-        F32 => Value::Float(f64::from(f32::from_le_bytes(take(bytes, pos)))),
+        F32 => Value::Float32(f32::from_le_bytes(take(bytes, pos))),
         U64 => Value::UInt(u64::from_le_bytes(take(bytes, pos))),
         I64 => Value::Int(i64::from_le_bytes(take(bytes, pos))),
         F64 => Value::Float(f64::from_le_bytes(take(bytes, pos))),
@@ -987,6 +962,27 @@ mod tests {
             assert!(e.contains(want), "case {i}: {e:?} lacks {want:?}");
             assert!(e.starts_with("m.gguf: "), "case {i}: {e}");
         }
+    }
+
+    #[test]
+    fn floats_print_as_their_own_width_gives_them() {
+        let metadata = [
+            ("f32".to_string(), MetaValue::F32(0.1)),
+            ("f64".to_string(), MetaValue::F64(0.1)),
+            ("nan".to_string(), MetaValue::F32(f32::NAN)),
+            (
+                "list".to_string(),
+                MetaValue::Array(
+                    ValueType::F32,
+                    vec![MetaValue::F32(0.3), MetaValue::F32(f32::INFINITY)],
+                ),
+            ),
+        ];
+        let mut bytes = Vec::new();
+        write_gguf(&mut bytes, &metadata, &[]).unwrap();
+        let h = read_header(Path::new("m.gguf"), &bytes).unwrap();
+        let json: Vec<String> = h.metadata.iter().map(|e| value_json(&bytes, e)).collect();
+        assert_eq!(json, ["0.1", "0.1", "\"NaN\"", "[0.3,\"inf\"]"]);
     }
 
     #[test]

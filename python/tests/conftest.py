@@ -13,6 +13,12 @@ def bundled_model() -> Path:
 
 
 @pytest.fixture
+def tiny_gguf() -> Path:
+    """The GGUF test file scripts/make_gguf_files.py writes with gguf-py."""
+    return ROOT / "tests" / "data" / "gguf" / "tiny.gguf"
+
+
+@pytest.fixture
 def calibration() -> Path:
     return ROOT / "examples" / "calibration" / "tiny-unet-ddpm.parquet"
 

@@ -4,7 +4,6 @@ registered through datafusion-ffi capsules."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import datafusion
 import pyarrow as pa
@@ -13,8 +12,6 @@ import pytest
 from datafusion import SessionContext, col, lit
 
 import arrow_quant_v2 as aq
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -148,9 +145,8 @@ def test_every_function_is_registered_and_covered():
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
-def test_each_function_from_python(ctx, bundled_model, name):
-    gguf = ROOT / "tests" / "data" / "gguf" / "tiny.gguf"
-    value = one(ctx, QUERIES[name].format(model=bundled_model, gguf=gguf))
+def test_each_function_from_python(ctx, bundled_model, tiny_gguf, name):
+    value = one(ctx, QUERIES[name].format(model=bundled_model, gguf=tiny_gguf))
     expected = EXPECTED[name]
     if isinstance(expected, float):
         # Scales and offsets are stored as f16: rebuilt values are exact to about 1e-4.

@@ -78,18 +78,25 @@ pub fn table_function_docs() -> Vec<&'static Documentation> {
         .collect()
 }
 
-/// The one argument of every table function: a path given as a string literal.
+/// The one argument of every table function: a path given as a non-empty string literal.
 fn path_argument(function: &str, args: &[Expr]) -> Result<String> {
-    match args {
+    let path = match args {
         [Expr::Literal(ScalarValue::Utf8(Some(p)), _)]
         | [Expr::Literal(ScalarValue::Utf8View(Some(p)), _)]
         | [Expr::Literal(ScalarValue::LargeUtf8(Some(p)), _)] => Ok(p.clone()),
+        [Expr::Literal(v, _)] if v.is_null() => {
+            plan_err!("{function}: argument 'path' is NULL; give the file's path as a string")
+        }
         [_] => plan_err!("{function}: argument 'path' must be a string literal"),
         _ => plan_err!(
             "{function} takes one argument, the path of a model file or folder; got {}",
             args.len()
         ),
+    }?;
+    if path.is_empty() {
+        return plan_err!("{function}: argument 'path' is empty");
     }
+    Ok(path)
 }
 
 /// A filter a scan can apply itself: one that reads only `layer` and `dtype`.

@@ -31,7 +31,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use half::bf16;
 
-use super::scan::{BATCH_BYTES, shape_column, weights_schema, widen, widen_f16};
+use super::scan::{
+    ScanUnit, plan_rows, shape_column, split_by_bytes, weights_schema, widen, widen_f16,
+};
 use super::{path_argument, select_tensors, tensor_filter_pushdown, tensor_filters};
 use crate::model::gguf_file::{GgufFile, GgufTensor};
 use crate::model::{row_layout, row_values};
@@ -132,46 +134,30 @@ fn check_row_sizes(file: &GgufFile, tensors: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// A run of rows of one tensor, read as one batch.
-#[derive(Debug, Clone, Copy)]
-struct Unit {
-    tensor: usize,
-    first_row: usize,
-    rows: usize,
+/// Values of each row of a unit, and the unit's absolute byte range in the file.
+fn extent(t: &GgufTensor, u: &ScanUnit) -> (Vec<usize>, usize, usize) {
+    let lens: Vec<usize> = (u.first_row..u.first_row + u.rows)
+        .map(|r| row_values(&t.shape, r))
+        .collect();
+    let (start, len) = byte_range(t, u, unit_values(t, u));
+    debug_assert_eq!(lens.iter().sum::<usize>(), unit_values(t, u));
+    (lens, start, len)
 }
 
-impl Unit {
-    /// Values of each row, and the unit's absolute byte range in the file.
-    fn extent(&self, t: &GgufTensor) -> (Vec<usize>, usize, usize) {
-        let (per_row, _) = row_size(t);
-        let lens: Vec<usize> = (self.first_row..self.first_row + self.rows)
-            .map(|r| row_values(&t.shape, r))
-            .collect();
-        let start = t.start + row_bytes(t, self.first_row * per_row);
-        let len = row_bytes(t, lens.iter().sum());
-        (lens, start, len)
-    }
+/// The absolute byte range of a unit of `values` values.
+fn byte_range(t: &GgufTensor, u: &ScanUnit, values: usize) -> (usize, usize) {
+    let (per_row, _) = row_size(t);
+    (
+        t.start + row_bytes(t, u.first_row * per_row),
+        row_bytes(t, values),
+    )
 }
 
-fn plan_units(file: &GgufFile, tensors: &[usize], max_rows: usize) -> Vec<Unit> {
-    let mut units = Vec::new();
-    for &tensor in tensors {
-        let t = &file.tensors()[tensor];
-        let (rows, _) = row_layout(&t.shape);
-        let (_, bytes) = row_size(t);
-        let step = (BATCH_BYTES / bytes.max(1)).clamp(1, max_rows.max(1));
-        let mut first = 0;
-        while first < rows {
-            let n = step.min(rows - first);
-            units.push(Unit {
-                tensor,
-                first_row: first,
-                rows: n,
-            });
-            first += n;
-        }
-    }
-    units
+/// The values of a unit, without listing its rows: every row is full but a long 1-D tensor's
+/// last chunk, which ends where the tensor does.
+fn unit_values(t: &GgufTensor, u: &ScanUnit) -> usize {
+    let (per_row, _) = row_size(t);
+    (u.rows * per_row).min(t.elements() - u.first_row * per_row)
 }
 
 #[async_trait]
@@ -215,19 +201,14 @@ impl TableProvider for GgufTable {
             check_decodable(&self.file, &chosen)?;
         }
         let options = state.config_options();
-        let units = plan_units(&self.file, &chosen, options.execution.batch_size.get());
-        let parts = options.execution.target_partitions.max(1);
-        // Contiguous runs of about equal bytes keep each partition's reads sequential.
-        let total: usize = units.iter().map(|u| unit_len(&self.file, u)).sum();
-        let mut split: Vec<Vec<Unit>> = vec![Vec::new(); parts];
-        let mut done = 0usize;
-        for u in units {
-            let len = unit_len(&self.file, &u);
-            let part = ((done + len / 2) * parts / total.max(1)).min(parts - 1);
-            split[part].push(u);
-            done += len;
-        }
-        split.retain(|p| !p.is_empty());
+        let units = plan_rows(&chosen, options.execution.batch_size.get(), |i| {
+            let t = &tensors[i];
+            (row_layout(&t.shape).0, row_size(t).1)
+        });
+        let mut split = split_by_bytes(units, options.execution.target_partitions, |u| {
+            let t = &tensors[u.tensor];
+            row_bytes(t, unit_values(t, u))
+        });
         if split.is_empty() {
             split.push(Vec::new());
         }
@@ -252,10 +233,6 @@ impl TableProvider for GgufTable {
             None,
         )?))
     }
-}
-
-fn unit_len(file: &GgufFile, u: &Unit) -> usize {
-    u.extent(&file.tensors()[u.tensor]).2.max(1)
 }
 
 /// How a tensor's values are read.
@@ -303,7 +280,7 @@ fn check_decodable(file: &GgufFile, tensors: &[usize]) -> Result<()> {
 #[derive(Debug)]
 struct GgufPartition {
     file: Arc<GgufFile>,
-    units: Vec<Unit>,
+    units: Vec<ScanUnit>,
     projection: Vec<usize>,
     schema: SchemaRef,
 }
@@ -317,11 +294,12 @@ impl PartitionStream for GgufPartition {
         let file = self.file.clone();
         let projection = self.projection.clone();
         let schema = self.schema.clone();
-        let mut previous: Option<Unit> = None;
+        let mut previous: Option<ScanUnit> = None;
         let batches = self.units.clone().into_iter().map(move |unit| {
             // The previous batch has been handed downstream: its pages can go.
             if let Some(done) = previous.replace(unit) {
-                let (_, start, len) = done.extent(&file.tensors()[done.tensor]);
+                let t = &file.tensors()[done.tensor];
+                let (start, len) = byte_range(t, &done, unit_values(t, &done));
                 file.release(start, len);
             }
             read_unit(&file, &unit, &projection, &schema)
@@ -335,13 +313,13 @@ impl PartitionStream for GgufPartition {
 
 fn read_unit(
     file: &GgufFile,
-    unit: &Unit,
+    unit: &ScanUnit,
     projection: &[usize],
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     let t = &file.tensors()[unit.tensor];
     let rows = unit.rows;
-    let (lens, start, len) = unit.extent(t);
+    let (lens, start, len) = extent(t, unit);
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(projection.len());
     for &column in projection {
         columns.push(match column {
@@ -402,16 +380,13 @@ fn weights_column(
                 Some(NullBuffer::new_null(lens.len())),
             )));
         }
-        Some(Decode::Blocks(format)) => {
-            decode_rows(file, t, first_row, lens, bytes, |b, n, row| {
-                gguf::dequantize_row(format, b, n, row)
-            })?
-        }
-        Some(Decode::KBlocks(format)) => {
-            decode_rows(file, t, first_row, lens, bytes, |b, n, row| {
-                kquants::dequantize_row(format, b, n, row)
-            })?
-        }
+        // A unit's rows are contiguous whole blocks: one call decodes them all.
+        Some(Decode::Blocks(format)) => decode_unit(file, t, first_row, lens, |values, out| {
+            gguf::dequantize_row(format, bytes, values, out)
+        })?,
+        Some(Decode::KBlocks(format)) => decode_unit(file, t, first_row, lens, |values, out| {
+            kquants::dequantize_row(format, bytes, values, out)
+        })?,
         None => return exec_err!("read_gguf: tensor '{}': no decoder", t.name),
     };
     Ok(Arc::new(ListArray::new(
@@ -422,30 +397,24 @@ fn weights_column(
     )))
 }
 
-/// The values of rows of block-encoded bytes, each decoded by `decode(bytes, values, out)`.
-fn decode_rows(
+/// The values of a unit of block-encoded rows, decoded by `decode(values, out)`.
+fn decode_unit(
     file: &GgufFile,
     t: &GgufTensor,
     first_row: usize,
     lens: &[usize],
-    bytes: &[u8],
-    mut decode: impl FnMut(&[u8], usize, &mut Vec<f32>) -> arrowquant_udfs::kernels::error::Result<()>,
+    decode: impl FnOnce(usize, &mut Vec<f32>) -> arrowquant_udfs::kernels::error::Result<()>,
 ) -> Result<ScalarBuffer<f32>> {
-    let mut out = Vec::with_capacity(lens.iter().sum());
-    let mut row = Vec::new();
-    let mut at = 0;
-    for (i, &n) in lens.iter().enumerate() {
-        let size = row_bytes(t, n);
-        decode(&bytes[at..at + size], n, &mut row).map_err(|e| {
-            DataFusionError::Execution(format!(
-                "read_gguf: {}: tensor '{}' row {}: {e}",
-                file.path().display(),
-                t.name,
-                first_row + i
-            ))
-        })?;
-        out.extend_from_slice(&row);
-        at += size;
-    }
+    let values = lens.iter().sum();
+    let mut out = Vec::with_capacity(values);
+    decode(values, &mut out).map_err(|e| {
+        DataFusionError::Execution(format!(
+            "read_gguf: {}: tensor '{}' rows {} to {}: {e}",
+            file.path().display(),
+            t.name,
+            first_row,
+            first_row + lens.len() - 1
+        ))
+    })?;
     Ok(out.into())
 }

@@ -72,12 +72,24 @@ fn values_in_row(t: &ModelTensor, row: usize) -> usize {
 
 /// Cuts the chosen tensors into batches of about [`BATCH_BYTES`] and at most `max_rows` rows.
 pub fn plan_units(model: &Model, tensors: &[usize], max_rows: usize) -> Vec<ScanUnit> {
-    let mut units = Vec::new();
-    for &index in tensors {
+    plan_rows(tensors, max_rows, |index| {
         let t = &model.tensors[index];
         let (rows, per_row) = layout(t);
-        let row_bytes = (per_row * t.meta.dtype.bitsize()).div_ceil(8).max(1);
-        let step = (BATCH_BYTES / row_bytes).clamp(1, max_rows.max(1));
+        (rows, (per_row * t.meta.dtype.bitsize()).div_ceil(8))
+    })
+}
+
+/// Cuts tensors of `(rows, bytes per row)` into units of about [`BATCH_BYTES`] and at most
+/// `max_rows` rows: the batches of every weights-table scan.
+pub fn plan_rows(
+    tensors: &[usize],
+    max_rows: usize,
+    rows_and_bytes: impl Fn(usize) -> (usize, usize),
+) -> Vec<ScanUnit> {
+    let mut units = Vec::new();
+    for &index in tensors {
+        let (rows, row_bytes) = rows_and_bytes(index);
+        let step = (BATCH_BYTES / row_bytes.max(1)).clamp(1, max_rows.max(1));
         let mut first = 0;
         while first < rows {
             let n = step.min(rows - first);
@@ -95,7 +107,16 @@ pub fn plan_units(model: &Model, tensors: &[usize], max_rows: usize) -> Vec<Scan
 /// Splits units into `parts` contiguous runs of about equal bytes (contiguous keeps each
 /// partition's reads sequential in the file).
 pub fn split_units(model: &Model, units: Vec<ScanUnit>, parts: usize) -> Vec<Vec<ScanUnit>> {
-    let bytes = |u: &ScanUnit| unit_bytes(model, u).1.max(1) as u64;
+    split_by_bytes(units, parts, |u| unit_bytes(model, u).1)
+}
+
+/// Splits units into at most `parts` contiguous runs of about equal `bytes`; none is empty.
+pub fn split_by_bytes(
+    units: Vec<ScanUnit>,
+    parts: usize,
+    bytes: impl Fn(&ScanUnit) -> usize,
+) -> Vec<Vec<ScanUnit>> {
+    let bytes = |u: &ScanUnit| bytes(u).max(1) as u64;
     let total: u64 = units.iter().map(bytes).sum();
     let parts = parts.max(1);
     let mut out: Vec<Vec<ScanUnit>> = vec![Vec::new(); parts];
