@@ -170,25 +170,14 @@ impl Parameters {
 
     /// The call's forms as errors quote them: `(values, bits [, scheme [, group]])`.
     pub fn forms(&self) -> String {
-        let mut out = String::from("(");
-        for (i, (name, _)) in self.list.iter().enumerate() {
-            match i {
-                0 if self.required == 0 => out.push_str(&format!("[{name}")),
-                0 => out.push_str(name),
-                _ if i < self.required => out.push_str(&format!(", {name}")),
-                _ => out.push_str(&format!(" [, {name}")),
-            }
-        }
-        out.push_str(&"]".repeat(self.list.len() - self.required));
-        out.push(')');
-        out
+        self.to_string()
     }
 
     /// Checks the number of arguments and plans each one's type, errors naming the argument.
     pub fn coerce(&self, function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         check_arity(
             function,
-            &self.forms(),
+            self,
             arg_types.len(),
             self.required,
             self.list.len(),
@@ -201,8 +190,33 @@ impl Parameters {
     }
 }
 
+/// The forms, written where an error needs them (no string is built otherwise).
+impl std::fmt::Display for Parameters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(")?;
+        for (i, (name, _)) in self.list.iter().enumerate() {
+            match i {
+                0 if self.required == 0 => write!(f, "[{name}")?,
+                0 => f.write_str(name)?,
+                _ if i < self.required => write!(f, ", {name}")?,
+                _ => write!(f, " [, {name}")?,
+            }
+        }
+        for _ in self.required..self.list.len() {
+            f.write_str("]")?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// Checks the number of arguments, naming the function's forms.
-pub fn check_arity(function: &str, forms: &str, got: usize, min: usize, max: usize) -> Result<()> {
+pub fn check_arity(
+    function: &str,
+    forms: impl std::fmt::Display,
+    got: usize,
+    min: usize,
+    max: usize,
+) -> Result<()> {
     if (min..=max).contains(&got) {
         Ok(())
     } else {
