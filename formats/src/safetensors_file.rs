@@ -285,16 +285,37 @@ fn check_layout(
                 ),
             ));
         }
+        // Zero dimensions are left out of the overflow check, because a zero anywhere makes
+        // the product 0, and the scan still multiplies the others (the values per row).
+        let overflow = || {
+            bad(
+                name,
+                format!("shape {:?} overflows the address space", e.shape),
+            )
+        };
+        e.shape
+            .iter()
+            .filter(|&&d| d > 0)
+            .try_fold(e.dtype.bitsize(), |a, &d| a.checked_mul(d))
+            .ok_or_else(overflow)?;
         let bits = e
             .shape
             .iter()
             .try_fold(e.dtype.bitsize(), |a, &d| a.checked_mul(d))
-            .ok_or_else(|| {
-                bad(
-                    name,
-                    format!("shape {:?} overflows the address space", e.shape),
-                )
-            })?;
+            .ok_or_else(overflow)?;
+        // A tensor without values read as rows: as many as its first dimension says, unbounded
+        // by the file's size (shape [2^40, 0] would be 2^40 empty rows).
+        if bits == 0 && crate::row_layout(&e.shape).0 > 1 {
+            return Err(bad(
+                name,
+                format!(
+                    "shape {:?} holds no values but would be {} rows; a tensor without values \
+                     can have at most one row",
+                    e.shape,
+                    crate::row_layout(&e.shape).0
+                ),
+            ));
+        }
         if !bits.is_multiple_of(8) {
             // Sub-byte dtypes (F4, F6) whose elements do not fill whole bytes: the format
             // stores whole bytes, and so does every reader.
@@ -394,6 +415,41 @@ pub fn is_float(dtype: Dtype) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of one tensor with this shape and no data.
+    fn empty_tensor(shape: &str) -> Vec<u8> {
+        let header = format!(r#"{{"t":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn tensors_without_values_are_at_most_one_row_and_never_overflow() {
+        let read = |shape: &str| read_table(Path::new("m.safetensors"), &empty_tensor(shape));
+        for ok in ["[0]", "[0, 768]", "[1, 0]", "[0, 0, 3]"] {
+            assert!(read(ok).is_ok(), "{ok}: {:?}", read(ok));
+        }
+        for (shape, want) in [
+            (
+                "[1099511627776, 0]",
+                "holds no values but would be 1099511627776 rows",
+            ),
+            ("[5, 0]", "holds no values but would be 5 rows"),
+            ("[3, 4, 0]", "holds no values but would be 3 rows"),
+            (
+                "[0, 4611686018427387904, 4611686018427387904]",
+                "overflows the address space",
+            ),
+            (
+                "[0, 18446744073709551615, 2]",
+                "overflows the address space",
+            ),
+        ] {
+            let e = read(shape).unwrap_err().to_string();
+            assert!(e.contains("tensor 't'") && e.contains(want), "{shape}: {e}");
+        }
+    }
 
     #[test]
     fn dtype_names_read_back() {
