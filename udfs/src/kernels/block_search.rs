@@ -1,0 +1,1252 @@
+//! Our encoder for llama.cpp's block formats: the layouts are llama.cpp's byte for byte (the
+//! decoders in [`super::gguf`] and [`super::kquants`] read them), but the numbers written into
+//! them are chosen to minimise each block's weighted squared error instead of by llama.cpp's
+//! rules.
+//!
+//! Every format is one shape: a block of `subs` sub-blocks of `sub` values, each decoded as
+//! `y = D·level(code) − M`, where `D` is the block's f16 `d` times the sub-block's small
+//! integer scale (or `d` itself when the block is one sub-block) and `M` the sub-block's
+//! minimum (an integer times the f16 `dmin`, an f16 of its own, or nothing). The search, per
+//! block:
+//!
+//! 1. each sub-block's best continuous scale (and minimum): a few candidate scales, the codes
+//!    they give, the least-squares scale (and minimum) for those codes, then alternating
+//!    re-coding and re-fitting (Lloyd steps) from the best;
+//! 2. the integer sub-scales and minima: `d` and `dmin` fitted by least squares to the
+//!    continuous ones, weighted by how much each sub-block's error grows with a wrong scale,
+//!    then rounded to f16, as stored;
+//! 3. the codes for the stored scales, then coordinate refinement: each sub-block's integer
+//!    scale and minimum moved by one step where that lowers its error, and a joint
+//!    least-squares refit of `d` and `dmin` over the whole block, kept when it helps.
+//!
+//! The weights are the caller's per-value importance (a column's mean squared activation, when
+//! known) times a data-free factor, `σ² + x²` over the block (see [`Weighting`]).
+
+// The packers and the sub-block loops are index arithmetic over the layouts: indexed loops
+// say it more plainly than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+use half::f16;
+
+use super::error::{KernelError, Result};
+use super::gguf::GgufFormat;
+use super::kquants::{KFormat, KVALUES_IQ4NL};
+
+/// The largest block (a k-quant super-block) and the most sub-blocks in one.
+const MAX_BLOCK: usize = 256;
+const MAX_SUBS: usize = 16;
+
+/// The data-free part of each value's weight in the error the search minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Weighting {
+    /// Plain squared error.
+    Uniform,
+    /// `σ² + x²`, σ² the block's mean square: large weights count more, small ones still
+    /// count (llama.cpp weighs by a form of this when it has an importance matrix).
+    #[default]
+    SigmaSquare,
+}
+
+/// How a code maps to its level.
+#[derive(Debug, Clone, Copy)]
+enum Codes {
+    /// The integers `lo..=hi`.
+    Linear { lo: i32, hi: i32 },
+    /// Indices into llama.cpp's non-linear grid [`KVALUES_IQ4NL`].
+    Grid,
+}
+
+/// How a sub-block's scale is stored.
+#[derive(Debug, Clone, Copy)]
+enum Scales {
+    /// The block is one sub-block and its scale is the f16 `d`.
+    Half,
+    /// Integers `lo..=hi` times the block's f16 `d`.
+    Int { lo: i32, hi: i32 },
+}
+
+/// How a sub-block's minimum is stored.
+#[derive(Debug, Clone, Copy)]
+enum Mins {
+    /// Centred formats: none.
+    None,
+    /// The block is one sub-block with an f16 offset `m`: `y = d·q + m` (q4_1, q5_1).
+    Half,
+    /// Integers `0..=hi` times the block's f16 `dmin`, subtracted: `y = D·q − dmin·m`.
+    Int { hi: i32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    sub: usize,
+    subs: usize,
+    codes: Codes,
+    scales: Scales,
+    mins: Mins,
+}
+
+/// A block format the search encodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SearchFormat {
+    Legacy(GgufFormat),
+    K(KFormat),
+}
+
+impl SearchFormat {
+    fn layout(self) -> Layout {
+        use Codes::*;
+        let one = |codes, mins| Layout {
+            sub: 32,
+            subs: 1,
+            codes,
+            scales: Scales::Half,
+            mins,
+        };
+        match self {
+            SearchFormat::Legacy(f) => match f {
+                GgufFormat::Q4_0 => one(Linear { lo: -8, hi: 7 }, Mins::None),
+                GgufFormat::Q5_0 => one(Linear { lo: -16, hi: 15 }, Mins::None),
+                GgufFormat::Q8_0 => one(Linear { lo: -128, hi: 127 }, Mins::None),
+                GgufFormat::Q4_1 => one(Linear { lo: 0, hi: 15 }, Mins::Half),
+                GgufFormat::Q5_1 => one(Linear { lo: 0, hi: 31 }, Mins::Half),
+            },
+            SearchFormat::K(f) => match f {
+                KFormat::Iq4Nl => one(Grid, Mins::None),
+                KFormat::Q2K => Layout {
+                    sub: 16,
+                    subs: 16,
+                    codes: Linear { lo: 0, hi: 3 },
+                    scales: Scales::Int { lo: 0, hi: 15 },
+                    mins: Mins::Int { hi: 15 },
+                },
+                KFormat::Q3K => Layout {
+                    sub: 16,
+                    subs: 16,
+                    codes: Linear { lo: -4, hi: 3 },
+                    scales: Scales::Int { lo: -32, hi: 31 },
+                    mins: Mins::None,
+                },
+                KFormat::Q4K => Layout {
+                    sub: 32,
+                    subs: 8,
+                    codes: Linear { lo: 0, hi: 15 },
+                    scales: Scales::Int { lo: 0, hi: 63 },
+                    mins: Mins::Int { hi: 63 },
+                },
+                KFormat::Q5K => Layout {
+                    sub: 32,
+                    subs: 8,
+                    codes: Linear { lo: 0, hi: 31 },
+                    scales: Scales::Int { lo: 0, hi: 63 },
+                    mins: Mins::Int { hi: 63 },
+                },
+                KFormat::Q6K => Layout {
+                    sub: 16,
+                    subs: 16,
+                    codes: Linear { lo: -32, hi: 31 },
+                    scales: Scales::Int { lo: -128, hi: 127 },
+                    mins: Mins::None,
+                },
+                KFormat::Iq4Xs => Layout {
+                    sub: 32,
+                    subs: 8,
+                    codes: Grid,
+                    scales: Scales::Int { lo: -32, hi: 31 },
+                    mins: Mins::None,
+                },
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchFormat::Legacy(f) => f.name(),
+            SearchFormat::K(f) => f.name(),
+        }
+    }
+
+    pub fn block_values(self) -> usize {
+        let l = self.layout();
+        l.sub * l.subs
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            SearchFormat::Legacy(f) => f.block_bytes(),
+            SearchFormat::K(f) => f.block_bytes(),
+        }
+    }
+}
+
+/// One block as the search leaves it: what the packers write.
+struct Block {
+    d: f16,
+    dmin: f16,
+    /// Integer sub-scales (unused with [`Scales::Half`]).
+    sc: [i32; MAX_SUBS],
+    /// Integer minima (unused unless [`Mins::Int`]).
+    m: [i32; MAX_SUBS],
+    /// Codes in `lo..=hi`, or grid indices.
+    q: [i32; MAX_BLOCK],
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block {
+            d: f16::ZERO,
+            dmin: f16::ZERO,
+            sc: [0; MAX_SUBS],
+            m: [0; MAX_SUBS],
+            q: [0; MAX_BLOCK],
+        }
+    }
+}
+
+/// Reusable state of the search, so a loop over rows allocates nothing once warm.
+#[derive(Default)]
+pub struct BlockSearch {
+    weights: Vec<f32>,
+}
+
+impl BlockSearch {
+    /// Appends the blocks of `row` (a whole number of blocks, finite values) to `out`.
+    /// `importance`, when given, has one non-negative weight per value of the row.
+    pub fn quantize_row(
+        &mut self,
+        format: SearchFormat,
+        row: &[f32],
+        importance: Option<&[f32]>,
+        weighting: Weighting,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let layout = format.layout();
+        let block_len = format.block_values();
+        if !row.len().is_multiple_of(block_len) {
+            return Err(KernelError::NotBlockMultiple {
+                scheme: format.name(),
+                len: row.len(),
+                block: block_len,
+            });
+        }
+        if let Some(imp) = importance
+            && imp.len() != row.len()
+        {
+            return Err(KernelError::LengthMismatch {
+                left: row.len(),
+                right: imp.len(),
+            });
+        }
+        let start = out.len();
+        out.resize(start + row.len() / block_len * format.block_bytes(), 0);
+        let mut block = Block::default();
+        self.weights.resize(block_len, 0.0);
+        for (b, x) in row.chunks_exact(block_len).enumerate() {
+            let w = &mut self.weights[..block_len];
+            block_weights(
+                x,
+                importance.map(|imp| &imp[b * block_len..][..block_len]),
+                weighting,
+                w,
+            );
+            encode_block(&layout, x, w, &mut block);
+            if let Some(value) = [block.d, block.dmin].into_iter().find(|v| !v.is_finite()) {
+                out.truncate(start);
+                return Err(KernelError::ScaleOverflow {
+                    group: b,
+                    value: value.to_f32(),
+                });
+            }
+            let dst = &mut out[start + b * format.block_bytes()..][..format.block_bytes()];
+            pack(format, &block, dst);
+        }
+        Ok(())
+    }
+}
+
+fn block_weights(x: &[f32], importance: Option<&[f32]>, weighting: Weighting, w: &mut [f32]) {
+    match weighting {
+        Weighting::Uniform => w.fill(1.0),
+        Weighting::SigmaSquare => {
+            let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+            for (w, &v) in w.iter_mut().zip(x) {
+                *w = sigma2 + v * v;
+            }
+            // An all-zero block: every value counts the same.
+            if sigma2 == 0.0 {
+                w.fill(1.0);
+            }
+        }
+    }
+    if let Some(imp) = importance {
+        for (w, &i) in w.iter_mut().zip(imp) {
+            *w *= i.max(0.0);
+        }
+    }
+}
+
+/// `round(v)` for |v| < 2²²: adding and removing 1.5·2²³ leaves v rounded to the nearest
+/// integer (ties to even) in any rounding of the vector units, without a libm call.
+#[inline(always)]
+fn round(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// Midpoints between neighbouring grid levels: a value's nearest level is the number of
+/// midpoints below it.
+const GRID_MIDPOINTS: [f32; 15] = {
+    let mut out = [0.0f32; 15];
+    let mut i = 0;
+    while i < 15 {
+        out[i] = (KVALUES_IQ4NL[i] as f32 + KVALUES_IQ4NL[i + 1] as f32) * 0.5;
+        i += 1;
+    }
+    out
+};
+
+const GRID: [f32; 16] = {
+    let mut out = [0.0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    out
+};
+
+/// The code nearest to `v` (a value already divided by the scale) and its level.
+#[inline(always)]
+fn nearest(codes: Codes, v: f32) -> (i32, f32) {
+    match codes {
+        Codes::Linear { lo, hi } => {
+            let l = round(v.clamp(lo as f32, hi as f32));
+            (l as i32, l)
+        }
+        Codes::Grid => {
+            let i = GRID_MIDPOINTS.iter().filter(|&&m| v > m).count();
+            (i as i32, GRID[i])
+        }
+    }
+}
+
+#[inline(always)]
+fn level(codes: Codes, q: i32) -> f32 {
+    match codes {
+        Codes::Linear { .. } => q as f32,
+        Codes::Grid => GRID[q as usize],
+    }
+}
+
+/// Weighted sums over a sub-block for its codes' levels `l`: what the least-squares fits of
+/// a scale (and offset) need.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    w: f32,
+    wl: f32,
+    wll: f32,
+    wx: f32,
+    wxl: f32,
+    wxx: f32,
+}
+
+impl Sums {
+    /// Best scale for `x ≈ s·l` and its error.
+    fn scale_only(&self) -> (f32, f32) {
+        if self.wll <= 0.0 {
+            return (0.0, self.wxx);
+        }
+        let s = self.wxl / self.wll;
+        (s, (self.wxx - s * self.wxl).max(0.0))
+    }
+
+    /// Best `(s, o)` for `x ≈ s·l + o`, with `o ≤ 0` when `nonpositive`, and its error.
+    fn scale_offset(&self, nonpositive: bool) -> (f32, f32, f32) {
+        let det = self.wll * self.w - self.wl * self.wl;
+        if det > 0.0 {
+            let s = (self.w * self.wxl - self.wl * self.wx) / det;
+            let o = (self.wll * self.wx - self.wl * self.wxl) / det;
+            if !nonpositive || o <= 0.0 {
+                return (s, o, self.error(s, o));
+            }
+        } else if self.w > 0.0 && (!nonpositive || self.wx <= 0.0) {
+            // Every code the same: only the offset is determined, the weighted mean.
+            let o = self.wx / self.w;
+            return (0.0, o, self.error(0.0, o));
+        }
+        let (s, e) = self.scale_only();
+        (s, 0.0, e)
+    }
+
+    fn error(&self, s: f32, o: f32) -> f32 {
+        let e = self.wxx - 2.0 * s * self.wxl - 2.0 * o * self.wx
+            + s * s * self.wll
+            + 2.0 * s * o * self.wl
+            + o * o * self.w;
+        e.max(0.0)
+    }
+}
+
+/// Codes for `x ≈ s·level + o` and their sums.
+#[inline(always)]
+fn code_with(codes: Codes, x: &[f32], w: &[f32], s: f32, o: f32, q: &mut [i32]) -> Sums {
+    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+    let mut sums = Sums::default();
+    for ((&x, &w), q) in x.iter().zip(w).zip(q.iter_mut()) {
+        let (code, l) = nearest(codes, (x - o) * inv);
+        *q = code;
+        sums.w += w;
+        sums.wl += w * l;
+        sums.wll += w * l * l;
+        sums.wx += w * x;
+        sums.wxl += w * x * l;
+        sums.wxx += w * x * x;
+    }
+    sums
+}
+
+/// The weighted squared error of `x` against `s·level(q) + o`, computed as the decoder
+/// computes the values.
+#[inline(always)]
+fn error_of(codes: Codes, x: &[f32], w: &[f32], s: f32, o: f32, q: &[i32]) -> f32 {
+    x.iter()
+        .zip(w)
+        .zip(q)
+        .map(|((&x, &w), &q)| {
+            let e = s * level(codes, q) + o - x;
+            w * e * e
+        })
+        .sum()
+}
+
+/// Stage 1: the best continuous scale and offset of one sub-block, and the weight of its
+/// scale (Σ w·l², how fast its error grows with the scale's error) for stage 2.
+struct SubFit {
+    s: f32,
+    o: f32,
+    scale_weight: f32,
+    offset_weight: f32,
+}
+
+fn fit_sub(layout: &Layout, x: &[f32], w: &[f32], q: &mut [i32]) -> SubFit {
+    let codes = layout.codes;
+    let offset = !matches!(layout.mins, Mins::None);
+    let nonpositive = matches!(layout.mins, Mins::Int { .. });
+    let (mut lo_x, mut hi_x) = (f32::MAX, f32::MIN);
+    let mut amax = 0.0f32;
+    let mut xm = 0.0f32;
+    for &v in x {
+        lo_x = lo_x.min(v);
+        hi_x = hi_x.max(v);
+        if v.abs() > amax {
+            amax = v.abs();
+            xm = v;
+        }
+    }
+    let total_w: f32 = w.iter().sum();
+    if amax == 0.0 {
+        return SubFit {
+            s: 0.0,
+            o: 0.0,
+            scale_weight: 0.0,
+            offset_weight: total_w,
+        };
+    }
+    // Candidate (scale, offset) pairs that map the block's range onto the codes' range.
+    let mut candidates = [(0.0f32, 0.0f32); 6];
+    let count;
+    match codes {
+        Codes::Linear { lo, hi } if offset => {
+            if nonpositive && lo_x > 0.0 {
+                lo_x = 0.0;
+            }
+            let span = hi_x - lo_x;
+            let n = (hi - lo) as f32;
+            for (c, delta) in candidates.iter_mut().zip([0.0, -0.5, 0.5, -1.0, 1.0, 0.25]) {
+                *c = (span / (n + delta), lo_x);
+            }
+            count = 6;
+        }
+        Codes::Linear { lo, hi } => {
+            // The value of largest magnitude at the long end of the range (lo, one step
+            // longer), near it, or at the short end.
+            let (lo, hi) = (lo as f32, hi as f32);
+            for (c, t) in
+                candidates
+                    .iter_mut()
+                    .zip([lo, lo + 0.5, lo - 0.5, lo + 1.0, hi, hi + 0.5])
+            {
+                *c = (xm / t, 0.0);
+            }
+            count = 6;
+        }
+        Codes::Grid => {
+            for (c, f) in candidates.iter_mut().zip([1.0, 0.95, 1.05, 0.9, 1.1, 0.85]) {
+                *c = (xm / (GRID[0] * f), 0.0);
+            }
+            count = 6;
+        }
+    }
+    let mut best = (f32::MAX, 0.0f32, 0.0f32, 0.0f32);
+    for &(s, o) in &candidates[..count] {
+        let sums = code_with(codes, x, w, s, o, q);
+        let (s, o, e) = if offset {
+            sums.scale_offset(nonpositive)
+        } else {
+            let (s, e) = sums.scale_only();
+            (s, 0.0, e)
+        };
+        if e < best.0 {
+            best = (e, s, o, sums.wll);
+        }
+    }
+    // Lloyd steps from the best: re-code for the fitted scale, re-fit for the codes.
+    for _ in 0..2 {
+        let sums = code_with(codes, x, w, best.1, best.2, q);
+        let (s, o, e) = if offset {
+            sums.scale_offset(nonpositive)
+        } else {
+            let (s, e) = sums.scale_only();
+            (s, 0.0, e)
+        };
+        if e < best.0 {
+            best = (e, s, o, sums.wll);
+        } else {
+            break;
+        }
+    }
+    SubFit {
+        s: best.1,
+        o: best.2,
+        scale_weight: best.3,
+        offset_weight: total_w,
+    }
+}
+
+/// Integers `k_j ∈ lo..=hi` and a step `d` with `d·k_j ≈ v_j`, weighted by `weight_j`: `d`
+/// maps the largest magnitude onto the range's long end, then alternates rounding and a
+/// weighted least-squares refit.
+fn fit_steps(v: &[f32], weight: &[f32], lo: i32, hi: i32, k: &mut [i32]) -> f32 {
+    let (mut vmax, mut amax) = (0.0f32, 0.0f32);
+    for &v in v {
+        if v.abs() > amax {
+            amax = v.abs();
+            vmax = v;
+        }
+    }
+    if amax == 0.0 {
+        k.fill(0);
+        return 0.0;
+    }
+    // Unsigned ranges (lo = 0) take the positive values; signed ones put the largest
+    // magnitude at lo, the end with one more step.
+    let end = if lo < 0 { lo as f32 } else { hi as f32 };
+    let mut d = vmax / end;
+    let mut best = (f32::MAX, d);
+    for _ in 0..3 {
+        let inv = 1.0 / d;
+        let (mut num, mut den, mut err) = (0.0f32, 0.0f32, 0.0f32);
+        for ((&v, &w), k) in v.iter().zip(weight).zip(k.iter_mut()) {
+            let r = round((v * inv).clamp(lo as f32, hi as f32));
+            *k = r as i32;
+            num += w * v * r;
+            den += w * r * r;
+            let e = v - d * r;
+            err += w * e * e;
+        }
+        if err < best.0 {
+            best = (err, d);
+        }
+        if den <= 0.0 {
+            break;
+        }
+        d = num / den;
+    }
+    d = best.1;
+    let inv = 1.0 / d;
+    for (&v, k) in v.iter().zip(k.iter_mut()) {
+        *k = round((v * inv).clamp(lo as f32, hi as f32)) as i32;
+    }
+    d
+}
+
+fn encode_block(layout: &Layout, x: &[f32], w: &[f32], block: &mut Block) {
+    let (sub, subs) = (layout.sub, layout.subs);
+    let mut fits = [const {
+        SubFit {
+            s: 0.0,
+            o: 0.0,
+            scale_weight: 0.0,
+            offset_weight: 0.0,
+        }
+    }; MAX_SUBS];
+    for j in 0..subs {
+        let r = j * sub..(j + 1) * sub;
+        fits[j] = fit_sub(layout, &x[r.clone()], &w[r.clone()], &mut block.q[r]);
+    }
+    match layout.scales {
+        Scales::Half => encode_single(layout, x, w, &fits[0], block),
+        Scales::Int { lo, hi } => encode_super(layout, x, w, &fits[..subs], lo, hi, block),
+    }
+}
+
+/// A block that is one sub-block (the legacy formats, iq4_nl): `d` (and `m`) are f16 of their
+/// own; Lloyd steps with the rounded values.
+fn encode_single(layout: &Layout, x: &[f32], w: &[f32], fit: &SubFit, block: &mut Block) {
+    let codes = layout.codes;
+    let offset = matches!(layout.mins, Mins::Half);
+    let q = &mut block.q[..x.len()];
+    let mut d = f16::from_f32(fit.s);
+    let mut m = f16::from_f32(fit.o);
+    code_with(codes, x, w, d.to_f32(), m.to_f32(), q);
+    let mut best = error_of(codes, x, w, d.to_f32(), m.to_f32(), q);
+    let mut trial = [0i32; MAX_BLOCK];
+    for _ in 0..2 {
+        let sums = code_with(codes, x, w, d.to_f32(), m.to_f32(), &mut trial[..x.len()]);
+        let (s, o) = if offset {
+            let (s, o, _) = sums.scale_offset(false);
+            (s, o)
+        } else {
+            (sums.scale_only().0, 0.0)
+        };
+        let (d2, m2) = (f16::from_f32(s), f16::from_f32(o));
+        let t = &mut trial[..x.len()];
+        code_with(codes, x, w, d2.to_f32(), m2.to_f32(), t);
+        let e = error_of(codes, x, w, d2.to_f32(), m2.to_f32(), t);
+        if e < best {
+            best = e;
+            d = d2;
+            m = m2;
+            q.copy_from_slice(t);
+        } else {
+            break;
+        }
+    }
+    block.d = d;
+    block.dmin = if offset { m } else { f16::ZERO };
+}
+
+/// A super-block: integer sub-scales (and minima) under f16 `d` (and `dmin`).
+fn encode_super(
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    fits: &[SubFit],
+    lo: i32,
+    hi: i32,
+    block: &mut Block,
+) {
+    let subs = layout.subs;
+    let min_hi = match layout.mins {
+        Mins::Int { hi } => Some(hi),
+        _ => None,
+    };
+    let mut v = [0.0f32; MAX_SUBS];
+    let mut vw = [0.0f32; MAX_SUBS];
+    for j in 0..subs {
+        v[j] = fits[j].s;
+        vw[j] = fits[j].scale_weight;
+    }
+    let d = fit_steps(&v[..subs], &vw[..subs], lo, hi, &mut block.sc[..subs]);
+    let mut dmin = 0.0;
+    if let Some(mhi) = min_hi {
+        for j in 0..subs {
+            v[j] = -fits[j].o;
+            vw[j] = fits[j].offset_weight;
+        }
+        dmin = fit_steps(&v[..subs], &vw[..subs], 0, mhi, &mut block.m[..subs]);
+    }
+    // Stored as f16: the integers re-rounded for the rounded steps.
+    let d16 = f16::from_f32(d);
+    let dmin16 = f16::from_f32(dmin);
+    rescale(
+        &fits[..subs],
+        d16.to_f32(),
+        lo,
+        hi,
+        |f| f.s,
+        &mut block.sc[..subs],
+    );
+    if let Some(mhi) = min_hi {
+        rescale(
+            &fits[..subs],
+            dmin16.to_f32(),
+            0,
+            mhi,
+            |f| -f.o,
+            &mut block.m[..subs],
+        );
+    }
+    let mut errors = [0.0f32; MAX_SUBS];
+    code_all(layout, x, w, d16, dmin16, block, &mut errors);
+    refine_steps(
+        layout,
+        x,
+        w,
+        d16,
+        dmin16,
+        lo,
+        hi,
+        min_hi,
+        block,
+        &mut errors,
+    );
+    // A joint least-squares refit of d and dmin for the integer products, kept if it helps.
+    let (d_new, dmin_new) = refit_super(layout, x, w, block);
+    let (d2, dmin2) = (f16::from_f32(d_new), f16::from_f32(dmin_new));
+    let before: f32 = errors[..subs].iter().sum();
+    let mut trial = Block {
+        d: d2,
+        dmin: dmin2,
+        sc: block.sc,
+        m: block.m,
+        q: [0; MAX_BLOCK],
+    };
+    let mut trial_errors = [0.0f32; MAX_SUBS];
+    let after = if d2.is_finite() && dmin2.is_finite() {
+        code_all(layout, x, w, d2, dmin2, &mut trial, &mut trial_errors)
+    } else {
+        f32::MAX
+    };
+    if after < before {
+        *block = trial;
+    } else {
+        block.d = d16;
+        block.dmin = dmin16;
+    }
+}
+
+fn rescale(
+    fits: &[SubFit],
+    step: f32,
+    lo: i32,
+    hi: i32,
+    value: impl Fn(&SubFit) -> f32,
+    k: &mut [i32],
+) {
+    let inv = if step != 0.0 { 1.0 / step } else { 0.0 };
+    for (f, k) in fits.iter().zip(k.iter_mut()) {
+        *k = round((value(f) * inv).clamp(lo as f32, hi as f32)) as i32;
+    }
+}
+
+/// Scale and offset of sub-block `j` as the decoder computes them.
+#[inline(always)]
+fn sub_params(d: f32, dmin: f32, block: &Block, j: usize, has_min: bool) -> (f32, f32) {
+    let s = d * block.sc[j] as f32;
+    let o = if has_min {
+        -(dmin * block.m[j] as f32)
+    } else {
+        0.0
+    };
+    (s, o)
+}
+
+/// Codes every sub-block for the stored scales; returns the total error, per sub-block in
+/// `errors`.
+fn code_all(
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    d: f16,
+    dmin: f16,
+    block: &mut Block,
+    errors: &mut [f32; MAX_SUBS],
+) -> f32 {
+    let has_min = matches!(layout.mins, Mins::Int { .. });
+    let (df, dminf) = (d.to_f32(), dmin.to_f32());
+    let mut total = 0.0;
+    for j in 0..layout.subs {
+        let r = j * layout.sub..(j + 1) * layout.sub;
+        let (s, o) = sub_params(df, dminf, block, j, has_min);
+        let q = &mut block.q[r.clone()];
+        code_with(layout.codes, &x[r.clone()], &w[r.clone()], s, o, q);
+        errors[j] = error_of(layout.codes, &x[r.clone()], &w[r], s, o, q);
+        total += errors[j];
+    }
+    total
+}
+
+/// Coordinate refinement: each sub-block's integer scale (and minimum) moved one step either
+/// way where that lowers the sub-block's error (its codes re-chosen for the new step).
+#[allow(clippy::too_many_arguments)]
+fn refine_steps(
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    d: f16,
+    dmin: f16,
+    lo: i32,
+    hi: i32,
+    min_hi: Option<i32>,
+    block: &mut Block,
+    errors: &mut [f32; MAX_SUBS],
+) {
+    let (df, dminf) = (d.to_f32(), dmin.to_f32());
+    let mut q = [0i32; 32];
+    for j in 0..layout.subs {
+        let r = j * layout.sub..(j + 1) * layout.sub;
+        let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
+        let q = &mut q[..layout.sub];
+        let moves: &[(i32, i32)] = if min_hi.is_some() {
+            &[(-1, 0), (1, 0), (0, -1), (0, 1)]
+        } else {
+            &[(-1, 0), (1, 0)]
+        };
+        for &(ds, dm) in moves {
+            let sc = block.sc[j] + ds;
+            let m = block.m[j] + dm;
+            if sc < lo || sc > hi || m < 0 || min_hi.is_some_and(|h| m > h) {
+                continue;
+            }
+            let s = df * sc as f32;
+            let o = if min_hi.is_some() {
+                -(dminf * m as f32)
+            } else {
+                0.0
+            };
+            code_with(layout.codes, xs, ws, s, o, q);
+            let e = error_of(layout.codes, xs, ws, s, o, q);
+            if e < errors[j] {
+                errors[j] = e;
+                block.sc[j] = sc;
+                block.m[j] = m;
+                block.q[r.clone()].copy_from_slice(q);
+            }
+        }
+    }
+}
+
+/// Least-squares `d` and `dmin` for the block's integer scales, minima and codes:
+/// `x ≈ d·(sc·level) − dmin·m` is linear in the two.
+fn refit_super(layout: &Layout, x: &[f32], w: &[f32], block: &Block) -> (f32, f32) {
+    let has_min = matches!(layout.mins, Mins::Int { .. });
+    // Sums for a = sc·level, b = −m.
+    let (mut aa, mut ab, mut bb, mut ax, mut bx) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    for j in 0..layout.subs {
+        let r = j * layout.sub..(j + 1) * layout.sub;
+        let sc = block.sc[j] as f32;
+        let b = -(block.m[j] as f32);
+        for ((&x, &w), &q) in x[r.clone()].iter().zip(&w[r.clone()]).zip(&block.q[r]) {
+            let a = sc * level(layout.codes, q);
+            aa += w * a * a;
+            ab += w * a * b;
+            bb += w * b * b;
+            ax += w * a * x;
+            bx += w * b * x;
+        }
+    }
+    if !has_min || bb <= 0.0 {
+        return (if aa > 0.0 { ax / aa } else { 0.0 }, block.dmin.to_f32());
+    }
+    let det = aa * bb - ab * ab;
+    if det <= 0.0 {
+        return (block.d.to_f32(), block.dmin.to_f32());
+    }
+    let d = (ax * bb - bx * ab) / det;
+    let dmin = (aa * bx - ab * ax) / det;
+    (d, dmin)
+}
+
+/// Writes `block` in `format`'s bytes (the layouts the decoders document).
+fn pack(format: SearchFormat, b: &Block, dst: &mut [u8]) {
+    let d = b.d.to_le_bytes();
+    let dmin = b.dmin.to_le_bytes();
+    // Nibbles of a 32-value run: value l in the low nibble of byte l, value l + 16 in the high.
+    let nibbles = |q: &[i32], bias: i32, out: &mut [u8]| {
+        for l in 0..16 {
+            out[l] = (((q[l] + bias) & 15) | (((q[l + 16] + bias) & 15) << 4)) as u8;
+        }
+    };
+    let fifth = |q: &[i32], bias: i32| -> [u8; 4] {
+        let mut h = 0u32;
+        for (j, &q) in q.iter().take(32).enumerate() {
+            h |= ((((q + bias) >> 4) & 1) as u32) << j;
+        }
+        h.to_le_bytes()
+    };
+    match format {
+        SearchFormat::Legacy(f) => match f {
+            GgufFormat::Q4_0 => {
+                dst[..2].copy_from_slice(&d);
+                nibbles(&b.q, 8, &mut dst[2..18]);
+            }
+            GgufFormat::Q4_1 => {
+                dst[..2].copy_from_slice(&d);
+                dst[2..4].copy_from_slice(&dmin);
+                nibbles(&b.q, 0, &mut dst[4..20]);
+            }
+            GgufFormat::Q5_0 => {
+                dst[..2].copy_from_slice(&d);
+                dst[2..6].copy_from_slice(&fifth(&b.q, 16));
+                nibbles(&b.q, 16, &mut dst[6..22]);
+            }
+            GgufFormat::Q5_1 => {
+                dst[..2].copy_from_slice(&d);
+                dst[2..4].copy_from_slice(&dmin);
+                dst[4..8].copy_from_slice(&fifth(&b.q, 0));
+                nibbles(&b.q, 0, &mut dst[8..24]);
+            }
+            GgufFormat::Q8_0 => {
+                dst[..2].copy_from_slice(&d);
+                for (o, &q) in dst[2..34].iter_mut().zip(&b.q) {
+                    *o = q as i8 as u8;
+                }
+            }
+        },
+        SearchFormat::K(f) => match f {
+            KFormat::Iq4Nl => {
+                dst[..2].copy_from_slice(&d);
+                nibbles(&b.q, 0, &mut dst[2..18]);
+            }
+            KFormat::Q2K => {
+                for j in 0..16 {
+                    dst[j] = (b.sc[j] | (b.m[j] << 4)) as u8;
+                }
+                pack_planes_2bit(&b.q, 0, &mut dst[16..80]);
+                dst[80..82].copy_from_slice(&d);
+                dst[82..84].copy_from_slice(&dmin);
+            }
+            KFormat::Q3K => {
+                // Codes −4..3 biased to 0..7: low two bits in planes, the third in hmask.
+                let hmask = &mut dst[..32];
+                hmask.fill(0);
+                for (i, &q) in b.q.iter().enumerate() {
+                    if (q + 4) & 4 != 0 {
+                        hmask[i % 32] |= 1 << (i / 32);
+                    }
+                }
+                pack_planes_2bit(&b.q, 4, &mut dst[32..96]);
+                let sc = &mut dst[96..108];
+                sc.fill(0);
+                for j in 0..16 {
+                    let v = (b.sc[j] + 32) as u8;
+                    if j < 8 {
+                        sc[j] |= v & 0x0f;
+                    } else {
+                        sc[j - 8] |= (v & 0x0f) << 4;
+                    }
+                    sc[8 + j % 4] |= (v >> 4) << (j / 4 * 2);
+                }
+                dst[108..110].copy_from_slice(&d);
+            }
+            KFormat::Q4K | KFormat::Q5K => {
+                dst[..2].copy_from_slice(&d);
+                dst[2..4].copy_from_slice(&dmin);
+                let scales = &mut dst[4..16];
+                pack_scale_min_k4(&b.sc, &b.m, scales);
+                let qs_at = if f == KFormat::Q4K { 16 } else { 48 };
+                if f == KFormat::Q5K {
+                    let qh = &mut dst[16..48];
+                    qh.fill(0);
+                    for j in 0..8 {
+                        for l in 0..32 {
+                            qh[l] |= (((b.q[32 * j + l] >> 4) & 1) as u8) << j;
+                        }
+                    }
+                }
+                let qs = &mut dst[qs_at..qs_at + 128];
+                for c in 0..4 {
+                    for l in 0..32 {
+                        let lo = b.q[64 * c + l] & 15;
+                        let hi = b.q[64 * c + 32 + l] & 15;
+                        qs[32 * c + l] = (lo | (hi << 4)) as u8;
+                    }
+                }
+            }
+            KFormat::Q6K => {
+                let (ql, rest) = dst.split_at_mut(128);
+                let (qh, rest) = rest.split_at_mut(64);
+                ql.fill(0);
+                qh.fill(0);
+                for half in 0..2 {
+                    for t in 0..4 {
+                        for l in 0..32 {
+                            let q = (b.q[half * 128 + 32 * t + l] + 32) as u8;
+                            ql[half * 64 + t % 2 * 32 + l] |= (q & 0x0f) << (t / 2 * 4);
+                            qh[half * 32 + l] |= (q >> 4) << (t * 2);
+                        }
+                    }
+                }
+                for j in 0..16 {
+                    rest[j] = b.sc[j] as i8 as u8;
+                }
+                rest[16..18].copy_from_slice(&d);
+            }
+            KFormat::Iq4Xs => {
+                dst[..2].copy_from_slice(&d);
+                let mut high = 0u16;
+                let mut low = [0u8; 4];
+                for j in 0..8 {
+                    let v = (b.sc[j] + 32) as u16;
+                    low[j / 2] |= ((v & 0x0f) as u8) << (j % 2 * 4);
+                    high |= (v >> 4) << (2 * j);
+                }
+                dst[2..4].copy_from_slice(&high.to_le_bytes());
+                dst[4..8].copy_from_slice(&low);
+                for j in 0..8 {
+                    nibbles(&b.q[32 * j..], 0, &mut dst[8 + 16 * j..8 + 16 * (j + 1)]);
+                }
+            }
+        },
+    }
+}
+
+/// Two-bit codes (biased by `bias`) in q2_K/q3_K's planes: per half of 128 values, bits
+/// `2s..2s+2` of byte `l` hold value `32s + l`.
+fn pack_planes_2bit(q: &[i32], bias: i32, qs: &mut [u8]) {
+    qs.fill(0);
+    for half in 0..2 {
+        for s in 0..4 {
+            for l in 0..32 {
+                let v = ((q[half * 128 + 32 * s + l] + bias) & 3) as u8;
+                qs[half * 32 + l] |= v << (2 * s);
+            }
+        }
+    }
+}
+
+/// Eight 6-bit scales and minima into q4_K/q5_K's 12 bytes (the inverse of the decoder's
+/// `scale_min_k4`).
+fn pack_scale_min_k4(sc: &[i32], m: &[i32], out: &mut [u8]) {
+    out.fill(0);
+    for j in 0..8 {
+        let (s, mm) = (sc[j] as u8, m[j] as u8);
+        if j < 4 {
+            out[j] |= s & 0x3f;
+            out[j + 4] |= mm & 0x3f;
+        } else {
+            out[j + 4] |= (s & 0x0f) | ((mm & 0x0f) << 4);
+            out[j - 4] |= (s >> 4) << 6;
+            out[j] |= (mm >> 4) << 6;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{gguf, kquants};
+
+    const ALL: [SearchFormat; 12] = [
+        SearchFormat::Legacy(GgufFormat::Q4_0),
+        SearchFormat::Legacy(GgufFormat::Q4_1),
+        SearchFormat::Legacy(GgufFormat::Q5_0),
+        SearchFormat::Legacy(GgufFormat::Q5_1),
+        SearchFormat::Legacy(GgufFormat::Q8_0),
+        SearchFormat::K(KFormat::Q2K),
+        SearchFormat::K(KFormat::Q3K),
+        SearchFormat::K(KFormat::Q4K),
+        SearchFormat::K(KFormat::Q5K),
+        SearchFormat::K(KFormat::Q6K),
+        SearchFormat::K(KFormat::Iq4Nl),
+        SearchFormat::K(KFormat::Iq4Xs),
+    ];
+
+    fn decode(format: SearchFormat, bytes: &[u8], len: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        match format {
+            SearchFormat::Legacy(f) => gguf::dequantize_row(f, bytes, len, &mut out).unwrap(),
+            SearchFormat::K(f) => kquants::dequantize_row(f, bytes, len, &mut out).unwrap(),
+        }
+        out
+    }
+
+    /// A small deterministic generator (xorshift), Gaussian by the sum of uniforms.
+    struct Rng(u64);
+    impl Rng {
+        fn uniform(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32
+        }
+        fn gaussian(&mut self) -> f32 {
+            (0..12).map(|_| self.uniform()).sum::<f32>() - 6.0
+        }
+        fn int(&mut self, lo: i32, hi: i32) -> i32 {
+            lo + (self.uniform() * (hi - lo + 1) as f32) as i32
+        }
+    }
+
+    /// Every field the search can set, at random, packs into bytes the decoders read back
+    /// as `D·level(q) − M`: the packers are the decoders' inverses.
+    #[test]
+    fn packed_blocks_decode_to_their_fields() {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for format in ALL {
+            let layout = format.layout();
+            for _ in 0..50 {
+                let mut b = Block {
+                    d: f16::from_f32(rng.gaussian() * 0.01),
+                    dmin: f16::from_f32(rng.uniform() * 0.01),
+                    ..Block::default()
+                };
+                if let Scales::Int { lo, hi } = layout.scales {
+                    for j in 0..layout.subs {
+                        b.sc[j] = rng.int(lo, hi);
+                    }
+                }
+                if let Mins::Int { hi } = layout.mins {
+                    for j in 0..layout.subs {
+                        b.m[j] = rng.int(0, hi);
+                    }
+                }
+                if matches!(layout.mins, Mins::Half) {
+                    b.dmin = f16::from_f32(rng.gaussian() * 0.01);
+                }
+                let n = format.block_values();
+                for i in 0..n {
+                    b.q[i] = match layout.codes {
+                        Codes::Linear { lo, hi } => rng.int(lo, hi),
+                        Codes::Grid => rng.int(0, 15),
+                    };
+                }
+                let mut bytes = vec![0u8; format.block_bytes()];
+                pack(format, &b, &mut bytes);
+                let y = decode(format, &bytes, n);
+                let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+                for i in 0..n {
+                    let j = i / layout.sub;
+                    let l = level(layout.codes, b.q[i]);
+                    let expected = match (layout.scales, layout.mins) {
+                        (Scales::Half, Mins::Half) => l * d + dmin,
+                        (Scales::Half, _) => l * d,
+                        (Scales::Int { .. }, Mins::Int { .. }) => {
+                            d * b.sc[j] as f32 * l - dmin * b.m[j] as f32
+                        }
+                        (Scales::Int { .. }, _) => d * b.sc[j] as f32 * l,
+                    };
+                    assert!(
+                        (y[i] - expected).abs() <= 1e-6 * expected.abs().max(1e-3),
+                        "{}: value {i}: decoded {} expected {expected}",
+                        format.name(),
+                        y[i]
+                    );
+                }
+            }
+        }
+    }
+
+    fn mse(x: &[f32], y: &[f32]) -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            / x.len() as f64
+    }
+
+    fn search_mse(format: SearchFormat, x: &[f32], weighting: Weighting) -> f64 {
+        let mut out = Vec::new();
+        BlockSearch::default()
+            .quantize_row(format, x, None, weighting, &mut out)
+            .unwrap();
+        assert_eq!(
+            out.len(),
+            x.len() / format.block_values() * format.block_bytes()
+        );
+        mse(x, &decode(format, &out, x.len()))
+    }
+
+    /// On Gaussian rows the search beats llama.cpp's reference rule for every legacy format,
+    /// and the formats rank by their bits.
+    #[test]
+    fn search_beats_the_reference_and_formats_rank_by_bits() {
+        let mut rng = Rng(42);
+        let x: Vec<f32> = (0..256 * 64).map(|_| rng.gaussian()).collect();
+        for f in [
+            GgufFormat::Q4_0,
+            GgufFormat::Q4_1,
+            GgufFormat::Q5_0,
+            GgufFormat::Q5_1,
+            GgufFormat::Q8_0,
+        ] {
+            let mut reference = Vec::new();
+            gguf::quantize_row(f, &x, &mut reference).unwrap();
+            let reference = mse(&x, &decode(SearchFormat::Legacy(f), &reference, x.len()));
+            let ours = search_mse(SearchFormat::Legacy(f), &x, Weighting::Uniform);
+            assert!(
+                ours < reference * 0.95,
+                "{}: {ours} vs reference {reference}",
+                f.name()
+            );
+        }
+        let k = |f| search_mse(SearchFormat::K(f), &x, Weighting::Uniform);
+        let ranked = [
+            k(KFormat::Q2K),
+            k(KFormat::Q3K),
+            k(KFormat::Iq4Xs),
+            k(KFormat::Q4K),
+            k(KFormat::Q5K),
+            k(KFormat::Q6K),
+        ];
+        for pair in ranked.windows(2) {
+            assert!(pair[1] < pair[0], "{ranked:?}");
+        }
+        // Relative errors near what these widths give on Gaussian data.
+        eprintln!(
+            "k-quant mse (unit variance): {ranked:?}, iq4_nl {}",
+            k(KFormat::Iq4Nl)
+        );
+    }
+
+    #[test]
+    fn refuses_partial_blocks_and_mismatched_importance() {
+        let mut s = BlockSearch::default();
+        let mut out = vec![7u8];
+        let f = SearchFormat::K(KFormat::Q4K);
+        assert!(matches!(
+            s.quantize_row(f, &[0.0; 100], None, Weighting::Uniform, &mut out),
+            Err(KernelError::NotBlockMultiple {
+                len: 100,
+                block: 256,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.quantize_row(
+                f,
+                &[0.0; 256],
+                Some(&[1.0; 10]),
+                Weighting::Uniform,
+                &mut out
+            ),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        assert_eq!(out, [7]);
+    }
+
+    #[test]
+    fn zero_and_constant_blocks_are_exact_or_close() {
+        for format in ALL {
+            let n = format.block_values();
+            assert_eq!(
+                search_mse(format, &vec![0.0; n], Weighting::SigmaSquare),
+                0.0
+            );
+            let c = search_mse(format, &vec![0.5; n], Weighting::SigmaSquare);
+            assert!(c < 1e-5, "{}: constant block mse {c}", format.name());
+        }
+    }
+
+    #[test]
+    fn huge_values_are_refused_with_the_block() {
+        let mut s = BlockSearch::default();
+        let mut x = vec![1.0f32; 512];
+        x[300] = 3.0e38;
+        let mut out = Vec::new();
+        let err = s
+            .quantize_row(
+                SearchFormat::K(KFormat::Q6K),
+                &x,
+                None,
+                Weighting::Uniform,
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, KernelError::ScaleOverflow { group: 1, .. }),
+            "{err:?}"
+        );
+        assert!(out.is_empty());
+    }
+}
