@@ -9,6 +9,11 @@ Output, under tests/data/gguf/:
   plain types (F32, F16, BF16, I32), legacy block types (Q8_0, Q4_0, Q5_1) holding known
   values, a Q4_K tensor of random blocks, and one type ArrowQuant does not decode (IQ2_XXS).
 - `aligned64.gguf`: one F32 and one Q8_0 tensor with `general.alignment` = 64.
+- `llama-f32.gguf`: an unquantized llama-like model, as `llama-quantize` takes it (F32 and F16
+  tensors of seeded random values, `general.file_type` 0, `general.alignment` 64, a tokenizer):
+  the GGUF-to-GGUF tests quantize it. Its rows exercise every rule: 256 values (any block),
+  96 (32-value blocks only: the k-quants' fallbacks), 40 (no block: F16), a 3-D expert tensor,
+  norms, an expert router and a tensor already in Q8_0 that llama.cpp leaves alone.
 """
 
 from pathlib import Path
@@ -73,6 +78,46 @@ def aligned(path: Path) -> None:
     write(w)
 
 
+def llama_f32(path: Path) -> None:
+    rng = np.random.default_rng(7)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_custom_alignment(64)
+    w.add_name("tiny-llama-f32")
+    w.add_file_type(0)
+    w.add_context_length(128)
+    w.add_embedding_length(256)
+    w.add_block_count(1)
+    w.add_feed_forward_length(96)
+    w.add_head_count(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_bool("test.bool", False)
+    w.add_int64("test.i64", -(1 << 40))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>", "a", "b", "ü", "c", "d"])
+    w.add_token_scores([0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0])
+    w.add_token_types([2, 3, 3, 1, 1, 1, 1, 1])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_tensor("token_embd.weight", normal(8, 256))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight", normal(16, 256))
+    w.add_tensor("blk.0.attn_k.weight", normal(8, 256).astype(np.float16))
+    v = quantize(normal(4, 256), T.Q8_0)
+    w.add_tensor("blk.0.attn_v.weight", v, raw_dtype=T.Q8_0)
+    w.add_tensor("blk.0.ffn_gate_inp.weight", normal(2, 256))
+    w.add_tensor("blk.0.ffn_up_exps.weight", normal(2, 4, 256))
+    w.add_tensor("blk.0.ffn_down.weight", normal(4, 96))
+    w.add_tensor("blk.0.odd.weight", normal(3, 40))
+    w.add_tensor("output_norm.weight", np.ones(256, dtype=np.float32))
+    w.add_tensor("output.weight", normal(8, 256))
+    write(w)
+
+
 def write(w: GGUFWriter) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -84,6 +129,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tiny(OUT / "tiny.gguf")
     aligned(OUT / "aligned64.gguf")
+    llama_f32(OUT / "llama-f32.gguf")
     for p in sorted(OUT.glob("*.gguf")):
         print(f"{p.relative_to(OUT.parent.parent.parent)}: {p.stat().st_size} bytes")
 

@@ -82,6 +82,8 @@ impl Profile {
             optimize,
             lambda_markov: 1.0,
             lambda_entropy: 0.01,
+            format: OutputFormat::Parquet,
+            pure: false,
         }
     }
 }
@@ -130,6 +132,31 @@ pub struct QuantConfig {
     pub lambda_markov: f64,
     /// Weight of the entropy term of the optimisation.
     pub lambda_entropy: f64,
+    /// What `quantize` writes: an output directory (`parquet`) or one GGUF file (`gguf`).
+    pub format: OutputFormat,
+    /// GGUF output: every quantized tensor in the scheme's type, with only the shape fallbacks
+    /// (as `llama-quantize --pure`): no wider sensitive layers, no quality fallback.
+    pub pure: bool,
+}
+
+/// What `quantize` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// A directory of weights.parquet, report.parquet and manifest.json.
+    Parquet,
+    /// One GGUF file, as llama.cpp loads it.
+    Gguf,
+}
+
+impl OutputFormat {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "parquet" => Some(OutputFormat::Parquet),
+            "gguf" => Some(OutputFormat::Gguf),
+            _ => None,
+        }
+    }
 }
 
 /// A setting of the kernels' types written as the text it is parsed from (`64`, `row`, `q4_0`).
@@ -144,7 +171,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 18] = [
     "profile",
     "bit_width",
     "group_size",
@@ -161,6 +188,8 @@ pub const KEYS: [&str; 16] = [
     "optimize",
     "lambda_markov",
     "lambda_entropy",
+    "format",
+    "pure",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -380,7 +409,8 @@ fn expected(key: &str) -> Option<&'static str> {
             "a scheme name (asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1 or q8_0)"
         }
         "min_cosine" => "a number in (0, 1]",
-        "fallback" | "optimize" => "true or false",
+        "fallback" | "optimize" | "pure" => "true or false",
+        "format" => "parquet or gguf",
         "calibration" => "the path of a Parquet file",
         "activation_bits" => "a whole number from 2 to 8",
         "timestep_groups" | "num_timesteps" => "a whole number from 1 to 1000000",
@@ -668,6 +698,11 @@ impl QuantConfig {
             }
             "optimize" => self.optimize = parse_bool(value).map_err(bad)?,
             "fallback" => self.fallback = parse_bool(value).map_err(bad)?,
+            "pure" => self.pure = parse_bool(value).map_err(bad)?,
+            "format" => {
+                self.format = OutputFormat::parse(&value.to_string())
+                    .ok_or_else(|| bad(format!("'{value}' is not parquet or gguf")))?
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     origin: origin.to_string(),

@@ -1,5 +1,5 @@
-//! `arrowquant quantize`: a whole model to an output directory, with a progress bar, a
-//! per-tensor table and a summary.
+//! `arrowquant quantize`: a whole model to an output directory or one GGUF file, with a
+//! progress bar, a per-tensor table and a summary.
 
 use std::path::PathBuf;
 
@@ -12,18 +12,29 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::{DataFusionError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{QuantConfig, Settings, Value};
+use crate::config::{OutputFormat, QuantConfig, Settings, Value};
+use crate::pipeline::gguf_output::{gguf_type_of, is_gguf_path, quantize_to_gguf};
 use crate::pipeline::{Progress, RunOptions, RunSummary, plans, quantize_model};
 
 /// Quantize a model (a safetensors file, a sharded checkpoint, a model or diffusers pipeline
-/// folder) into a directory holding weights.parquet, report.parquet and manifest.json.
+/// folder, or a GGUF file) into a directory holding weights.parquet, report.parquet and
+/// manifest.json, or into one GGUF file.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
     /// The model; the bundled example UNet when omitted.
     pub model: Option<PathBuf>,
-    /// Output directory [default: NAME-PROFILE in the current directory].
+    /// Output directory, or GGUF file when it ends in .gguf [default: NAME-PROFILE in the
+    /// current directory, NAME-SCHEME.gguf for GGUF output].
     #[arg(short, long, value_name = "OUT")]
     pub output: Option<PathBuf>,
+    /// What to write: parquet (an output directory) or gguf (one file llama.cpp loads)
+    /// [default: gguf when OUT ends in .gguf or MODEL is a .gguf file, else parquet].
+    #[arg(long, value_name = "F")]
+    pub format: Option<String>,
+    /// GGUF output: every quantized tensor in the scheme's type, with only the shape
+    /// fallbacks (as llama-quantize --pure); no sensitive layers, no quality fallback.
+    #[arg(long)]
+    pub pure: bool,
     /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
     #[arg(long, value_name = "P")]
     pub profile: Option<String>,
@@ -33,7 +44,8 @@ pub struct QuantizeArgs {
     /// Values per group, or `row`.
     #[arg(long, value_name = "G")]
     pub group_size: Option<String>,
-    /// Scheme: asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1, q8_0.
+    /// Scheme: asym, sym, asym_minmax, sym_minmax, or a GGUF scheme (q4_0 … q8_0, and the
+    /// k-quants and i-quants the kernels have).
     #[arg(long)]
     pub scheme: Option<String>,
     /// Smallest whole-tensor cosine similarity accepted before a tensor is redone wider.
@@ -127,6 +139,18 @@ impl QuantizeArgs {
         if self.optimize {
             s.set("optimize", Value::Bool(true));
         }
+        if let Some(f) = &self.format {
+            s.set("format", Value::Text(f.clone()));
+        } else if self.model.as_deref().is_some_and(is_gguf_path)
+            || self.output.as_deref().is_some_and(is_gguf_path)
+        {
+            // What the paths say, at the flags' priority: a .gguf OUT is a GGUF file, and a
+            // GGUF model is written back as GGUF, as llama-quantize does.
+            s.set("format", Value::Text("gguf".into()));
+        }
+        if self.pure {
+            s.set("pure", Value::Bool(true));
+        }
         s
     }
 
@@ -146,14 +170,34 @@ impl QuantizeArgs {
 pub async fn run(args: QuantizeArgs) -> Result<()> {
     let config = args.config()?;
     let model = args.model.clone().unwrap_or_else(super::bundled_model);
+    let gguf = config.format == OutputFormat::Gguf;
+    if config.pure && !gguf {
+        return Err(DataFusionError::Plan(
+            "pure: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
+        ));
+    }
+    if is_gguf_path(&model) && !gguf {
+        return Err(DataFusionError::Plan(format!(
+            "{}: a GGUF model is written as GGUF: give -o OUT.gguf or --format gguf",
+            model.display()
+        )));
+    }
     let output = args.output.clone().unwrap_or_else(|| {
         let name = model
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        PathBuf::from(format!("{name}-{}", config.profile))
+        if gguf {
+            PathBuf::from(format!("{name}-{}.gguf", config.scheme))
+        } else {
+            PathBuf::from(format!("{name}-{}", config.profile))
+        }
     });
-    if args.print_sql {
+    if gguf {
+        // Refused before any work: no file is opened for a scheme GGUF has no type for.
+        gguf_type_of(config.scheme)?;
+    }
+    if args.print_sql && !gguf {
         for (what, sql) in plans(&model, &config) {
             println!("-- {what}\n{sql};\n");
         }
@@ -175,11 +219,15 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
     };
     // The calibration set is Parquet, read while the run goes: a page the parquet crate
     // panics on ends the run with an error.
-    let summary = crate::guard::catch_panics(
-        "the model or calibration set",
-        quantize_model(&options, &report),
-    )
-    .await;
+    let summary = if gguf {
+        crate::guard::catch_panics("the model", quantize_to_gguf(&options, &report)).await
+    } else {
+        crate::guard::catch_panics(
+            "the model or calibration set",
+            quantize_model(&options, &report),
+        )
+        .await
+    };
     bar.finish_and_clear();
     let summary = summary?;
     if args.json {
@@ -207,22 +255,27 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 fn print_tables(summary: &RunSummary) -> Result<()> {
-    let names = [
-        "layer",
-        "shape",
-        "action",
-        "bits",
-        "group_size",
-        "scheme",
-        "cosine",
-        "sqnr_db",
-        "bytes_before",
-        "bytes_after",
-    ];
     let shown: Vec<RecordBatch> = summary
         .report
         .iter()
         .map(|b| {
+            // A GGUF run's report also says each tensor's GGUF type.
+            let names: Vec<&str> = [
+                "layer",
+                "shape",
+                "action",
+                "ggml_type",
+                "bits",
+                "group_size",
+                "scheme",
+                "cosine",
+                "sqnr_db",
+                "bytes_before",
+                "bytes_after",
+            ]
+            .into_iter()
+            .filter(|n| *n != "ggml_type" || b.column_by_name(n).is_some())
+            .collect();
             let columns = names
                 .iter()
                 .map(|n| {

@@ -3,6 +3,10 @@
 
 pub mod activations;
 pub mod batch;
+pub mod gguf_checkpoint;
+pub mod gguf_metadata;
+pub mod gguf_output;
+pub mod gguf_select;
 pub mod modality;
 pub mod output;
 pub mod plan;

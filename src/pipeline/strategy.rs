@@ -26,8 +26,8 @@ pub struct TensorPlan {
 
 /// Embeddings and the layers every sample passes first and last: quantization error there
 /// reaches the whole output, so lower-bit profiles give them more bits.
-fn sensitivity(t: &ModelTensor, modality: Modality) -> Option<&'static str> {
-    let name = t.layer.to_ascii_lowercase();
+pub(super) fn sensitivity(layer: &str, modality: Modality) -> Option<&'static str> {
+    let name = layer.to_ascii_lowercase();
     if name.contains("time_embed") || name.contains("timestep_embed") || name.contains("temb") {
         return Some("time embedding");
     }
@@ -95,7 +95,7 @@ fn plan_tensor(
     let (_, row_len) = row_layout(&t.meta.shape);
     let mut setting = spec;
     let mut reason = "weight".to_string();
-    if let (Some(why), Some(wide)) = (sensitivity(t, modality), sensitive) {
+    if let (Some(why), Some(wide)) = (sensitivity(&t.layer, modality), sensitive) {
         reason = format!("{why}: {} bits", wide.bits);
         setting = wide;
     }

@@ -1,0 +1,988 @@
+//! `arrowquant quantize MODEL -o OUT.gguf`: one model in (a GGUF file, or the checkpoints the
+//! pipeline takes), one GGUF file out, as llama.cpp's `llama-quantize` writes it.
+//!
+//! 1. Every tensor is planned before anything is read: the ones llama.cpp would quantize
+//!    ([`gguf_select`](super::gguf_select)) get the scheme's GGUF type, or the type its shape
+//!    fallback gives (`QuantSpec::for_gguf_row`, on ggml's row, the innermost dimension), or F16;
+//!    the others are stored as they are (1-D float tensors of a checkpoint widened to F32, as
+//!    llama.cpp's converter stores them).
+//! 2. Without `--pure`, the pipeline's strategy: sensitive tensors at the sensitive width, and a
+//!    measuring pass (the quantization query, codes dropped) redoes each tensor under the
+//!    cosine threshold one step wider, and keeps as stored the tensors beyond f16 range. Types,
+//!    and so every size, are then known.
+//! 3. The header is written, then each tensor's bytes in order, by a query per tensor whose rows
+//!    are placed by their row number: one tensor is in memory at a time, never the model.
+//!
+//! The file is written under a temporary name beside OUT and renamed into place when complete
+//! (see [`output`](super::output)).
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrowquant_udfs::kernels::metrics::PairSums;
+use arrowquant_udfs::kernels::scheme::{QuantSpec, SCHEME_NAMES, Scheme};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int64Type, Schema};
+use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
+use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
+use super::modality::{Detection, Modality, detect};
+use super::output::{Inputs, PartialFile};
+use super::plan::{group_literal, sql_string};
+use super::run::{Progress, RunOptions, RunSummary};
+use super::strategy::sensitivity;
+use crate::config::QuantConfig;
+use crate::model::gguf_file::{GgmlType, GgufFile};
+use crate::model::gguf_write::{GgufWriter, MetaValue, TensorInfo};
+use crate::model::safetensors_file::dtype_name;
+use crate::model::{Model, row_layout, row_values};
+
+/// The scheme's GGUF type, or an error naming the scheme and the schemes that have one.
+pub fn gguf_type_of(scheme: Scheme) -> Result<GgmlType> {
+    scheme
+        .ggml_type()
+        .and_then(GgmlType::from_id)
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "scheme '{scheme}' has no GGUF type: GGUF output takes {}",
+                gguf_scheme_names().join(", ")
+            ))
+        })
+}
+
+/// The schemes with a GGUF type, as the kernels list them.
+pub fn gguf_scheme_names() -> Vec<String> {
+    SCHEME_NAMES
+        .split(", ")
+        .map(|n| n.trim_matches('\''))
+        .filter(|n| Scheme::parse(n).is_ok_and(|s| s.ggml_type().is_some()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where the tensors come from, and the table function that reads them.
+pub enum Source {
+    Gguf(Arc<GgufFile>),
+    Checkpoint(Model),
+}
+
+impl Source {
+    /// A `.gguf` file, or anything the pipeline reads.
+    pub fn open(path: &Path) -> Result<Source> {
+        if is_gguf_path(path) && !path.is_dir() {
+            Ok(Source::Gguf(Arc::new(crate::open_gguf(path)?)))
+        } else {
+            Ok(Source::Checkpoint(crate::open_model(path)?))
+        }
+    }
+
+    fn table_function(&self) -> &'static str {
+        match self {
+            Source::Gguf(_) => "read_gguf",
+            Source::Checkpoint(_) => "read_safetensors",
+        }
+    }
+
+    /// Every file the output must never replace.
+    pub fn inputs(&self, path: &Path) -> Inputs {
+        match self {
+            Source::Gguf(file) => {
+                let mut inputs = Inputs::default();
+                inputs.add(file.path(), "model");
+                inputs.add(path, "model");
+                inputs
+            }
+            Source::Checkpoint(model) => Inputs::of_model(model),
+        }
+    }
+
+    fn detection(&self) -> Detection {
+        match self {
+            Source::Gguf(file) => {
+                let arch = file
+                    .header()
+                    .metadata
+                    .iter()
+                    .find(|e| e.key == "general.architecture")
+                    .map(|e| file.text(e))
+                    .unwrap_or_else(|| "unknown".into());
+                Detection {
+                    modality: Modality::Text,
+                    evidence: format!("general.architecture = {arch} in {}", file.path().display()),
+                }
+            }
+            Source::Checkpoint(model) => detect(model),
+        }
+    }
+
+    /// The tensors in the order they are written.
+    fn tensors(&self) -> Vec<InputTensor> {
+        match self {
+            Source::Gguf(file) => file
+                .tensors()
+                .iter()
+                .map(|t| InputTensor {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    dims: t.dims.clone(),
+                    dtype: t.ggml_type.name.to_string(),
+                    stored: Some(t.ggml_type),
+                    float: !t.ggml_type.is_integer(),
+                    block: t.ggml_type.block_values > 1,
+                    from_checkpoint: false,
+                    bytes: t.len as u64,
+                })
+                .collect(),
+            Source::Checkpoint(model) => model
+                .tensors
+                .iter()
+                .map(|t| {
+                    let dtype = dtype_name(t.meta.dtype);
+                    // A scalar is one value: a 1-D tensor of one.
+                    let mut dims: Vec<u64> = t.meta.shape.iter().rev().map(|&d| d as u64).collect();
+                    if dims.is_empty() {
+                        dims.push(1);
+                    }
+                    InputTensor {
+                        name: t.layer.clone(),
+                        shape: t.meta.shape.clone(),
+                        dims,
+                        stored: GgmlType::from_name(&dtype).filter(|g| g.block_values == 1),
+                        float: crate::model::is_float(t.meta.dtype),
+                        block: false,
+                        from_checkpoint: true,
+                        dtype,
+                        bytes: t.meta.len as u64,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The metadata carried into the output, before this run's keys.
+    fn metadata(&self) -> Result<Vec<(String, MetaValue)>> {
+        match self {
+            Source::Gguf(file) => carried_metadata(file),
+            Source::Checkpoint(model) => Ok(super::gguf_checkpoint::checkpoint_metadata(model)),
+        }
+    }
+}
+
+/// Whether a path names a GGUF file (by its extension, as llama.cpp's tools take them).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// One tensor of the input.
+#[derive(Debug, Clone)]
+struct InputTensor {
+    name: String,
+    /// Row-major, outermost first: the rows of the weights table.
+    shape: Vec<usize>,
+    /// ggml's `ne`, innermost first: what the output's header says.
+    dims: Vec<u64>,
+    /// The type name in the table's `dtype` column.
+    dtype: String,
+    /// The GGUF type that holds its bytes as they are; `None` for a dtype GGUF has no type for.
+    stored: Option<GgmlType>,
+    /// Its values read as floats (the table's `weights`).
+    float: bool,
+    /// Already in a block type.
+    block: bool,
+    from_checkpoint: bool,
+    bytes: u64,
+}
+
+/// How a tensor's bytes are made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Storage {
+    /// The blocks of a GGUF scheme: `quantize`'s codes.
+    Blocks(QuantSpec),
+    /// The values as F16: rows that no block of the scheme (or its fallback) divides.
+    F16,
+    /// The values widened to F32.
+    F32,
+    /// The bytes as stored.
+    AsStored,
+}
+
+/// What becomes of one tensor.
+#[derive(Debug, Clone)]
+struct Planned {
+    ggml_type: GgmlType,
+    storage: Storage,
+    reason: String,
+    /// The setting a quality fallback started from.
+    fallback_from: Option<String>,
+    /// Whether llama.cpp would quantize it (what `quantize.mixture` describes).
+    selected: bool,
+    sums: Option<PairSums>,
+}
+
+impl Planned {
+    fn keep(ggml_type: GgmlType, storage: Storage, reason: String) -> Planned {
+        Planned {
+            ggml_type,
+            storage,
+            reason,
+            fallback_from: None,
+            selected: false,
+            sums: None,
+        }
+    }
+}
+
+fn type_of_id(id: u32, scheme: Scheme) -> Result<GgmlType> {
+    GgmlType::from_id(id).ok_or_else(|| {
+        exec_datafusion_err!("scheme '{scheme}' names GGUF type {id}, which GGUF does not define")
+    })
+}
+
+/// How a row of `ne0` values is stored for `spec`: its blocks, its fallback's, or F16.
+fn row_storage(spec: QuantSpec, ne0: usize) -> Result<(Storage, GgmlType, Option<String>)> {
+    let wanted = gguf_type_of(spec.scheme)?;
+    match spec.for_gguf_row(ne0) {
+        Some(s) => {
+            let id = s.scheme.ggml_type().ok_or_else(|| {
+                exec_datafusion_err!("the GGUF fallback of '{}' has no GGUF type", spec.scheme)
+            })?;
+            let ty = type_of_id(id, s.scheme)?;
+            let why = (s != spec).then(|| {
+                format!(
+                    "rows of {ne0} values are not whole {} blocks: {}",
+                    wanted.name, ty.name
+                )
+            });
+            Ok((Storage::Blocks(s), ty, why))
+        }
+        None => Ok((
+            Storage::F16,
+            GgmlType::from_name("F16").expect("F16 is a ggml type"),
+            Some(format!(
+                "rows of {ne0} values fit no {} block nor its fallback: F16",
+                wanted.name
+            )),
+        )),
+    }
+}
+
+/// A tensor stored as it is, or an error when GGUF has no type for its dtype.
+fn as_stored(t: &InputTensor, reason: String) -> Result<Planned> {
+    let Some(ty) = t.stored else {
+        return Err(DataFusionError::Plan(format!(
+            "tensor '{}': dtype {} has no GGUF type ({reason})",
+            t.name, t.dtype
+        )));
+    };
+    // A checkpoint's 1-D float tensors become F32, as llama.cpp's converter stores them.
+    if t.from_checkpoint && t.float && ggml_dims(&t.dims) < 2 && ty.name != "F32" {
+        let f32 = GgmlType::from_name("F32").expect("F32 is a ggml type");
+        return Ok(Planned::keep(
+            f32,
+            Storage::F32,
+            format!("{reason}; widened to F32"),
+        ));
+    }
+    Ok(Planned::keep(ty, Storage::AsStored, reason))
+}
+
+fn plan_tensor(
+    t: &InputTensor,
+    spec: QuantSpec,
+    sensitive: Option<QuantSpec>,
+    pure: bool,
+    modality: Modality,
+) -> Result<Planned> {
+    if t.shape.contains(&0) {
+        return Err(DataFusionError::Plan(format!(
+            "tensor '{}' (shape {:?}) is empty, which a GGUF file cannot hold",
+            t.name, t.shape
+        )));
+    }
+    if let Some(why) = kept_by_llama_cpp(&t.name, &t.dims) {
+        return as_stored(t, why);
+    }
+    if t.block {
+        return as_stored(t, format!("already {}: not requantized", t.dtype));
+    }
+    if !t.float {
+        return as_stored(t, "not a float tensor".into());
+    }
+    let mut setting = spec;
+    let mut reason = "weight".to_string();
+    if !pure {
+        let why = gguf_sensitivity(&t.name).or_else(|| sensitivity(&t.name, modality));
+        if let (Some(why), Some(wide)) = (why, sensitive) {
+            reason = format!("{why}: {}", wide.scheme);
+            setting = wide;
+        }
+    }
+    let (storage, ty, why) = row_storage(setting, t.dims[0] as usize)?;
+    if let Some(why) = why {
+        reason = format!("{reason}; {why}");
+    }
+    Ok(Planned {
+        ggml_type: ty,
+        storage,
+        reason,
+        fallback_from: None,
+        selected: true,
+        sums: None,
+    })
+}
+
+/// The spec of ordinary tensors, refused when its scheme has no GGUF type.
+fn gguf_spec(config: &QuantConfig) -> Result<QuantSpec> {
+    gguf_type_of(config.scheme)?;
+    config
+        .spec()
+        .map_err(|e| DataFusionError::Plan(e.to_string()))
+}
+
+/// Quantizes a model into one GGUF file at `options.output`.
+pub async fn quantize_to_gguf(
+    options: &RunOptions,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    let config = &options.config;
+    let spec = gguf_spec(config)?;
+    if config.calibration.is_some() {
+        return Err(DataFusionError::Plan(
+            "calibration: activation parameters are written as activation_params.parquet, \
+             which a GGUF output cannot hold; use --format parquet"
+                .into(),
+        ));
+    }
+    let source = Source::open(&options.model)?;
+    let out = PartialFile::create(
+        &options.output,
+        &source.inputs(&options.model),
+        options.force,
+    )?;
+    let tensors = source.tensors();
+    let modality = source.detection();
+    let sensitive = if !config.pure && config.sensitive_bit_width > spec.bits {
+        Some(
+            spec.at_width(config.sensitive_bit_width)
+                .map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut plans = tensors
+        .iter()
+        .map(|t| plan_tensor(t, spec, sensitive, config.pure, modality.modality))
+        .collect::<Result<Vec<_>>>()?;
+    if !plans
+        .iter()
+        .any(|p| matches!(p.storage, Storage::Blocks(_)))
+    {
+        return Err(DataFusionError::Plan(format!(
+            "{}: nothing to quantize: none of its {} tensors is one llama.cpp quantizes in {}",
+            options.model.display(),
+            tensors.len(),
+            spec.scheme
+        )));
+    }
+
+    let ctx = crate::session::pipeline_context();
+    let reader = TensorReader {
+        ctx: &ctx,
+        function: source.table_function(),
+        path: sql_string(&options.model.display().to_string()),
+    };
+    let mut fallbacks = 0;
+    if !config.pure {
+        fallbacks = measure(&reader, &tensors, &mut plans, config, progress).await?;
+    }
+
+    let base = gguf_type_of(spec.scheme)?;
+    let file_type = llama_ftype(base).ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "GGUF type {} has no llama.cpp file type",
+            base.name
+        ))
+    })?;
+    let mixture = tensors
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| p.selected && p.ggml_type != base)
+        .map(|(t, p)| format!("{}={}: {}", t.name, p.ggml_type.name, p.reason))
+        .collect();
+    let metadata = finish_metadata(
+        source.metadata()?,
+        file_type,
+        Provenance {
+            scheme: spec.scheme.to_string(),
+            pure: config.pure,
+            mixture,
+        },
+    );
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .zip(&plans)
+        .map(|(t, p)| TensorInfo {
+            name: t.name.clone(),
+            ggml_type: p.ggml_type,
+            dims: t.dims.clone(),
+        })
+        .collect();
+    let shown = options.output.display().to_string();
+    let io_error = |e: std::io::Error| DataFusionError::Execution(format!("{shown}: {e}"));
+    let buffered = BufWriter::with_capacity(1 << 20, out.file());
+    let mut writer = GgufWriter::new(buffered, &metadata, &infos).map_err(io_error)?;
+    progress(Progress::Start {
+        phase: "writing".into(),
+        bytes: tensors.iter().map(|t| t.bytes).sum(),
+    });
+    for (t, p) in tensors.iter().zip(plans.iter_mut()) {
+        let read = reader.read(t, p.ggml_type, p.storage, true).await?;
+        if let Some(r) = read.refused {
+            let hint = if r.beyond_f16 && config.pure {
+                " (without --pure, such a tensor is kept as it is)"
+            } else {
+                ""
+            };
+            return Err(exec_datafusion_err!(
+                "tensor '{}' row {}: {}{hint}",
+                t.name,
+                r.row,
+                r.reason
+            ));
+        }
+        if matches!(p.storage, Storage::Blocks(_)) && p.sums.is_none() {
+            p.sums = Some(read.sums);
+        }
+        writer
+            .write_tensor_bytes(&t.name, &read.data)
+            .map_err(io_error)?;
+        progress(Progress::Advance { bytes: t.bytes });
+    }
+    let mut buffered = writer.finish().map_err(io_error)?;
+    buffered.flush().map_err(io_error)?;
+    drop(buffered);
+    out.commit()?;
+    Ok(summarize(
+        &tensors,
+        &plans,
+        &options.output,
+        modality,
+        fallbacks,
+        started,
+    ))
+}
+
+/// The measuring pass: each quantized tensor's error sums at its setting, redone wider while
+/// under the threshold (with `fallback`), kept as stored when beyond f16 range. Returns how
+/// many tensors were redone.
+async fn measure(
+    reader: &TensorReader<'_>,
+    tensors: &[InputTensor],
+    plans: &mut [Planned],
+    config: &QuantConfig,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<usize> {
+    progress(Progress::Start {
+        phase: "measuring".into(),
+        bytes: tensors
+            .iter()
+            .zip(plans.iter())
+            .filter(|(_, p)| matches!(p.storage, Storage::Blocks(_)))
+            .map(|(t, _)| t.bytes)
+            .sum(),
+    });
+    let mut redone = 0;
+    for (t, p) in tensors.iter().zip(plans.iter_mut()) {
+        let mut counted = false;
+        while let Storage::Blocks(spec) = p.storage {
+            let read = reader.read(t, p.ggml_type, p.storage, false).await?;
+            if let Some(r) = read.refused {
+                if !r.beyond_f16 {
+                    return Err(exec_datafusion_err!(
+                        "tensor '{}' row {}: {}",
+                        t.name,
+                        r.row,
+                        r.reason
+                    ));
+                }
+                let reason = format!("values beyond f16 range (row {}: {})", r.row, r.reason);
+                let selected = p.selected;
+                *p = as_stored(t, reason)?;
+                p.selected = selected;
+                break;
+            }
+            let short = read.sums.cosine().is_none_or(|c| c < config.min_cosine);
+            if !(short && config.fallback) {
+                p.sums = Some(read.sums);
+                break;
+            }
+            if !counted {
+                redone += 1;
+                counted = true;
+            }
+            p.fallback_from.get_or_insert_with(|| spec.to_string());
+            match spec.wider() {
+                None => {
+                    let reason = format!("{}; kept: quality short at every width", p.reason);
+                    let (selected, from) = (p.selected, p.fallback_from.take());
+                    *p = as_stored(t, reason)?;
+                    (p.selected, p.fallback_from) = (selected, from);
+                }
+                Some(wide) => {
+                    let (storage, ty, why) = row_storage(wide, t.dims[0] as usize)?;
+                    p.storage = storage;
+                    p.ggml_type = ty;
+                    p.reason = format!(
+                        "cosine {:.6} under {}: {}{}",
+                        read.sums.cosine().unwrap_or(f64::NAN),
+                        config.min_cosine,
+                        wide.scheme,
+                        why.map(|w| format!("; {w}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if matches!(p.storage, Storage::Blocks(_)) || p.fallback_from.is_some() {
+            progress(Progress::Advance { bytes: t.bytes });
+        }
+    }
+    Ok(redone)
+}
+
+/// A refused row: the first one of its tensor.
+#[derive(Debug)]
+struct Refusal {
+    row: i64,
+    reason: String,
+    beyond_f16: bool,
+}
+
+/// One tensor read through the session: its bytes in the output's type (when asked for), and
+/// for quantized tensors the error sums of every row.
+struct TensorBytes {
+    data: Vec<u8>,
+    sums: PairSums,
+    refused: Option<Refusal>,
+}
+
+/// Reads tensors of the source with its table function, one query per tensor.
+struct TensorReader<'a> {
+    ctx: &'a SessionContext,
+    function: &'static str,
+    /// The source path as a SQL literal.
+    path: String,
+}
+
+impl TensorReader<'_> {
+    fn sql(&self, t: &InputTensor, storage: Storage) -> String {
+        let columns = match storage {
+            Storage::Blocks(s) => format!(
+                "quantize_measured(weights, {}, {}, {}) AS m",
+                s.bits,
+                group_literal(s.group),
+                sql_string(s.scheme.name())
+            ),
+            Storage::F16 | Storage::F32 => "weights".into(),
+            Storage::AsStored => "data".into(),
+        };
+        let inner = format!(
+            "SELECT row, {columns} FROM {}({}) WHERE layer = {}",
+            self.function,
+            self.path,
+            sql_string(&t.name)
+        );
+        match storage {
+            Storage::Blocks(_) => format!(
+                "SELECT row, m['quantized']['codes'] AS bytes, m['error_sums'] AS e, \
+                 m['refused'] AS refused FROM ({inner})"
+            ),
+            _ => inner,
+        }
+    }
+
+    /// Reads `t` as `ty` by `storage`; with `keep`, its bytes too.
+    async fn read(
+        &self,
+        t: &InputTensor,
+        ty: GgmlType,
+        storage: Storage,
+        keep: bool,
+    ) -> Result<TensorBytes> {
+        let mut placed = keep.then(|| RowPlacer::new(t, ty)).transpose()?;
+        let mut sums = PairSums::default();
+        let mut refused: Option<Refusal> = None;
+        let mut stream = self
+            .ctx
+            .sql(&self.sql(t, storage))
+            .await?
+            .execute_stream()
+            .await?;
+        let mut scratch = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let rows = column(&batch, "row")?.as_primitive::<Int64Type>().clone();
+            match storage {
+                Storage::Blocks(_) => {
+                    collect_sums(&batch, &rows, &mut sums, &mut refused)?;
+                    if let Some(placed) = placed.as_mut() {
+                        let codes = column(&batch, "bytes")?.as_binary::<i32>();
+                        for i in (0..batch.num_rows()).filter(|&i| codes.is_valid(i)) {
+                            placed.put(rows.value(i), codes.value(i))?;
+                        }
+                    }
+                }
+                Storage::AsStored => {
+                    let Some(placed) = placed.as_mut() else {
+                        continue;
+                    };
+                    let data = column(&batch, "data")?.as_binary::<i32>();
+                    for i in 0..batch.num_rows() {
+                        placed.put(rows.value(i), data.value(i))?;
+                    }
+                }
+                Storage::F16 | Storage::F32 => {
+                    let Some(placed) = placed.as_mut() else {
+                        continue;
+                    };
+                    let weights = column(&batch, "weights")?.as_list::<i32>();
+                    for i in 0..batch.num_rows() {
+                        let values = weights.value(i);
+                        let values = values.as_primitive::<Float32Type>().values();
+                        scratch.clear();
+                        if storage == Storage::F16 {
+                            scratch.extend(
+                                values
+                                    .iter()
+                                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+                            );
+                        } else {
+                            scratch.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+                        }
+                        placed.put(rows.value(i), &scratch)?;
+                    }
+                }
+            }
+        }
+        let data = match placed {
+            Some(placed) if refused.is_none() => placed.finish()?,
+            _ => Vec::new(),
+        };
+        Ok(TensorBytes {
+            data,
+            sums,
+            refused,
+        })
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| exec_datafusion_err!("the tensor query has no column '{name}'"))
+}
+
+/// Adds a batch's error sums, and notes its first refused row.
+fn collect_sums(
+    batch: &RecordBatch,
+    rows: &Int64Array,
+    sums: &mut PairSums,
+    refused: &mut Option<Refusal>,
+) -> Result<()> {
+    let e = column(batch, "e")?.as_struct();
+    let field = |name: &str| {
+        e.column_by_name(name)
+            .ok_or_else(|| exec_datafusion_err!("error sums without '{name}'"))
+    };
+    let n = field("n")?.as_primitive::<Int64Type>();
+    let [dot, aa, bb, err, max] = ["dot", "a_sq", "b_sq", "err_sq", "max_abs_error"].map(field);
+    let (dot, aa, bb, err, max) = (
+        dot?.as_primitive::<Float64Type>(),
+        aa?.as_primitive::<Float64Type>(),
+        bb?.as_primitive::<Float64Type>(),
+        err?.as_primitive::<Float64Type>(),
+        max?.as_primitive::<Float64Type>(),
+    );
+    for i in (0..batch.num_rows()).filter(|&i| e.is_valid(i)) {
+        sums.merge(&PairSums {
+            n: n.value(i).max(0) as usize,
+            dot: dot.value(i),
+            aa: aa.value(i),
+            bb: bb.value(i),
+            sq_err: err.value(i),
+            max_abs_err: max.value(i),
+        });
+    }
+    let r = column(batch, "refused")?.as_struct();
+    if r.null_count() == r.len() {
+        return Ok(());
+    }
+    let reason = r
+        .column_by_name("reason")
+        .ok_or_else(|| exec_datafusion_err!("a refusal without 'reason'"))?
+        .as_string::<i32>();
+    let beyond = r
+        .column_by_name("beyond_f16")
+        .ok_or_else(|| exec_datafusion_err!("a refusal without 'beyond_f16'"))?
+        .as_boolean();
+    for i in (0..batch.num_rows()).filter(|&i| r.is_valid(i)) {
+        let row = rows.value(i);
+        if refused.as_ref().is_none_or(|f| row < f.row) {
+            *refused = Some(Refusal {
+                row,
+                reason: reason.value(i).to_string(),
+                beyond_f16: beyond.value(i),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A tensor's bytes assembled from rows arriving in any order: each row at the offset its row
+/// number gives, each exactly once, each of the length its values take in the output type.
+struct RowPlacer<'a> {
+    tensor: &'a InputTensor,
+    ty: GgmlType,
+    bytes: Vec<u8>,
+    seen: Vec<bool>,
+    /// Values per row (all rows but a long 1-D tensor's last chunk).
+    per_row: usize,
+}
+
+impl<'a> RowPlacer<'a> {
+    fn new(tensor: &'a InputTensor, ty: GgmlType) -> Result<Self> {
+        let (rows, per_row) = row_layout(&tensor.shape);
+        let elements: usize = tensor.shape.iter().product();
+        let size = ty.bytes_of(elements as u64).ok_or_else(|| {
+            exec_datafusion_err!(
+                "tensor '{}': {elements} values are not whole {} blocks",
+                tensor.name,
+                ty.name
+            )
+        })?;
+        // Sized by the input's header, which its file's length bounds; refused, not aborted,
+        // when memory is short.
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(size as usize).map_err(|_| {
+            exec_datafusion_err!(
+                "tensor '{}': cannot hold its {size} bytes in memory",
+                tensor.name
+            )
+        })?;
+        bytes.resize(size as usize, 0);
+        Ok(RowPlacer {
+            tensor,
+            ty,
+            bytes,
+            seen: vec![false; rows],
+            per_row,
+        })
+    }
+
+    fn put(&mut self, row: i64, data: &[u8]) -> Result<()> {
+        let name = &self.tensor.name;
+        let r = usize::try_from(row)
+            .ok()
+            .filter(|&r| r < self.seen.len())
+            .ok_or_else(|| {
+                exec_datafusion_err!(
+                    "tensor '{name}': row {row} is outside its {} rows",
+                    self.seen.len()
+                )
+            })?;
+        if std::mem::replace(&mut self.seen[r], true) {
+            return Err(exec_datafusion_err!(
+                "tensor '{name}': row {row} came twice"
+            ));
+        }
+        let values = row_values(&self.tensor.shape, r);
+        let want = self.ty.bytes_of(values as u64);
+        let start = self.ty.bytes_of((r * self.per_row) as u64);
+        match (want, start) {
+            (Some(want), Some(start)) if want == data.len() as u64 => {
+                let start = start as usize;
+                self.bytes[start..start + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(exec_datafusion_err!(
+                "tensor '{name}' row {row}: {} bytes, but {values} values of {} take {want:?}",
+                data.len(),
+                self.ty.name
+            )),
+        }
+    }
+
+    fn finish(self) -> Result<Vec<u8>> {
+        if let Some(r) = self.seen.iter().position(|s| !s) {
+            return Err(exec_datafusion_err!(
+                "tensor '{}': row {r} was never read",
+                self.tensor.name
+            ));
+        }
+        Ok(self.bytes)
+    }
+}
+
+/// The run's summary, with one report row per tensor.
+fn summarize(
+    tensors: &[InputTensor],
+    plans: &[Planned],
+    output: &Path,
+    modality: Detection,
+    fallbacks: usize,
+    started: Instant,
+) -> RunSummary {
+    let after = |t: &InputTensor, p: &Planned| {
+        let elements: usize = t.shape.iter().product();
+        p.ggml_type.bytes_of(elements as u64).unwrap_or(0)
+    };
+    let action = |p: &Planned| match p.storage {
+        Storage::Blocks(_) => "quantize",
+        Storage::F16 | Storage::F32 => "convert",
+        Storage::AsStored => "keep",
+    };
+    let spec = |p: &Planned| match p.storage {
+        Storage::Blocks(s) => Some(s),
+        _ => None,
+    };
+    let cosines: Vec<Option<f64>> = plans
+        .iter()
+        .map(|p| match p.storage {
+            Storage::Blocks(_) => p.sums.as_ref().and_then(PairSums::cosine),
+            _ => Some(1.0),
+        })
+        .collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "layer",
+            Arc::new(StringArray::from_iter_values(
+                tensors.iter().map(|t| t.name.as_str()),
+            )),
+        ),
+        (
+            "shape",
+            Arc::new(StringArray::from_iter_values(
+                tensors.iter().map(|t| format!("{:?}", t.shape)),
+            )),
+        ),
+        (
+            "dtype",
+            Arc::new(StringArray::from_iter_values(
+                tensors.iter().map(|t| t.dtype.as_str()),
+            )),
+        ),
+        (
+            "action",
+            Arc::new(StringArray::from_iter_values(plans.iter().map(action))),
+        ),
+        (
+            "ggml_type",
+            Arc::new(StringArray::from_iter_values(
+                plans.iter().map(|p| p.ggml_type.name),
+            )),
+        ),
+        (
+            "bits",
+            Arc::new(UInt8Array::from_iter(
+                plans.iter().map(|p| spec(p).map(|s| s.bits)),
+            )),
+        ),
+        (
+            "group_size",
+            Arc::new(StringArray::from_iter(
+                plans.iter().map(|p| spec(p).map(|s| s.group.to_string())),
+            )),
+        ),
+        (
+            "scheme",
+            Arc::new(StringArray::from_iter(
+                plans.iter().map(|p| spec(p).map(|s| s.scheme.to_string())),
+            )),
+        ),
+        (
+            "reason",
+            Arc::new(StringArray::from_iter_values(
+                plans.iter().map(|p| p.reason.as_str()),
+            )),
+        ),
+        (
+            "fallback_from",
+            Arc::new(StringArray::from_iter(
+                plans.iter().map(|p| p.fallback_from.as_deref()),
+            )),
+        ),
+        ("cosine", Arc::new(Float64Array::from(cosines.clone()))),
+        (
+            "sqnr_db",
+            Arc::new(Float64Array::from_iter(plans.iter().map(
+                |p| match p.storage {
+                    Storage::Blocks(_) => p.sums.as_ref().and_then(PairSums::sqnr_db),
+                    _ => None,
+                },
+            ))),
+        ),
+        (
+            "bytes_before",
+            Arc::new(Int64Array::from_iter_values(
+                tensors.iter().map(|t| t.bytes as i64),
+            )),
+        ),
+        (
+            "bytes_after",
+            Arc::new(Int64Array::from_iter_values(
+                tensors.iter().zip(plans).map(|(t, p)| after(t, p) as i64),
+            )),
+        ),
+    ];
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
+        .collect();
+    let report = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, c)| c).collect(),
+    )
+    .expect("columns of one length");
+    debug_assert!(matches!(
+        report.schema().field(10).data_type(),
+        DataType::Float64
+    ));
+    let quantized: Vec<f64> = plans
+        .iter()
+        .zip(&cosines)
+        .filter(|(p, _)| matches!(p.storage, Storage::Blocks(_)))
+        .map(|(_, c)| c.unwrap_or(0.0))
+        .collect();
+    let before: u64 = tensors.iter().map(|t| t.bytes).sum();
+    let after_total: u64 = tensors.iter().zip(plans).map(|(t, p)| after(t, p)).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    RunSummary {
+        output: PathBuf::from(output),
+        modality,
+        tensors: tensors.len(),
+        quantized: quantized.len(),
+        kept: tensors.len() - quantized.len(),
+        fallbacks,
+        bytes_before: before,
+        bytes_after: after_total,
+        compression_ratio: before as f64 / after_total.max(1) as f64,
+        min_cosine: quantized.iter().copied().fold(1.0, f64::min),
+        mean_cosine: if quantized.is_empty() {
+            1.0
+        } else {
+            quantized.iter().sum::<f64>() / quantized.len() as f64
+        },
+        seconds,
+        mb_per_second: before as f64 / 1e6 / seconds.max(1e-9),
+        activations: None,
+        report: vec![report],
+    }
+}

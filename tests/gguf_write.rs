@@ -1,0 +1,385 @@
+//! `arrowquant quantize … -o OUT.gguf` run as the real binary on real GGUF files: every key of
+//! the input carried, `general.file_type` and the `quantize.*` keys set, tensors of the types and
+//! dimensions llama.cpp expects, bytes that read back through `read_gguf` equal to what
+//! `quantize` and `dequantize` give; and the refusals (a scheme without a GGUF type, an existing
+//! OUT, a run failing part-way) leaving nothing behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use arrowquant::model::gguf_file::{GgmlType, GgufFile, Value};
+use arrowquant::model::gguf_write::{MetaValue, TensorToWrite, write_gguf};
+use common::*;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+
+const LLAMA: &str = "tests/data/gguf/llama-f32.gguf";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn input() -> PathBuf {
+    root().join(LLAMA)
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["quantize", "-q"];
+    all.extend_from_slice(args);
+    arrowquant(&all, &root())
+}
+
+fn ok(args: &[&str]) -> std::process::Output {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    out
+}
+
+fn value(file: &GgufFile, key: &str) -> Option<Value> {
+    let entry = file.header().metadata.iter().find(|e| e.key == key)?;
+    file.value(entry)
+}
+
+fn text(file: &GgufFile, key: &str) -> String {
+    let entry = file.header().metadata.iter().find(|e| e.key == key);
+    entry.map(|e| file.text(e)).unwrap_or_default()
+}
+
+/// Files left in a directory besides `keep`: no partial may remain.
+fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn every_key_is_carried_and_the_file_type_and_provenance_are_set() {
+    let dir = scratch("gguf-write-keys");
+    let out = dir.join("out.gguf");
+    let before = std::fs::read(input()).unwrap();
+    ok(&[
+        LLAMA,
+        "-o",
+        out.to_str().unwrap(),
+        "--scheme",
+        "q8_0",
+        "--pure",
+    ]);
+    assert_eq!(std::fs::read(input()).unwrap(), before, "the input changed");
+    let (a, b) = (
+        GgufFile::open(&input()).unwrap(),
+        GgufFile::open(&out).unwrap(),
+    );
+    // Every input key but general.file_type, with the same type and the same encoded bytes.
+    for e in &a.header().metadata {
+        let f = b.header().metadata.iter().find(|f| f.key == e.key);
+        let f = f.unwrap_or_else(|| panic!("{} was not carried", e.key));
+        if e.key == "general.file_type" {
+            continue;
+        }
+        assert_eq!(
+            (e.value_type, e.item_type),
+            (f.value_type, f.item_type),
+            "{}",
+            e.key
+        );
+        let bytes =
+            |file: &GgufFile, r: &std::ops::Range<usize>| file.bytes(r.start, r.len()).to_vec();
+        assert_eq!(bytes(&a, &e.value), bytes(&b, &f.value), "{}", e.key);
+    }
+    assert_eq!(value(&a, "general.file_type"), Some(Value::UInt(0)));
+    // LLAMA_FTYPE_MOSTLY_Q8_0.
+    assert_eq!(value(&b, "general.file_type"), Some(Value::UInt(7)));
+    assert_eq!(
+        value(&b, "general.quantization_version"),
+        Some(Value::UInt(2))
+    );
+    assert_eq!(text(&b, "quantize.tool"), "arrowquant");
+    assert_eq!(text(&b, "quantize.version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(text(&b, "quantize.scheme"), "q8_0");
+    assert_eq!(value(&b, "quantize.pure"), Some(Value::Bool(true)));
+    // The 40-value rows fit no Q8_0 block: F16, and said so.
+    let mixture = text(&b, "quantize.mixture");
+    assert!(mixture.contains("blk.0.odd.weight=F16"), "{mixture}");
+    assert_eq!(b.header().alignment, 64, "general.alignment carried");
+
+    // The tensors: same names, order and dimensions; the types llama.cpp would choose.
+    let types: Vec<(&str, &str)> = b
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t.ggml_type.name))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("token_embd.weight", "Q8_0"),
+            ("blk.0.attn_norm.weight", "F32"),
+            ("blk.0.attn_q.weight", "Q8_0"),
+            ("blk.0.attn_k.weight", "Q8_0"),
+            ("blk.0.attn_v.weight", "Q8_0"),
+            ("blk.0.ffn_gate_inp.weight", "F32"),
+            ("blk.0.ffn_up_exps.weight", "Q8_0"),
+            ("blk.0.ffn_down.weight", "Q8_0"),
+            ("blk.0.odd.weight", "F16"),
+            ("output_norm.weight", "F32"),
+            ("output.weight", "Q8_0"),
+        ]
+    );
+    for (ta, tb) in a.tensors().iter().zip(b.tensors()) {
+        assert_eq!(ta.dims, tb.dims, "{}", ta.name);
+        // Kept tensors are the input's bytes exactly.
+        if ta.ggml_type == tb.ggml_type && ta.ggml_type.name != "F32" || ta.dims.len() == 1 {
+            assert_eq!(
+                a.bytes(ta.start, ta.len),
+                b.bytes(tb.start, tb.len),
+                "{}",
+                ta.name
+            );
+        }
+    }
+}
+
+/// The output's rows read back through read_gguf are quantize's codes of the input's rows, and
+/// decode to dequantize of them, bit for bit.
+#[tokio::test]
+async fn the_bytes_are_quantizes_codes_and_decode_as_dequantize() {
+    let dir = scratch("gguf-write-bytes");
+    for (scheme, bits, ty) in [("q8_0", 8, "Q8_0"), ("q4_0", 4, "Q4_0")] {
+        let out = dir.join(format!("{scheme}.gguf"));
+        ok(&[
+            LLAMA,
+            "-o",
+            out.to_str().unwrap(),
+            "--scheme",
+            scheme,
+            "--pure",
+        ]);
+        let sql = format!(
+            "SELECT count(*) AS n,
+                    count(*) FILTER (WHERE o.data = quantize(i.weights, {bits}, 32, '{scheme}')['codes']) AS same_codes,
+                    count(*) FILTER (WHERE o.weights = dequantize(quantize(i.weights, {bits}, 32, '{scheme}'))) AS same_values
+             FROM read_gguf('{}') o JOIN read_gguf('{}') i ON o.layer = i.layer AND o.row = i.row
+             WHERE o.dtype = '{ty}' AND i.dtype <> '{ty}'",
+            out.display(),
+            input().display()
+        );
+        let ctx = arrowquant::session::context();
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let get = |c: &str| {
+            batches[0]
+                .column_by_name(c)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0)
+        };
+        // token_embd 8, attn_q 16, attn_k 8, ffn_up_exps 2, ffn_down 4 (q4_0 only), output 8.
+        let rows = 46;
+        assert_eq!(get("n"), rows, "{scheme}");
+        assert_eq!(get("same_codes"), rows, "{scheme}: codes differ");
+        assert_eq!(get("same_values"), rows, "{scheme}: values differ");
+        // The F16 fallback holds the values rounded to f16.
+        let f16 = format!(
+            "SELECT o.weights AS o, i.weights AS i
+             FROM read_gguf('{}') o JOIN read_gguf('{}') i ON o.layer = i.layer AND o.row = i.row
+             WHERE o.layer = 'blk.0.odd.weight'",
+            out.display(),
+            input().display()
+        );
+        let b = ctx.sql(&f16).await.unwrap().collect().await.unwrap();
+        let values = |c: &str| -> Vec<f32> {
+            let list = b[0].column_by_name(c).unwrap().as_list::<i32>();
+            list.values()
+                .as_primitive::<Float32Type>()
+                .values()
+                .to_vec()
+        };
+        let rounded: Vec<f32> = values("i")
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_f32())
+            .collect();
+        assert_eq!(b[0].num_rows(), 3);
+        assert_eq!(values("o"), rounded);
+    }
+}
+
+#[test]
+fn without_pure_sensitive_tensors_are_wider_and_the_mixture_says_so() {
+    let dir = scratch("gguf-write-mixture");
+    let out = dir.join("out.gguf");
+    ok(&[LLAMA, "-o", out.to_str().unwrap(), "--scheme", "q4_0"]);
+    let b = GgufFile::open(&out).unwrap();
+    let ty = |name: &str| {
+        b.tensors()
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .ggml_type
+            .name
+    };
+    assert_eq!(ty("token_embd.weight"), "Q8_0");
+    assert_eq!(ty("output.weight"), "Q8_0");
+    assert_eq!(ty("blk.0.attn_q.weight"), "Q4_0");
+    assert_eq!(value(&b, "general.file_type"), Some(Value::UInt(2)));
+    assert_eq!(value(&b, "quantize.pure"), Some(Value::Bool(false)));
+    let mixture = text(&b, "quantize.mixture");
+    assert!(
+        mixture.contains("token_embd.weight=Q8_0: embedding"),
+        "{mixture}"
+    );
+    assert!(
+        mixture.contains("output.weight=Q8_0: output head"),
+        "{mixture}"
+    );
+    // A threshold no 4-bit tensor meets: each is redone at q5_0, then q8_0.
+    let strict = dir.join("strict.gguf");
+    let o = ok(&[
+        LLAMA,
+        "-o",
+        strict.to_str().unwrap(),
+        "--scheme",
+        "q4_0",
+        "--min-cosine",
+        "0.9999",
+    ]);
+    let b = GgufFile::open(&strict).unwrap();
+    let q = b
+        .tensors()
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight")
+        .unwrap();
+    assert_eq!(q.ggml_type.name, "Q8_0");
+    assert!(stdout(&o).contains("redone wider"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_scheme_without_a_gguf_type_is_refused_before_any_work() {
+    let dir = scratch("gguf-write-scheme");
+    let out = dir.join("out.gguf");
+    for scheme in ["asym", "sym_minmax"] {
+        let o = run(&[LLAMA, "-o", out.to_str().unwrap(), "--scheme", scheme]);
+        assert_fails_with(
+            &o,
+            &format!("scheme '{scheme}' has no GGUF type: GGUF output takes"),
+        );
+        assert!(stderr(&o).contains("q8_0"), "{}", stderr(&o));
+    }
+    // The profile's default scheme (asym) too, and --format gguf chooses GGUF as -o does.
+    let o = run(&[LLAMA, "--format", "gguf", "-o", out.to_str().unwrap()]);
+    assert_fails_with(&o, "scheme 'asym' has no GGUF type");
+    assert!(others(&dir, &[]).is_empty(), "{:?}", others(&dir, &[]));
+    // A GGUF model written as a directory, --pure with Parquet output: refused by name.
+    let o = run(&[
+        LLAMA,
+        "--format",
+        "parquet",
+        "-o",
+        dir.join("d").to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, "a GGUF model is written as GGUF");
+    let o = run(&[
+        "examples/models/tiny-unet",
+        "--pure",
+        "-o",
+        dir.join("d").to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, "pure: applies to GGUF output only");
+    let o = run(&[LLAMA, "--format", "onnx", "-o", out.to_str().unwrap()]);
+    assert_fails_with(&o, "key 'format': 'onnx' is not parquet or gguf");
+    assert!(others(&dir, &[]).is_empty(), "{:?}", others(&dir, &[]));
+}
+
+#[test]
+fn an_existing_out_is_refused_without_force_and_replaced_with_it() {
+    let dir = scratch("gguf-write-exists");
+    let out = dir.join("out.gguf");
+    std::fs::write(&out, b"not mine").unwrap();
+    let o = run(&[LLAMA, "-o", out.to_str().unwrap(), "--scheme", "q8_0"]);
+    assert_fails_with(&o, "already exists (use --force to replace it)");
+    assert_eq!(std::fs::read(&out).unwrap(), b"not mine");
+    ok(&[
+        LLAMA,
+        "-o",
+        out.to_str().unwrap(),
+        "--scheme",
+        "q8_0",
+        "--force",
+    ]);
+    assert!(GgufFile::open(&out).is_ok());
+    assert_eq!(others(&dir, &["out.gguf"]), Vec::<String>::new());
+    // The output may never be the input.
+    let o = run(&[LLAMA, "-o", LLAMA, "--scheme", "q8_0", "--force"]);
+    assert_fails_with(&o, "would replace the input model");
+}
+
+/// A model whose second quantized tensor holds a NaN: the run fails on it, naming it, after the
+/// first was written, and leaves neither OUT nor a partial file.
+#[test]
+fn a_run_failing_part_way_leaves_nothing() {
+    let dir = scratch("gguf-write-fail");
+    let good: Vec<u8> = (0..64 * 4)
+        .flat_map(|i| (i as f32 / 100.0).to_le_bytes())
+        .collect();
+    let mut bad = good.clone();
+    bad[4 * 70..4 * 71].copy_from_slice(&f32::NAN.to_le_bytes());
+    let f32 = GgmlType::from_name("F32").unwrap();
+    let tensors = [
+        TensorToWrite {
+            name: "blk.0.attn_q.weight",
+            ggml_type: f32,
+            dims: vec![64, 4],
+            data: &good,
+        },
+        TensorToWrite {
+            name: "blk.0.attn_k.weight",
+            ggml_type: f32,
+            dims: vec![64, 4],
+            data: &bad,
+        },
+    ];
+    let model = dir.join("nan.gguf");
+    let mut bytes = Vec::new();
+    let arch = (
+        "general.architecture".to_string(),
+        MetaValue::String("llama".into()),
+    );
+    write_gguf(&mut bytes, &[arch], &tensors).unwrap();
+    std::fs::write(&model, &bytes).unwrap();
+    for pure in [true, false] {
+        let out = dir.join("out.gguf");
+        let mut args = vec![
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--scheme",
+            "q8_0",
+        ];
+        if pure {
+            args.push("--pure");
+        }
+        let o = run(&args);
+        assert_fails_with(&o, "tensor 'blk.0.attn_k.weight' row 1");
+        assert!(!out.exists());
+        assert_eq!(
+            others(&dir, &["nan.gguf"]),
+            Vec::<String>::new(),
+            "pure: {pure}"
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), bytes, "the input changed");
+}
+
+#[test]
+fn a_default_name_is_model_and_scheme() {
+    let dir = scratch("gguf-write-default");
+    std::fs::copy(input(), dir.join("m.gguf")).unwrap();
+    let o = arrowquant(
+        &["quantize", "-q", "m.gguf", "--scheme", "q8_0", "--pure"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("output: m-q8_0.gguf"), "{}", stdout(&o));
+    assert!(GgufFile::open(&dir.join("m-q8_0.gguf")).is_ok());
+}
