@@ -61,7 +61,8 @@ pub fn gguf_type_of(scheme: Scheme) -> Result<GgmlType> {
 pub fn gguf_scheme_names() -> Vec<String> {
     SCHEME_NAMES
         .split(", ")
-        .map(|n| n.trim_matches('\''))
+        // Each item is a quoted name, the last one possibly followed by a remark.
+        .filter_map(|item| item.split('\'').nth(1))
         .filter(|n| Scheme::parse(n).is_ok_and(|s| s.ggml_type().is_some()))
         .map(str::to_string)
         .collect()
