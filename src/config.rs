@@ -14,6 +14,7 @@ use std::io::Read;
 use std::path::Path;
 
 use arrowquant_udfs::kernels::KernelError;
+use arrowquant_udfs::kernels::block_format::Encoder;
 use arrowquant_udfs::kernels::scheme::{GroupSize, QuantSpec, Scheme};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,7 @@ impl Profile {
             bit_width,
             group_size: GroupSize::Fixed(group_size),
             scheme: Scheme::Asym,
+            encoder: Encoder::default(),
             min_cosine,
             sensitive_bit_width: 8,
             fallback: true,
@@ -106,6 +108,11 @@ pub struct QuantConfig {
     /// `asym`, `sym`, `asym_minmax`, `sym_minmax`, or a GGUF scheme (`q4_0`, ...).
     #[serde(serialize_with = "as_text")]
     pub scheme: Scheme,
+    /// How a GGUF scheme's codes are chosen: `search` (ours, the default) or `reference`
+    /// (llama.cpp's rule, bit for bit; legacy formats), written after the scheme as
+    /// `q4_0:reference`.
+    #[serde(serialize_with = "as_text")]
+    pub encoder: Encoder,
     /// Smallest acceptable whole-tensor cosine similarity against the original.
     pub min_cosine: f64,
     /// Code width of sensitive tensors (embeddings, time embeddings, the first and last
@@ -406,7 +413,8 @@ fn expected(key: &str) -> Option<&'static str> {
         "bit_width" | "sensitive_bit_width" => "a bit width (2, 3, 4, 5, 6 or 8)",
         "group_size" => "a group size (16 to 4096) or 'row'",
         "scheme" => {
-            "a scheme name (asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1 or q8_0)"
+            "a scheme name (asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1, q8_0, \
+             q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl or iq4_xs; a GGUF one may end in ':reference')"
         }
         "min_cosine" => "a number in (0, 1]",
         "fallback" | "optimize" | "pure" => "true or false",
@@ -647,7 +655,8 @@ impl QuantConfig {
                     GroupSize::parse(&value.to_string()).map_err(|e| bad(e.to_string()))?;
             }
             "scheme" => {
-                self.scheme = Scheme::parse(&value.to_string()).map_err(|e| bad(e.to_string()))?;
+                (self.scheme, self.encoder) = Scheme::parse_with_encoder(&value.to_string())
+                    .map_err(|e| bad(e.to_string()))?;
             }
             "min_cosine" => {
                 let x = parse_number(value).map_err(bad)?;
@@ -736,6 +745,7 @@ impl QuantConfig {
             Some(self.group_size),
             self.scheme,
         )
+        .and_then(|spec| spec.with_encoder(self.encoder))
         .map_err(|e| match e {
             KernelError::SchemeGroup { scheme, block, .. } => bad(
                 "group_size",
@@ -992,7 +1002,8 @@ mod tests {
             (
                 "scheme: {name: q4_0}\n",
                 "c.yaml: key 'scheme': expected a scheme name (asym, sym, asym_minmax, sym_minmax, \
-                 q4_0, q4_1, q5_0, q5_1 or q8_0), got a mapping"
+                 q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl or iq4_xs; a \
+                 GGUF one may end in ':reference'), got a mapping"
                     .to_string(),
             ),
             (

@@ -2,6 +2,7 @@
 //! Gaussian rows, and properties of the affine schemes.
 
 use arrowquant_udfs::kernels::affine::{self, AffineOutput};
+use arrowquant_udfs::kernels::block_format::Encoder;
 use arrowquant_udfs::kernels::gguf::{self, GgufFormat};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRef, QuantizedRow, Quantizer};
@@ -123,9 +124,15 @@ fn quality_targets_on_gaussian_rows() {
     assert!(cos4 >= 0.995, "int4 g64 cosine {cos4}");
     assert!(cos2 >= 0.93, "int2 g32 cosine {cos2}");
 
-    let (_, mse_q4_0) = mean_row_metrics(&rows, &spec(4, None, Scheme::Q4_0));
+    // Against llama.cpp's own q4_0 and q4_1 (the reference encoder, bit for bit).
+    let reference = |bits, scheme| {
+        spec(bits, None, scheme)
+            .with_encoder(Encoder::Reference)
+            .unwrap()
+    };
+    let (_, mse_q4_0) = mean_row_metrics(&rows, &reference(4, Scheme::Q4_0));
     let (_, mse4_g32) = mean_row_metrics(&rows, &spec(4, Some(32), Scheme::Asym));
-    let (_, mse_q4_1) = mean_row_metrics(&rows, &spec(4, None, Scheme::Q4_1));
+    let (_, mse_q4_1) = mean_row_metrics(&rows, &reference(4, Scheme::Q4_1));
     println!(
         "MSE: int4 g64 {mse4_g64:.6} vs q4_0 {mse_q4_0:.6} ({:+.1} %); int4 g32 {mse4_g32:.6} vs q4_1 {mse_q4_1:.6} ({:+.1} %)",
         100.0 * (mse4_g64 / mse_q4_0 - 1.0),
@@ -615,26 +622,36 @@ fn gguf_block_parameters_beyond_f16_are_an_error() {
     ] {
         let mut x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.3).sin()).collect();
         x[block * 32 + 5] = value;
-        let s = spec(bits, None, scheme);
-        for result in [
-            quantizer.quantize(&x, &s, &mut out),
-            quantizer.quantize_measured(&x, &s, &mut out).map(|_| ()),
-        ] {
-            let err = result.unwrap_err();
-            assert!(
-                matches!(err, KernelError::ScaleOverflow { group, .. } if group == block),
-                "{scheme:?}: {err}"
-            );
+        for encoder in [Encoder::Search, Encoder::Reference] {
+            let s = spec(bits, None, scheme).with_encoder(encoder).unwrap();
+            for result in [
+                quantizer.quantize(&x, &s, &mut out),
+                quantizer.quantize_measured(&x, &s, &mut out).map(|_| ()),
+            ] {
+                let err = result.unwrap_err();
+                assert!(
+                    matches!(err, KernelError::ScaleOverflow { group, .. } if group == block),
+                    "{s}: {err}"
+                );
+            }
         }
     }
     // 65504 · 127 gives q8_0 a scale of exactly 65504: kept, and decoded without infinities.
     let mut x = vec![0.5f32; 32];
     x[0] = 65504.0 * 127.0;
-    let s = spec(8, None, Scheme::Q8_0);
+    let s = spec(8, None, Scheme::Q8_0)
+        .with_encoder(Encoder::Reference)
+        .unwrap();
     quantizer.quantize(&x, &s, &mut out).unwrap();
     let mut back = Vec::new();
     quantizer.dequantize(&out.view(&s, 32), &mut back).unwrap();
     assert_eq!(back[0], x[0]);
+    assert!(back.iter().all(|v| v.is_finite()));
+    // The search keeps it too (its scale may differ by an f16 step).
+    let s = spec(8, None, Scheme::Q8_0);
+    quantizer.quantize(&x, &s, &mut out).unwrap();
+    quantizer.dequantize(&out.view(&s, 32), &mut back).unwrap();
+    assert!((back[0] / x[0] - 1.0).abs() < 1e-5, "{}", back[0]);
     assert!(back.iter().all(|v| v.is_finite()));
 }
 

@@ -28,6 +28,7 @@
 
 use half::f16;
 
+use super::block_format::BlockFormat;
 use super::error::{KernelError, Result};
 use super::gguf::GgufFormat;
 use super::kquants::{KFormat, KVALUES_IQ4NL};
@@ -85,96 +86,68 @@ struct Layout {
     mins: Mins,
 }
 
-/// A block format the search encodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SearchFormat {
-    Legacy(GgufFormat),
-    K(KFormat),
-}
-
-impl SearchFormat {
-    fn layout(self) -> Layout {
-        use Codes::*;
-        let one = |codes, mins| Layout {
-            sub: 32,
-            subs: 1,
-            codes,
-            scales: Scales::Half,
-            mins,
-        };
-        match self {
-            SearchFormat::Legacy(f) => match f {
-                GgufFormat::Q4_0 => one(Linear { lo: -8, hi: 7 }, Mins::None),
-                GgufFormat::Q5_0 => one(Linear { lo: -16, hi: 15 }, Mins::None),
-                GgufFormat::Q8_0 => one(Linear { lo: -128, hi: 127 }, Mins::None),
-                GgufFormat::Q4_1 => one(Linear { lo: 0, hi: 15 }, Mins::Half),
-                GgufFormat::Q5_1 => one(Linear { lo: 0, hi: 31 }, Mins::Half),
+fn layout(format: BlockFormat) -> Layout {
+    use Codes::*;
+    let one = |codes, mins| Layout {
+        sub: 32,
+        subs: 1,
+        codes,
+        scales: Scales::Half,
+        mins,
+    };
+    match format {
+        BlockFormat::Legacy(f) => match f {
+            GgufFormat::Q4_0 => one(Linear { lo: -8, hi: 7 }, Mins::None),
+            GgufFormat::Q5_0 => one(Linear { lo: -16, hi: 15 }, Mins::None),
+            GgufFormat::Q8_0 => one(Linear { lo: -128, hi: 127 }, Mins::None),
+            GgufFormat::Q4_1 => one(Linear { lo: 0, hi: 15 }, Mins::Half),
+            GgufFormat::Q5_1 => one(Linear { lo: 0, hi: 31 }, Mins::Half),
+        },
+        BlockFormat::K(f) => match f {
+            KFormat::Iq4Nl => one(Grid, Mins::None),
+            KFormat::Q2K => Layout {
+                sub: 16,
+                subs: 16,
+                codes: Linear { lo: 0, hi: 3 },
+                scales: Scales::Int { lo: 0, hi: 15 },
+                mins: Mins::Int { hi: 15 },
             },
-            SearchFormat::K(f) => match f {
-                KFormat::Iq4Nl => one(Grid, Mins::None),
-                KFormat::Q2K => Layout {
-                    sub: 16,
-                    subs: 16,
-                    codes: Linear { lo: 0, hi: 3 },
-                    scales: Scales::Int { lo: 0, hi: 15 },
-                    mins: Mins::Int { hi: 15 },
-                },
-                KFormat::Q3K => Layout {
-                    sub: 16,
-                    subs: 16,
-                    codes: Linear { lo: -4, hi: 3 },
-                    scales: Scales::Int { lo: -32, hi: 31 },
-                    mins: Mins::None,
-                },
-                KFormat::Q4K => Layout {
-                    sub: 32,
-                    subs: 8,
-                    codes: Linear { lo: 0, hi: 15 },
-                    scales: Scales::Int { lo: 0, hi: 63 },
-                    mins: Mins::Int { hi: 63 },
-                },
-                KFormat::Q5K => Layout {
-                    sub: 32,
-                    subs: 8,
-                    codes: Linear { lo: 0, hi: 31 },
-                    scales: Scales::Int { lo: 0, hi: 63 },
-                    mins: Mins::Int { hi: 63 },
-                },
-                KFormat::Q6K => Layout {
-                    sub: 16,
-                    subs: 16,
-                    codes: Linear { lo: -32, hi: 31 },
-                    scales: Scales::Int { lo: -128, hi: 127 },
-                    mins: Mins::None,
-                },
-                KFormat::Iq4Xs => Layout {
-                    sub: 32,
-                    subs: 8,
-                    codes: Grid,
-                    scales: Scales::Int { lo: -32, hi: 31 },
-                    mins: Mins::None,
-                },
+            KFormat::Q3K => Layout {
+                sub: 16,
+                subs: 16,
+                codes: Linear { lo: -4, hi: 3 },
+                scales: Scales::Int { lo: -32, hi: 31 },
+                mins: Mins::None,
             },
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SearchFormat::Legacy(f) => f.name(),
-            SearchFormat::K(f) => f.name(),
-        }
-    }
-
-    pub fn block_values(self) -> usize {
-        let l = self.layout();
-        l.sub * l.subs
-    }
-
-    pub fn block_bytes(self) -> usize {
-        match self {
-            SearchFormat::Legacy(f) => f.block_bytes(),
-            SearchFormat::K(f) => f.block_bytes(),
-        }
+            KFormat::Q4K => Layout {
+                sub: 32,
+                subs: 8,
+                codes: Linear { lo: 0, hi: 15 },
+                scales: Scales::Int { lo: 0, hi: 63 },
+                mins: Mins::Int { hi: 63 },
+            },
+            KFormat::Q5K => Layout {
+                sub: 32,
+                subs: 8,
+                codes: Linear { lo: 0, hi: 31 },
+                scales: Scales::Int { lo: 0, hi: 63 },
+                mins: Mins::Int { hi: 63 },
+            },
+            KFormat::Q6K => Layout {
+                sub: 16,
+                subs: 16,
+                codes: Linear { lo: -32, hi: 31 },
+                scales: Scales::Int { lo: -128, hi: 127 },
+                mins: Mins::None,
+            },
+            KFormat::Iq4Xs => Layout {
+                sub: 32,
+                subs: 8,
+                codes: Grid,
+                scales: Scales::Int { lo: -32, hi: 31 },
+                mins: Mins::None,
+            },
+        },
     }
 }
 
@@ -203,7 +176,7 @@ impl Default for Block {
 }
 
 /// Reusable state of the search, so a loop over rows allocates nothing once warm.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct BlockSearch {
     weights: Vec<f32>,
 }
@@ -213,13 +186,13 @@ impl BlockSearch {
     /// `importance`, when given, has one non-negative weight per value of the row.
     pub fn quantize_row(
         &mut self,
-        format: SearchFormat,
+        format: BlockFormat,
         row: &[f32],
         importance: Option<&[f32]>,
         weighting: Weighting,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let layout = format.layout();
+        let layout = layout(format);
         let block_len = format.block_values();
         if !row.len().is_multiple_of(block_len) {
             return Err(KernelError::NotBlockMultiple {
@@ -248,13 +221,9 @@ impl BlockSearch {
                 weighting,
                 w,
             );
-            encode_block(&layout, x, w, &mut block);
-            if let Some(value) = [block.d, block.dmin].into_iter().find(|v| !v.is_finite()) {
+            if let Err(value) = encode_block(&layout, x, w, &mut block) {
                 out.truncate(start);
-                return Err(KernelError::ScaleOverflow {
-                    group: b,
-                    value: value.to_f32(),
-                });
+                return Err(KernelError::ScaleOverflow { group: b, value });
             }
             let dst = &mut out[start + b * format.block_bytes()..][..format.block_bytes()];
             pack(format, &block, dst);
@@ -569,7 +538,10 @@ fn fit_steps(v: &[f32], weight: &[f32], lo: i32, hi: i32, k: &mut [i32]) -> f32 
     d
 }
 
-fn encode_block(layout: &Layout, x: &[f32], w: &[f32], block: &mut Block) {
+/// Encodes one block; `Err` carries a scale or minimum the block needs that f16 cannot hold
+/// (beyond ±65504), as llama.cpp's reference would need it too: the block is refused rather
+/// than stored with its values clipped.
+fn encode_block(layout: &Layout, x: &[f32], w: &[f32], block: &mut Block) -> Result<(), f32> {
     let (sub, subs) = (layout.sub, layout.subs);
     let mut fits = [const {
         SubFit {
@@ -589,9 +561,27 @@ fn encode_block(layout: &Layout, x: &[f32], w: &[f32], block: &mut Block) {
     }
 }
 
+/// `Err(v)` for the first of `values` beyond f16's range.
+fn within_f16(values: &[f32]) -> Result<(), f32> {
+    match values
+        .iter()
+        .find(|v| v.is_nan() || v.abs() > f16::MAX.to_f32())
+    {
+        Some(&v) => Err(v),
+        None => Ok(()),
+    }
+}
+
 /// A block that is one sub-block (the legacy formats, iq4_nl): `d` (and `m`) are f16 of their
 /// own; Lloyd steps with the rounded values.
-fn encode_single(layout: &Layout, x: &[f32], w: &[f32], fit: &SubFit, block: &mut Block) {
+fn encode_single(
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    fit: &SubFit,
+    block: &mut Block,
+) -> Result<(), f32> {
+    within_f16(&[fit.s, fit.o])?;
     let codes = layout.codes;
     let offset = matches!(layout.mins, Mins::Half);
     let q = &mut block.q[..x.len()];
@@ -609,6 +599,9 @@ fn encode_single(layout: &Layout, x: &[f32], w: &[f32], fit: &SubFit, block: &mu
             (sums.scale_only().0, 0.0)
         };
         let (d2, m2) = (f16::from_f32(s), f16::from_f32(o));
+        if !(d2.is_finite() && m2.is_finite()) {
+            break;
+        }
         let t = &mut trial[..x.len()];
         code_with(codes, x, w, d2.to_f32(), m2.to_f32(), t);
         let e = error_of(codes, x, w, d2.to_f32(), m2.to_f32(), t);
@@ -623,6 +616,7 @@ fn encode_single(layout: &Layout, x: &[f32], w: &[f32], fit: &SubFit, block: &mu
     }
     block.d = d;
     block.dmin = if offset { m } else { f16::ZERO };
+    Ok(())
 }
 
 /// A super-block: integer sub-scales (and minima) under f16 `d` (and `dmin`).
@@ -634,7 +628,7 @@ fn encode_super(
     lo: i32,
     hi: i32,
     block: &mut Block,
-) {
+) -> Result<(), f32> {
     let subs = layout.subs;
     let min_hi = match layout.mins {
         Mins::Int { hi } => Some(hi),
@@ -655,6 +649,7 @@ fn encode_super(
         }
         dmin = fit_steps(&v[..subs], &vw[..subs], 0, mhi, &mut block.m[..subs]);
     }
+    within_f16(&[d, dmin])?;
     // Stored as f16: the integers re-rounded for the rounded steps.
     let d16 = f16::from_f32(d);
     let dmin16 = f16::from_f32(dmin);
@@ -713,6 +708,7 @@ fn encode_super(
         block.d = d16;
         block.dmin = dmin16;
     }
+    Ok(())
 }
 
 fn rescale(
@@ -848,7 +844,7 @@ fn refit_super(layout: &Layout, x: &[f32], w: &[f32], block: &Block) -> (f32, f3
 }
 
 /// Writes `block` in `format`'s bytes (the layouts the decoders document).
-fn pack(format: SearchFormat, b: &Block, dst: &mut [u8]) {
+fn pack(format: BlockFormat, b: &Block, dst: &mut [u8]) {
     let d = b.d.to_le_bytes();
     let dmin = b.dmin.to_le_bytes();
     // Nibbles of a 32-value run: value l in the low nibble of byte l, value l + 16 in the high.
@@ -865,7 +861,7 @@ fn pack(format: SearchFormat, b: &Block, dst: &mut [u8]) {
         h.to_le_bytes()
     };
     match format {
-        SearchFormat::Legacy(f) => match f {
+        BlockFormat::Legacy(f) => match f {
             GgufFormat::Q4_0 => {
                 dst[..2].copy_from_slice(&d);
                 nibbles(&b.q, 8, &mut dst[2..18]);
@@ -893,7 +889,7 @@ fn pack(format: SearchFormat, b: &Block, dst: &mut [u8]) {
                 }
             }
         },
-        SearchFormat::K(f) => match f {
+        BlockFormat::K(f) => match f {
             KFormat::Iq4Nl => {
                 dst[..2].copy_from_slice(&d);
                 nibbles(&b.q, 0, &mut dst[2..18]);
@@ -1027,26 +1023,26 @@ mod tests {
     use super::*;
     use crate::kernels::{gguf, kquants};
 
-    const ALL: [SearchFormat; 12] = [
-        SearchFormat::Legacy(GgufFormat::Q4_0),
-        SearchFormat::Legacy(GgufFormat::Q4_1),
-        SearchFormat::Legacy(GgufFormat::Q5_0),
-        SearchFormat::Legacy(GgufFormat::Q5_1),
-        SearchFormat::Legacy(GgufFormat::Q8_0),
-        SearchFormat::K(KFormat::Q2K),
-        SearchFormat::K(KFormat::Q3K),
-        SearchFormat::K(KFormat::Q4K),
-        SearchFormat::K(KFormat::Q5K),
-        SearchFormat::K(KFormat::Q6K),
-        SearchFormat::K(KFormat::Iq4Nl),
-        SearchFormat::K(KFormat::Iq4Xs),
+    const ALL: [BlockFormat; 12] = [
+        BlockFormat::Legacy(GgufFormat::Q4_0),
+        BlockFormat::Legacy(GgufFormat::Q4_1),
+        BlockFormat::Legacy(GgufFormat::Q5_0),
+        BlockFormat::Legacy(GgufFormat::Q5_1),
+        BlockFormat::Legacy(GgufFormat::Q8_0),
+        BlockFormat::K(KFormat::Q2K),
+        BlockFormat::K(KFormat::Q3K),
+        BlockFormat::K(KFormat::Q4K),
+        BlockFormat::K(KFormat::Q5K),
+        BlockFormat::K(KFormat::Q6K),
+        BlockFormat::K(KFormat::Iq4Nl),
+        BlockFormat::K(KFormat::Iq4Xs),
     ];
 
-    fn decode(format: SearchFormat, bytes: &[u8], len: usize) -> Vec<f32> {
+    fn decode(format: BlockFormat, bytes: &[u8], len: usize) -> Vec<f32> {
         let mut out = Vec::new();
         match format {
-            SearchFormat::Legacy(f) => gguf::dequantize_row(f, bytes, len, &mut out).unwrap(),
-            SearchFormat::K(f) => kquants::dequantize_row(f, bytes, len, &mut out).unwrap(),
+            BlockFormat::Legacy(f) => gguf::dequantize_row(f, bytes, len, &mut out).unwrap(),
+            BlockFormat::K(f) => kquants::dequantize_row(f, bytes, len, &mut out).unwrap(),
         }
         out
     }
@@ -1074,7 +1070,7 @@ mod tests {
     fn packed_blocks_decode_to_their_fields() {
         let mut rng = Rng(0x9e3779b97f4a7c15);
         for format in ALL {
-            let layout = format.layout();
+            let layout = layout(format);
             for _ in 0..50 {
                 let mut b = Block {
                     d: f16::from_f32(rng.gaussian() * 0.01),
@@ -1135,7 +1131,7 @@ mod tests {
             / x.len() as f64
     }
 
-    fn search_mse(format: SearchFormat, x: &[f32], weighting: Weighting) -> f64 {
+    fn search_mse(format: BlockFormat, x: &[f32], weighting: Weighting) -> f64 {
         let mut out = Vec::new();
         BlockSearch::default()
             .quantize_row(format, x, None, weighting, &mut out)
@@ -1162,15 +1158,15 @@ mod tests {
         ] {
             let mut reference = Vec::new();
             gguf::quantize_row(f, &x, &mut reference).unwrap();
-            let reference = mse(&x, &decode(SearchFormat::Legacy(f), &reference, x.len()));
-            let ours = search_mse(SearchFormat::Legacy(f), &x, Weighting::Uniform);
+            let reference = mse(&x, &decode(BlockFormat::Legacy(f), &reference, x.len()));
+            let ours = search_mse(BlockFormat::Legacy(f), &x, Weighting::Uniform);
             assert!(
                 ours < reference * 0.95,
                 "{}: {ours} vs reference {reference}",
                 f.name()
             );
         }
-        let k = |f| search_mse(SearchFormat::K(f), &x, Weighting::Uniform);
+        let k = |f| search_mse(BlockFormat::K(f), &x, Weighting::Uniform);
         let ranked = [
             k(KFormat::Q2K),
             k(KFormat::Q3K),
@@ -1193,7 +1189,7 @@ mod tests {
     fn refuses_partial_blocks_and_mismatched_importance() {
         let mut s = BlockSearch::default();
         let mut out = vec![7u8];
-        let f = SearchFormat::K(KFormat::Q4K);
+        let f = BlockFormat::K(KFormat::Q4K);
         assert!(matches!(
             s.quantize_row(f, &[0.0; 100], None, Weighting::Uniform, &mut out),
             Err(KernelError::NotBlockMultiple {
@@ -1236,7 +1232,7 @@ mod tests {
         let mut out = Vec::new();
         let err = s
             .quantize_row(
-                SearchFormat::K(KFormat::Q6K),
+                BlockFormat::K(KFormat::Q6K),
                 &x,
                 None,
                 Weighting::Uniform,

@@ -39,6 +39,28 @@ pub enum KernelError {
         group_size: usize,
     },
 
+    #[error(
+        "scheme {scheme} has no '{encoder}' encoder here: llama.cpp's reference k-quant \
+         encoders are not implemented (gguf-py has none to hold them to); '{scheme}' alone \
+         uses ours, the search"
+    )]
+    NoEncoder {
+        scheme: &'static str,
+        encoder: &'static str,
+    },
+
+    #[error("unknown encoder '{text}' in scheme '{scheme}': expected 'search' or 'reference'")]
+    UnknownEncoder { scheme: String, text: String },
+
+    #[error(
+        "scheme {scheme} has one encoder: ':{encoder}' applies to the GGUF block formats (the \
+         plain min/max form of the affine schemes is asym_minmax or sym_minmax)"
+    )]
+    EncoderNotApplicable {
+        scheme: &'static str,
+        encoder: &'static str,
+    },
+
     #[error("row length {len} is not a multiple of the {scheme} block size {block}")]
     NotBlockMultiple {
         scheme: &'static str,

@@ -4,8 +4,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::affine::{self, AffineOutput};
+use super::block_format::BlockEncoder;
 use super::error::{KernelError, PACKED_BITS, Result, check_finite};
-use super::gguf;
 use super::metrics::{self, PairSums};
 use super::packing;
 use super::scheme::{QuantSpec, SUPPORTED_BITS, Scheme};
@@ -110,6 +110,7 @@ const PIECE: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Quantizer {
     affine: AffineOutput,
+    blocks: BlockEncoder,
     unpacked: Vec<u8>,
     values: Vec<f32>,
 }
@@ -121,8 +122,9 @@ impl Quantizer {
         if let Some(format) = spec.scheme.gguf() {
             // (The affine kernels refuse non-finite values in their first pass.)
             check_finite(x)?;
-            gguf::quantize_row(format, x, &mut out.codes)?;
-            out.group_size = gguf::BLOCK as u32;
+            self.blocks
+                .quantize_row(format, spec.encoder, x, &mut out.codes)?;
+            out.group_size = format.block_values() as u32;
             return Ok(());
         }
         let group = spec.group.for_row(x.len());
@@ -140,7 +142,7 @@ impl Quantizer {
         let len = q.len as usize;
         check_stored(q)?;
         if let Some(format) = q.scheme.gguf() {
-            return gguf::dequantize_row(format, q.codes, len, out);
+            return format.dequantize_row(q.codes, len, out);
         }
         packing::unpack(q.codes, q.bits, len, &mut self.unpacked)?;
         affine::dequantize_row(
@@ -171,9 +173,9 @@ impl Quantizer {
         for (piece, xs) in x.chunks(PIECE).enumerate() {
             let start = piece * PIECE;
             if let Some(format) = q.scheme.gguf() {
-                let from = start / gguf::BLOCK * format.block_bytes();
+                let from = start / format.block_values() * format.block_bytes();
                 let to = from + format.row_bytes(xs.len())?;
-                gguf::dequantize_row(format, &q.codes[from..to], xs.len(), &mut self.values)?;
+                format.dequantize_row(&q.codes[from..to], xs.len(), &mut self.values)?;
             } else {
                 let from = start * usize::from(q.bits) / 8;
                 let to = from + packing::packed_len(xs.len(), q.bits);
@@ -208,14 +210,17 @@ impl Quantizer {
         let mut sums = PairSums::default();
         if let Some(format) = spec.scheme.gguf() {
             out.codes.reserve(format.row_bytes(x.len())?);
-            out.group_size = gguf::BLOCK as u32;
+            let block = format.block_values();
+            out.group_size = block as u32;
             for (piece, xs) in x.chunks(PIECE).enumerate() {
                 let start = piece * PIECE;
-                let shift = |e| shift_error(e, start, start / gguf::BLOCK);
+                let shift = |e| shift_error(e, start, start / block);
                 check_finite(xs).map_err(shift)?;
                 let from = out.codes.len();
-                gguf::quantize_row(format, xs, &mut out.codes).map_err(shift)?;
-                gguf::dequantize_row(format, &out.codes[from..], xs.len(), &mut self.values)?;
+                self.blocks
+                    .quantize_row(format, spec.encoder, xs, &mut out.codes)
+                    .map_err(shift)?;
+                format.dequantize_row(&out.codes[from..], xs.len(), &mut self.values)?;
                 sums.accumulate(xs, &self.values).map_err(shift)?;
             }
             return Ok(sums);
@@ -344,21 +349,20 @@ pub fn check_stored(q: &QuantizedRef<'_>) -> Result<()> {
     let len = q.len as usize;
     let corrupt = |message: String| Err(KernelError::Corrupt(message));
     if let Some(format) = q.scheme.gguf() {
-        if q.bits != format.bits() || q.group_size as usize != gguf::BLOCK {
+        let block = format.block_values();
+        if q.bits != format.bits() || q.group_size as usize != block {
             return corrupt(format!(
-                "{} stores {}-bit codes in groups of {}, but the value says bits = {}, group_size = {}",
+                "{} stores {}-bit codes in groups of {block}, but the value says bits = {}, group_size = {}",
                 format.name(),
                 format.bits(),
-                gguf::BLOCK,
                 q.bits,
                 q.group_size
             ));
         }
-        if !len.is_multiple_of(gguf::BLOCK) {
+        if !len.is_multiple_of(block) {
             return corrupt(format!(
-                "len = {len} is not a whole number of {} blocks of {}",
+                "len = {len} is not a whole number of {} blocks of {block}",
                 format.name(),
-                gguf::BLOCK
             ));
         }
         let expected = format.row_bytes(len)?;
@@ -377,7 +381,7 @@ pub fn check_stored(q: &QuantizedRef<'_>) -> Result<()> {
                 q.offsets.len()
             ));
         }
-        if let Some((block, value)) = gguf::non_finite_param(format, q.codes) {
+        if let Some((block, value)) = format.non_finite_param(q.codes) {
             return corrupt(format!(
                 "block {block} has a non-finite scale or minimum: {value}"
             ));

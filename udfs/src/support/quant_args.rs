@@ -69,7 +69,9 @@ fn str_literal(value: &ScalarValue) -> Option<&str> {
 /// Refuses bad literal arguments while planning, naming the argument.
 pub fn validate_literals(function: &str, scalars: &[Option<&ScalarValue>]) -> Result<()> {
     let scheme = match literal(scalars, 3).and_then(str_literal) {
-        Some(name) => Some(Scheme::parse(name).map_err(|e| arg_error(function, "scheme", &e))?),
+        Some(name) => {
+            Some(Scheme::parse_with_encoder(name).map_err(|e| arg_error(function, "scheme", &e))?)
+        }
         None => None,
     };
     let group = match literal(scalars, 2).and_then(group_of_literal) {
@@ -77,14 +79,15 @@ pub fn validate_literals(function: &str, scalars: &[Option<&ScalarValue>]) -> Re
         None => None,
     };
     if let Some(bits) = literal(scalars, 1).and_then(int_literal) {
-        QuantSpec::new(bits, group, scheme.unwrap_or(Scheme::Asym)).map_err(|e| {
+        let (scheme, _) = scheme.unwrap_or((Scheme::Asym, Default::default()));
+        QuantSpec::new(bits, group, scheme).map_err(|e| {
             let argument = match e {
                 KernelError::SchemeGroup { .. } => "group_size",
                 _ => "bits",
             };
             arg_error(function, argument, &e)
         })?;
-    } else if let (Some(scheme), Some(group)) = (scheme, group)
+    } else if let (Some((scheme, _)), Some(group)) = (scheme, group)
         && let Some(format) = scheme.gguf()
     {
         QuantSpec::new(i64::from(format.bits()), Some(group), scheme)
@@ -192,13 +195,15 @@ impl SpecArgs {
                 None => return Ok(None),
             },
         };
-        let scheme = match &self.scheme {
-            None => Scheme::Asym,
+        let (scheme, encoder) = match &self.scheme {
+            None => (Scheme::Asym, Default::default()),
             Some(s) => match s.get(row) {
-                Some(name) => Scheme::parse(name)?,
+                Some(name) => Scheme::parse_with_encoder(name)?,
                 None => return Ok(None),
             },
         };
-        QuantSpec::new(bits, group, scheme).map(Some)
+        QuantSpec::new(bits, group, scheme)?
+            .with_encoder(encoder)
+            .map(Some)
     }
 }
