@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use arrowquant::cli::{self, dequantize, inspect, quantize, sql};
+use arrowquant::cli::{self, dequantize, export, inspect, quantize, sql};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -24,6 +24,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Rebuild a quantized model as a safetensors file.
     Dequantize(dequantize::DequantizeArgs),
+    /// Write a quantized output directory (GGUF schemes) as one GGUF file.
+    Export(export::ExportArgs),
     /// A SQL shell with every ArrowQuant function registered.
     Sql(sql::SqlArgs),
     /// Print the function catalogue as a Markdown table.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Quantize(args) => interruptible(quantize::run(*args)).await,
             Command::Dequantize(args) => interruptible(dequantize::run(args)).await,
+            Command::Export(args) => interruptible(export::run(args)).await,
             Command::Inspect(args) => Ok(inspect::run(args).await),
             // The shell handles Ctrl-C itself (it cancels the running query).
             Command::Sql(args) => Ok(sql::run(args).await),

@@ -1,6 +1,7 @@
 //! The `arrowquant` subcommands.
 
 pub mod dequantize;
+pub mod export;
 pub mod inspect;
 pub mod quantize;
 pub mod sql;

@@ -146,11 +146,7 @@ impl Source {
                 .iter()
                 .map(|t| {
                     let dtype = dtype_name(t.meta.dtype);
-                    // A scalar is one value: a 1-D tensor of one.
-                    let mut dims: Vec<u64> = t.meta.shape.iter().rev().map(|&d| d as u64).collect();
-                    if dims.is_empty() {
-                        dims.push(1);
-                    }
+                    let dims = row_major_dims(&t.meta.shape);
                     InputTensor {
                         name: t.layer.clone(),
                         shape: t.meta.shape.clone(),
@@ -182,24 +178,34 @@ pub fn is_gguf_path(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// ggml's `ne` (innermost first) of a row-major shape; a scalar is one value, a 1-D tensor of
+/// one.
+pub(super) fn row_major_dims(shape: &[usize]) -> Vec<u64> {
+    let mut dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+    if dims.is_empty() {
+        dims.push(1);
+    }
+    dims
+}
+
 /// One tensor of the input.
 #[derive(Debug, Clone)]
-struct InputTensor {
-    name: String,
+pub(super) struct InputTensor {
+    pub(super) name: String,
     /// Row-major, outermost first: the rows of the weights table.
-    shape: Vec<usize>,
+    pub(super) shape: Vec<usize>,
     /// ggml's `ne`, innermost first: what the output's header says.
-    dims: Vec<u64>,
+    pub(super) dims: Vec<u64>,
     /// The type name in the table's `dtype` column.
-    dtype: String,
+    pub(super) dtype: String,
     /// The GGUF type that holds its bytes as they are; `None` for a dtype GGUF has no type for.
-    stored: Option<GgmlType>,
+    pub(super) stored: Option<GgmlType>,
     /// Its values read as floats (the table's `weights`).
-    float: bool,
+    pub(super) float: bool,
     /// Already in a block type.
-    block: bool,
-    from_checkpoint: bool,
-    bytes: u64,
+    pub(super) block: bool,
+    pub(super) from_checkpoint: bool,
+    pub(super) bytes: u64,
 }
 
 /// How a tensor's bytes are made.
@@ -749,7 +755,7 @@ fn collect_sums(
 
 /// A tensor's bytes assembled from rows arriving in any order: each row at the offset its row
 /// number gives, each exactly once, each of the length its values take in the output type.
-struct RowPlacer<'a> {
+pub(super) struct RowPlacer<'a> {
     tensor: &'a InputTensor,
     ty: GgmlType,
     bytes: Vec<u8>,
@@ -759,7 +765,7 @@ struct RowPlacer<'a> {
 }
 
 impl<'a> RowPlacer<'a> {
-    fn new(tensor: &'a InputTensor, ty: GgmlType) -> Result<Self> {
+    pub(super) fn new(tensor: &'a InputTensor, ty: GgmlType) -> Result<Self> {
         let (rows, per_row) = row_layout(&tensor.shape);
         let elements: usize = tensor.shape.iter().product();
         let size = ty.bytes_of(elements as u64).ok_or_else(|| {
@@ -788,7 +794,7 @@ impl<'a> RowPlacer<'a> {
         })
     }
 
-    fn put(&mut self, row: i64, data: &[u8]) -> Result<()> {
+    pub(super) fn put(&mut self, row: i64, data: &[u8]) -> Result<()> {
         let name = &self.tensor.name;
         let r = usize::try_from(row)
             .ok()
@@ -821,7 +827,7 @@ impl<'a> RowPlacer<'a> {
         }
     }
 
-    fn finish(self) -> Result<Vec<u8>> {
+    pub(super) fn finish(self) -> Result<Vec<u8>> {
         if let Some(r) = self.seen.iter().position(|s| !s) {
             return Err(exec_datafusion_err!(
                 "tensor '{}': row {r} was never read",

@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod batch;
 pub mod gguf_checkpoint;
+pub mod gguf_export;
 pub mod gguf_metadata;
 pub mod gguf_output;
 pub mod gguf_select;
