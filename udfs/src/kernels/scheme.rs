@@ -154,11 +154,13 @@ impl Scheme {
     }
 
     /// The format llama.cpp stores a tensor in when its rows are not a whole number of this
-    /// format's blocks (`llama-quantize`'s fallback for incompatible shapes): the k-quants and
-    /// iq4_xs have a 32-value format of about the same size; the others none.
+    /// format's blocks (`llama-quantize`'s `tensor_type_fallback`, as in llama-cpp-python
+    /// 0.3.36's llama.cpp): the k-quants and iq4_xs have a 32-value format of about the same
+    /// size; the others none.
     pub fn shape_fallback(self) -> Option<Scheme> {
         match self {
-            Scheme::Q2K | Scheme::Q3K | Scheme::Iq4Xs => Some(Scheme::Iq4Nl),
+            Scheme::Q2K | Scheme::Q3K => Some(Scheme::Q4_0),
+            Scheme::Iq4Xs => Some(Scheme::Iq4Nl),
             Scheme::Q4K => Some(Scheme::Q5_0),
             Scheme::Q5K => Some(Scheme::Q5_1),
             Scheme::Q6K => Some(Scheme::Q8_0),
@@ -551,8 +553,8 @@ mod tests {
     #[test]
     fn rows_super_blocks_do_not_divide_take_llama_cpp_fallbacks() {
         let cases = [
-            (Scheme::Q2K, 2, Some(Scheme::Iq4Nl)),
-            (Scheme::Q3K, 3, Some(Scheme::Iq4Nl)),
+            (Scheme::Q2K, 2, Some(Scheme::Q4_0)),
+            (Scheme::Q3K, 3, Some(Scheme::Q4_0)),
             (Scheme::Q4K, 4, Some(Scheme::Q5_0)),
             (Scheme::Q5K, 5, Some(Scheme::Q5_1)),
             (Scheme::Q6K, 6, Some(Scheme::Q8_0)),
