@@ -10,6 +10,7 @@
 use std::hint::black_box;
 
 use arrowquant_udfs::kernels::affine::{self, AffineOutput};
+use arrowquant_udfs::kernels::block_format::Encoder;
 use arrowquant_udfs::kernels::kquants::{self, KFormat};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
@@ -77,15 +78,28 @@ fn benches(c: &mut Criterion) {
         b.iter(|| copy.copy_from_slice(black_box(&x)))
     });
 
+    // llama.cpp's rule bit for bit (`:reference`), and our search, the default, for every
+    // block format.
+    let reference = |bits, scheme| {
+        QuantSpec::new(bits, None, scheme)
+            .unwrap()
+            .with_encoder(Encoder::Reference)
+            .unwrap()
+    };
+    let search = |bits, scheme| QuantSpec::new(bits, None, scheme).unwrap();
     let specs = [
-        (
-            "quantize/q4_0",
-            QuantSpec::new(4, None, Scheme::Q4_0).unwrap(),
-        ),
-        (
-            "quantize/q8_0",
-            QuantSpec::new(8, None, Scheme::Q8_0).unwrap(),
-        ),
+        ("quantize/q4_0_reference", reference(4, Scheme::Q4_0)),
+        ("quantize/q8_0_reference", reference(8, Scheme::Q8_0)),
+        ("quantize/q4_0", search(4, Scheme::Q4_0)),
+        ("quantize/q5_0", search(5, Scheme::Q5_0)),
+        ("quantize/q8_0", search(8, Scheme::Q8_0)),
+        ("quantize/q2_K", search(2, Scheme::Q2K)),
+        ("quantize/q3_K", search(3, Scheme::Q3K)),
+        ("quantize/q4_K", search(4, Scheme::Q4K)),
+        ("quantize/q5_K", search(5, Scheme::Q5K)),
+        ("quantize/q6_K", search(6, Scheme::Q6K)),
+        ("quantize/iq4_nl", search(4, Scheme::Iq4Nl)),
+        ("quantize/iq4_xs", search(4, Scheme::Iq4Xs)),
         (
             "quantize/int4_g64_minmax",
             QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::AsymMinMax).unwrap(),
