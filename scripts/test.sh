@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting and lints (Rust and Python), the Rust test suite (unit,
 # property, kernel quality, sqllogictest, CLI and pipeline), then the Python package built in the
-# dev profile into .venv and its pytest suite. Usage: scripts/test.sh
+# dev profile into .venv and its pytest suite, and the llama.cpp runtime check
+# (scripts/llama_check.sh: builds llama-cpp-python into .venv-llama on first use). Usage:
+# scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,9 @@ scripts/build-python.sh
 .venv/bin/ruff check python/ examples/ scripts/ benches/
 .venv/bin/ruff format --check python/ examples/ scripts/ benches/
 .venv/bin/python -m pytest -q python/tests 2>&1 | tee -a "$log"
+
+echo "== llama.cpp: ArrowQuant's GGUF files of a real checkpoint load, run, and beat llama.cpp's own"
+scripts/llama_check.sh
 
 # One closing line for the whole suite, summed over every test binary and pytest.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

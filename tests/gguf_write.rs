@@ -383,3 +383,68 @@ fn a_default_name_is_model_and_scheme() {
     assert!(stdout(&o).contains("output: m-q8_0.gguf"), "{}", stdout(&o));
     assert!(GgufFile::open(&dir.join("m-q8_0.gguf")).is_ok());
 }
+
+/// A safetensors checkpoint (the bundled diffusers UNet) to GGUF: tensors under their checkpoint
+/// names and shapes, the ones llama.cpp would quantize in the scheme's type where their
+/// innermost dimension takes its blocks, the rest kept (the 3×3 convolutions, whose GGUF rows
+/// are 3 values), and every value read back equal to the input's within the type's error.
+#[test]
+fn a_safetensors_checkpoint_is_written_as_gguf_under_its_names() {
+    let dir = scratch("gguf-write-checkpoint");
+    let out = dir.join("unet.gguf");
+    ok(&[
+        "examples/models/tiny-unet",
+        "-o",
+        out.to_str().unwrap(),
+        "--scheme",
+        "q8_0",
+        "--pure",
+    ]);
+    let file = GgufFile::open(&out).unwrap();
+    let types = |name: &str| {
+        file.tensors()
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .ggml_type
+            .name
+    };
+    assert_eq!(types("time_embedding.linear_1.weight"), "Q8_0");
+    assert_eq!(types("conv_in.bias"), "F32");
+    assert_ne!(types("conv_in.weight"), "Q8_0");
+    assert_eq!(text(&file, "quantize.scheme"), "q8_0");
+    assert_eq!(value(&file, "general.file_type"), Some(Value::UInt(7)));
+    // Every tensor of the checkpoint is there with its element count, and the quantized
+    // ones (2-D, rows alike in both files) read back within q8_0's error.
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM gguf_info('{out}')) AS tensors,
+                (SELECT count(*) FROM gguf_info('{out}') g JOIN safetensors_info('{src}') s
+                   ON g.layer = s.layer AND g.elements = s.elements) AS same_sizes,
+                (SELECT min(c) FROM (SELECT tensor_cosine(g.weights, s.weights) AS c
+                   FROM read_gguf('{out}') g JOIN read_safetensors('{src}') s
+                   ON g.layer = s.layer AND g.row = s.row
+                   WHERE g.dtype = 'Q8_0' GROUP BY g.layer)) AS min_cosine",
+        out = out.display(),
+        src = root().join("examples/models/tiny-unet").display(),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let batches = runtime.block_on(async {
+        let ctx = arrowquant::session::context();
+        ctx.sql(&sql).await.unwrap().collect().await.unwrap()
+    });
+    let int = |c: &str| {
+        batches[0]
+            .column_by_name(c)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
+    assert_eq!(int("tensors"), 212);
+    assert_eq!(int("same_sizes"), 212);
+    let cosine = batches[0]
+        .column_by_name("min_cosine")
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .value(0);
+    assert!(cosine > 0.9999, "{cosine}");
+}

@@ -137,8 +137,7 @@ def corpus() -> list[str]:
     words = [w for w in vocab if w.isalpha() and w.isascii() and len(w) > 1]
     rng = np.random.default_rng(GENERATED_SEED)
     generated = [
-        " ".join(rng.choice(words, size=int(rng.integers(6, 25))))
-        for _ in range(GENERATED_INPUTS)
+        " ".join(rng.choice(words, size=int(rng.integers(6, 25)))) for _ in range(GENERATED_INPUTS)
     ]
     return SENTENCES + generated
 

@@ -36,7 +36,7 @@ import numpy as np
 from gguf.quants import dequantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SENTENCES, corpus, embed, output_distance
+from common import corpus, embed, output_distance
 
 
 def _f32_tensors(path: Path) -> dict[str, np.ndarray]:
