@@ -109,8 +109,8 @@ pub struct QuantConfig {
     #[serde(serialize_with = "as_text")]
     pub scheme: Scheme,
     /// How a GGUF scheme's codes are chosen: `search` (ours, the default) or `reference`
-    /// (llama.cpp's rule, bit for bit; legacy formats), written after the scheme as
-    /// `q4_0:reference`.
+    /// (llama.cpp's rule, bit for bit; legacy formats). Also written after the scheme, as
+    /// `q4_0:reference`; whichever is set later wins.
     #[serde(serialize_with = "as_text")]
     pub encoder: Encoder,
     /// Smallest acceptable whole-tensor cosine similarity against the original.
@@ -178,11 +178,12 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "profile",
     "bit_width",
     "group_size",
     "scheme",
+    "encoder",
     "min_cosine",
     "sensitive_bit_width",
     "fallback",
@@ -416,6 +417,7 @@ fn expected(key: &str) -> Option<&'static str> {
             "a scheme name (asym, sym, asym_minmax, sym_minmax, q4_0, q4_1, q5_0, q5_1, q8_0, \
              q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl or iq4_xs; a GGUF one may end in ':reference')"
         }
+        "encoder" => "an encoder name (search or reference)",
         "min_cosine" => "a number in (0, 1]",
         "fallback" | "optimize" | "pure" => "true or false",
         "format" => "parquet or gguf",
@@ -657,6 +659,14 @@ impl QuantConfig {
             "scheme" => {
                 (self.scheme, self.encoder) = Scheme::parse_with_encoder(&value.to_string())
                     .map_err(|e| bad(e.to_string()))?;
+            }
+            "encoder" => {
+                let text = value.to_string();
+                self.encoder = Encoder::parse(&text).ok_or_else(|| {
+                    bad(format!(
+                        "unknown encoder '{text}': expected search or reference"
+                    ))
+                })?;
             }
             "min_cosine" => {
                 let x = parse_number(value).map_err(bad)?;

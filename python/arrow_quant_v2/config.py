@@ -21,6 +21,7 @@ class DiffusionQuantConfig:
     bit_width: int = 4
     group_size: str = "64"
     scheme: str = "asym"
+    encoder: str = "search"
     min_cosine: float = 0.99
     sensitive_bit_width: int = 8
     fallback: bool = True
@@ -33,6 +34,8 @@ class DiffusionQuantConfig:
     optimize: bool = False
     lambda_markov: float = 1.0
     lambda_entropy: float = 0.01
+    format: str = "parquet"
+    pure: bool = False
 
     @classmethod
     def resolve(

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use arrowquant::config::{QuantConfig, Settings, Value};
+use arrowquant::config::{OutputFormat, QuantConfig, Settings, Value};
+use arrowquant::pipeline::gguf_output::{is_gguf_path, quantize_to_gguf};
 use arrowquant::pipeline::{Progress, RunOptions, quantize_model};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -138,6 +139,20 @@ fn quantize(
             model.display()
         )));
     }
+    // GGUF output as the command line chooses it: `format="gguf"`, or a GGUF model (which
+    // is written as GGUF only).
+    let gguf = config.format == OutputFormat::Gguf;
+    if is_gguf_path(&model) && !gguf {
+        return Err(PyValueError::new_err(format!(
+            "{}: a GGUF model is written as GGUF: pass format=\"gguf\" and an output ending in .gguf",
+            model.display()
+        )));
+    }
+    if config.pure && !gguf {
+        return Err(PyValueError::new_err(
+            "pure: applies to GGUF output only (format=\"gguf\")",
+        ));
+    }
     let options = RunOptions {
         model,
         output,
@@ -191,7 +206,13 @@ fn quantize(
                 _ = callback_failed.notified() => Err(datafusion::common::DataFusionError::Execution(
                     "the progress callback raised an exception".to_string(),
                 )),
-                result = quantize_model(&options, &report) => result,
+                result = async {
+                    if gguf {
+                        quantize_to_gguf(&options, &report).await
+                    } else {
+                        quantize_model(&options, &report).await
+                    }
+                } => result,
             }
         })
     });

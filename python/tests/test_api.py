@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,6 +67,33 @@ def test_quantize_diffusion_model(bundled_model, tmp_path):
     assert pq.read_table(tmp_path / "out" / "report.parquet").num_rows == 212
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["config"]["profile"] == "local"
+
+
+def test_quantize_to_gguf_with_encoders(tmp_path):
+    """format="gguf" writes one GGUF file (as `arrowquant quantize -o OUT.gguf`), which gguf-py
+    reads; the encoder is a key of its own or a suffix of the scheme; the config round-trips."""
+    import gguf
+
+    model = Path(__file__).resolve().parents[2] / "tests/data/gguf/llama-f32.gguf"
+    config = DiffusionQuantConfig.resolve(scheme="q4_K", format="gguf", pure=True)
+    assert (config.scheme, config.encoder, config.bit_width) == ("q4_K", "search", 4)
+    result = ArrowQuantV2(config).quantize_diffusion_model(model, tmp_path / "out.gguf")
+    assert result["quantized"] > 0
+    reader = gguf.GGUFReader(tmp_path / "out.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "Q4_K"
+    reference = DiffusionQuantConfig.resolve(scheme="q4_0", encoder="reference")
+    assert reference.replace(min_cosine=0.98).encoder == "reference"
+    assert (reference.scheme, reference.encoder) == ("q4_0", "reference")
+    assert DiffusionQuantConfig.resolve(scheme="q8_0:reference").encoder == "reference"
+    with pytest.raises(ValueError, match="no 'reference' encoder"):
+        DiffusionQuantConfig.resolve(scheme="q4_K", encoder="reference")
+    with pytest.raises(ValueError, match="a GGUF model is written as GGUF"):
+        ArrowQuantV2().quantize_diffusion_model(model, tmp_path / "out")
+    with pytest.raises(ValueError, match="pure: applies to GGUF output only"):
+        ArrowQuantV2({"pure": True}).quantize_diffusion_model(
+            Path(__file__).resolve().parents[2] / "examples/models/tiny-unet", tmp_path / "o2"
+        )
 
 
 def test_quantize_from_safetensors_with_calibration(bundled_model, calibration, tmp_path):

@@ -80,6 +80,29 @@ def test_group_wise_and_gguf_and_streams():
     assert gguf.column("scheme").to_pylist() == ["q4_0"] * 3
 
 
+def test_k_quants_and_encoders():
+    """The k-quant and IQ4 schemes through the batch API, wider formats closer; q4_0's search
+    (the default) at least as close as llama.cpp's rule (':reference')."""
+    table = layers(np.random.default_rng(5), shape=False)
+    cosines = {}
+    for scheme, bits in [("q3_K", 3), ("iq4_xs", 4), ("q4_K", 4), ("q6_K", 6)]:
+        out = ArrowQuantV2().quantize_batch_arrow(table, bit_width=bits, scheme=scheme)
+        assert out.column("scheme").to_pylist() == [scheme] * 3
+        assert out.column("group_size").to_pylist() == [256] * 3
+        cosines[scheme] = min(out.column("cosine_similarity").to_pylist())
+    assert 0.98 < cosines["q3_K"] < cosines["iq4_xs"] < cosines["q4_K"] < cosines["q6_K"]
+    ours, llama = (
+        ArrowQuantV2()
+        .quantize_batch_arrow(table, bit_width=4, scheme=s)
+        .column("cosine_similarity")
+        .to_pylist()
+        for s in ("q4_0", "q4_0:reference")
+    )
+    assert all(a >= b for a, b in zip(ours, llama, strict=True))
+    with pytest.raises(ValueError, match="no 'reference' encoder"):
+        ArrowQuantV2().quantize_batch_arrow(table, bit_width=4, scheme="q4_K:reference")
+
+
 def test_bad_batches():
     quantizer = ArrowQuantV2()
     with pytest.raises(TypeError, match="__arrow_c_stream__"):
