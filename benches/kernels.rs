@@ -10,7 +10,8 @@
 use std::hint::black_box;
 
 use arrowquant_udfs::kernels::affine::{self, AffineOutput};
-use arrowquant_udfs::kernels::block_format::Encoder;
+use arrowquant_udfs::kernels::block_format::{BlockFormat, Encoder};
+use arrowquant_udfs::kernels::block_search::{BlockSearch, Weighting};
 use arrowquant_udfs::kernels::kquants::{self, KFormat};
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::quantized::{QuantizedRow, Quantizer};
@@ -132,6 +133,26 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             for row in black_box(&x).chunks(ROW_LEN) {
                 affine::quantize_row_portable(row, 4, 64, Scheme::Asym, &mut affine_out).unwrap();
+            }
+        })
+    });
+
+    // The block search's portable path alone (what runs where AVX2 is missing), bytes only.
+    let mut block_search = BlockSearch::default();
+    let mut block_out = Vec::new();
+    group.bench_function("quantize/q4_K_portable", |b| {
+        b.iter(|| {
+            for row in black_box(&x).chunks(ROW_LEN) {
+                block_out.clear();
+                block_search
+                    .quantize_row_portable(
+                        BlockFormat::K(KFormat::Q4K),
+                        row,
+                        None,
+                        Weighting::Uniform,
+                        &mut block_out,
+                    )
+                    .unwrap();
             }
         })
     });

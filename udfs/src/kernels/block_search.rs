@@ -99,67 +99,106 @@ struct Layout {
     mins: Mins,
 }
 
-fn layout(format: BlockFormat) -> Layout {
-    use Codes::*;
-    let one = |codes, mins| Layout {
+/// A layout as compile-time constants: the search is compiled once per layout, so the
+/// matches on codes, scales and minima fold away inside the per-value loops.
+trait Fmt {
+    const LAYOUT: Layout;
+}
+
+const fn one(codes: Codes, mins: Mins) -> Layout {
+    Layout {
         sub: 32,
         subs: 1,
         codes,
         scales: Scales::Half,
         mins,
+    }
+}
+
+const fn super_block(sub: usize, codes: Codes, scales: Scales, mins: Mins) -> Layout {
+    Layout {
+        sub,
+        subs: 256 / sub,
+        codes,
+        scales,
+        mins,
+    }
+}
+
+macro_rules! layouts {
+    ($($name:ident = $layout:expr;)*) => {
+        $(
+            struct $name;
+            impl Fmt for $name {
+                const LAYOUT: Layout = $layout;
+            }
+        )*
     };
+}
+
+layouts! {
+    Q4_0 = one(Codes::Linear { lo: -8, hi: 7 }, Mins::None);
+    Q5_0 = one(Codes::Linear { lo: -16, hi: 15 }, Mins::None);
+    Q8_0 = one(Codes::Linear { lo: -128, hi: 127 }, Mins::None);
+    Q4_1 = one(Codes::Linear { lo: 0, hi: 15 }, Mins::Half);
+    Q5_1 = one(Codes::Linear { lo: 0, hi: 31 }, Mins::Half);
+    Iq4Nl = one(Codes::Grid, Mins::None);
+    Q2K = super_block(
+        16,
+        Codes::Linear { lo: 0, hi: 3 },
+        Scales::Int { lo: 0, hi: 15 },
+        Mins::Int { hi: 15 },
+    );
+    Q3K = super_block(
+        16,
+        Codes::Linear { lo: -4, hi: 3 },
+        Scales::Int { lo: -32, hi: 31 },
+        Mins::None,
+    );
+    Q4K = super_block(
+        32,
+        Codes::Linear { lo: 0, hi: 15 },
+        Scales::Int { lo: 0, hi: 63 },
+        Mins::Int { hi: 63 },
+    );
+    Q5K = super_block(
+        32,
+        Codes::Linear { lo: 0, hi: 31 },
+        Scales::Int { lo: 0, hi: 63 },
+        Mins::Int { hi: 63 },
+    );
+    Q6K = super_block(
+        16,
+        Codes::Linear { lo: -32, hi: 31 },
+        Scales::Int { lo: -128, hi: 127 },
+        Mins::None,
+    );
+    Iq4Xs = super_block(
+        32,
+        Codes::Grid,
+        Scales::Int { lo: -32, hi: 31 },
+        Mins::None,
+    );
+}
+
+#[cfg(test)]
+fn layout(format: BlockFormat) -> Layout {
     match format {
         BlockFormat::Legacy(f) => match f {
-            GgufFormat::Q4_0 => one(Linear { lo: -8, hi: 7 }, Mins::None),
-            GgufFormat::Q5_0 => one(Linear { lo: -16, hi: 15 }, Mins::None),
-            GgufFormat::Q8_0 => one(Linear { lo: -128, hi: 127 }, Mins::None),
-            GgufFormat::Q4_1 => one(Linear { lo: 0, hi: 15 }, Mins::Half),
-            GgufFormat::Q5_1 => one(Linear { lo: 0, hi: 31 }, Mins::Half),
+            GgufFormat::Q4_0 => Q4_0::LAYOUT,
+            GgufFormat::Q5_0 => Q5_0::LAYOUT,
+            GgufFormat::Q8_0 => Q8_0::LAYOUT,
+            GgufFormat::Q4_1 => Q4_1::LAYOUT,
+            GgufFormat::Q5_1 => Q5_1::LAYOUT,
         },
         BlockFormat::K(f) => match f {
-            KFormat::Iq4Nl => one(Grid, Mins::None),
-            KFormat::Q2K => Layout {
-                sub: 16,
-                subs: 16,
-                codes: Linear { lo: 0, hi: 3 },
-                scales: Scales::Int { lo: 0, hi: 15 },
-                mins: Mins::Int { hi: 15 },
-            },
-            KFormat::Q3K => Layout {
-                sub: 16,
-                subs: 16,
-                codes: Linear { lo: -4, hi: 3 },
-                scales: Scales::Int { lo: -32, hi: 31 },
-                mins: Mins::None,
-            },
-            KFormat::Q4K => Layout {
-                sub: 32,
-                subs: 8,
-                codes: Linear { lo: 0, hi: 15 },
-                scales: Scales::Int { lo: 0, hi: 63 },
-                mins: Mins::Int { hi: 63 },
-            },
-            KFormat::Q5K => Layout {
-                sub: 32,
-                subs: 8,
-                codes: Linear { lo: 0, hi: 31 },
-                scales: Scales::Int { lo: 0, hi: 63 },
-                mins: Mins::Int { hi: 63 },
-            },
-            KFormat::Q6K => Layout {
-                sub: 16,
-                subs: 16,
-                codes: Linear { lo: -32, hi: 31 },
-                scales: Scales::Int { lo: -128, hi: 127 },
-                mins: Mins::None,
-            },
-            KFormat::Iq4Xs => Layout {
-                sub: 32,
-                subs: 8,
-                codes: Grid,
-                scales: Scales::Int { lo: -32, hi: 31 },
-                mins: Mins::None,
-            },
+            KFormat::Iq4Nl => Iq4Nl::LAYOUT,
+            KFormat::Q2K => Q2K::LAYOUT,
+            KFormat::Q3K => Q3K::LAYOUT,
+            KFormat::Q4K => Q4K::LAYOUT,
+            KFormat::Q5K => Q5K::LAYOUT,
+            KFormat::Q6K => Q6K::LAYOUT,
+            KFormat::Iq4Xs => Iq4Xs::LAYOUT,
         },
     }
 }
@@ -205,7 +244,32 @@ impl BlockSearch {
         weighting: Weighting,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let layout = layout(format);
+        self.quantize_row_on(true, format, row, importance, weighting, out)
+    }
+
+    /// [`quantize_row`](Self::quantize_row) on the portable path alone (what runs where AVX2
+    /// is missing). The AVX2 path is the same code compiled for AVX2, without fused
+    /// multiply-adds, so the two write the same bytes.
+    pub fn quantize_row_portable(
+        &mut self,
+        format: BlockFormat,
+        row: &[f32],
+        importance: Option<&[f32]>,
+        weighting: Weighting,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.quantize_row_on(false, format, row, importance, weighting, out)
+    }
+
+    fn quantize_row_on(
+        &mut self,
+        simd: bool,
+        format: BlockFormat,
+        row: &[f32],
+        importance: Option<&[f32]>,
+        weighting: Weighting,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let block_len = format.block_values();
         if !row.len().is_multiple_of(block_len) {
             return Err(KernelError::NotBlockMultiple {
@@ -224,27 +288,108 @@ impl BlockSearch {
         }
         let start = out.len();
         out.resize(start + row.len() / block_len * format.block_bytes(), 0);
-        let mut block = Block::default();
         self.weights.resize(block_len, 0.0);
-        for (b, x) in row.chunks_exact(block_len).enumerate() {
-            let w = &mut self.weights[..block_len];
-            block_weights(
-                x,
-                importance.map(|imp| &imp[b * block_len..][..block_len]),
-                weighting,
-                w,
-            );
-            if let Err(value) = encode_block(&layout, x, w, &mut block) {
-                out.truncate(start);
-                return Err(KernelError::ScaleOverflow { group: b, value });
-            }
-            let dst = &mut out[start + b * format.block_bytes()..][..format.block_bytes()];
-            pack(format, &block, dst);
+        let args = RowArgs {
+            format,
+            row,
+            importance,
+            weighting,
+        };
+        let (w, dst) = (&mut self.weights[..block_len], &mut out[start..]);
+        #[cfg(target_arch = "x86_64")]
+        let result = match super::cpu::Avx2::detect().filter(|_| simd) {
+            // SAFETY: `cpu` proves AVX2 (and F16C).
+            Some(cpu) => unsafe { encode_row_avx2(cpu, &args, w, dst) },
+            None => encode_row(Portable, &args, w, dst),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = {
+            let _ = simd;
+            encode_row(Portable, &args, w, dst)
+        };
+        if let Err((group, value)) = result {
+            out.truncate(start);
+            return Err(KernelError::ScaleOverflow { group, value });
         }
         Ok(())
     }
 }
 
+struct RowArgs<'a> {
+    format: BlockFormat,
+    row: &'a [f32],
+    importance: Option<&'a [f32]>,
+    weighting: Weighting,
+}
+
+/// The row loop compiled for AVX2: the same code as the portable path, its eight-lane sums
+/// vectorised; no fused multiply-add is requested, so the bytes are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn encode_row_avx2(
+    cpu: super::cpu::Avx2,
+    args: &RowArgs,
+    w: &mut [f32],
+    dst: &mut [u8],
+) -> Result<(), (usize, f32)> {
+    encode_row(cpu, args, w, dst)
+}
+
+/// `Err((block, value))` for a block that needs a scale f16 cannot hold.
+#[inline(always)]
+fn encode_row<P: Passes>(
+    p: P,
+    args: &RowArgs,
+    w: &mut [f32],
+    dst: &mut [u8],
+) -> Result<(), (usize, f32)> {
+    // One copy of the search per layout, its constants folded into the loops.
+    macro_rules! with {
+        ($($pat:pat => $f:ty),* $(,)?) => {
+            match args.format {
+                $($pat => encode_row_as::<$f, P>(p, args, w, dst),)*
+            }
+        };
+    }
+    use BlockFormat::{K, Legacy};
+    with! {
+        Legacy(GgufFormat::Q4_0) => Q4_0,
+        Legacy(GgufFormat::Q4_1) => Q4_1,
+        Legacy(GgufFormat::Q5_0) => Q5_0,
+        Legacy(GgufFormat::Q5_1) => Q5_1,
+        Legacy(GgufFormat::Q8_0) => Q8_0,
+        K(KFormat::Q2K) => Q2K,
+        K(KFormat::Q3K) => Q3K,
+        K(KFormat::Q4K) => Q4K,
+        K(KFormat::Q5K) => Q5K,
+        K(KFormat::Q6K) => Q6K,
+        K(KFormat::Iq4Nl) => Iq4Nl,
+        K(KFormat::Iq4Xs) => Iq4Xs,
+    }
+}
+
+#[inline(always)]
+fn encode_row_as<F: Fmt, P: Passes>(
+    p: P,
+    args: &RowArgs,
+    w: &mut [f32],
+    dst: &mut [u8],
+) -> Result<(), (usize, f32)> {
+    let layout = F::LAYOUT;
+    let n = layout.sub * layout.subs;
+    let bytes = args.format.block_bytes();
+    let mut block = Block::default();
+    let blocks = args.row.chunks_exact(n).zip(dst.chunks_exact_mut(bytes));
+    for (b, (x, dst)) in blocks.enumerate() {
+        let importance = args.importance.map(|imp| &imp[b * n..][..n]);
+        block_weights(x, importance, args.weighting, w);
+        encode_block(p, &layout, x, w, &mut block).map_err(|v| (b, v))?;
+        pack(args.format, &block, dst);
+    }
+    Ok(())
+}
+
+#[inline(always)]
 fn block_weights(x: &[f32], importance: Option<&[f32]>, weighting: Weighting, w: &mut [f32]) {
     match weighting {
         Weighting::Square => {
@@ -278,9 +423,10 @@ fn block_weights(x: &[f32], importance: Option<&[f32]>, weighting: Weighting, w:
 /// integer (ties to even) in any rounding of the vector units, without a libm call.
 #[inline(always)]
 fn round(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }
+
+const MAGIC: f32 = 12_582_912.0;
 
 /// Midpoints between neighbouring grid levels: a value's nearest level is the number of
 /// midpoints below it.
@@ -310,22 +456,7 @@ const GRID_TARGETS: [f32; 10] = [
     -127.0, -123.0, -119.0, -115.0, -111.0, -131.0, -135.0, -139.0, -107.0, -143.0,
 ];
 
-/// The code nearest to `v` (a value already divided by the scale) and its level.
-#[inline(always)]
-fn nearest(codes: Codes, v: f32) -> (i32, f32) {
-    match codes {
-        Codes::Linear { lo, hi } => {
-            let l = round(v.clamp(lo as f32, hi as f32));
-            (l as i32, l)
-        }
-        Codes::Grid => {
-            let i = GRID_MIDPOINTS.iter().filter(|&&m| v > m).count();
-            (i as i32, GRID[i])
-        }
-    }
-}
-
-#[inline(always)]
+#[cfg(test)]
 fn level(codes: Codes, q: i32) -> f32 {
     match codes {
         Codes::Linear { .. } => q as f32,
@@ -333,8 +464,39 @@ fn level(codes: Codes, q: i32) -> f32 {
     }
 }
 
-/// Weighted sums over a sub-block for its codes' levels `l`: what the least-squares fits of
-/// a scale (and offset) need.
+/// Independent partial sums per weighted sum: a single f32 sum is a serial chain the compiler
+/// may not reorder, eight of them vectorise. Sub-blocks (16 or 32 values) are whole lanes.
+const LANES: usize = 8;
+type Lanes = [f32; LANES];
+
+/// The lanes summed in a fixed order (the same on every path).
+#[inline(always)]
+fn hsum(v: Lanes) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+#[inline(always)]
+fn lanes(s: &[f32]) -> &Lanes {
+    s.try_into().expect("a whole lane")
+}
+
+/// A sub-block's weighted sums that do not depend on its codes.
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    w: f32,
+    wx: f32,
+    wxx: f32,
+}
+
+/// A sub-block's weighted sums over its codes' levels `l`.
+#[derive(Default, Clone, Copy)]
+struct CodeSums {
+    wl: f32,
+    wll: f32,
+    wxl: f32,
+}
+
+/// What the least-squares fits of a scale (and offset) need.
 #[derive(Default, Clone, Copy)]
 struct Sums {
     w: f32,
@@ -346,7 +508,20 @@ struct Sums {
 }
 
 impl Sums {
+    #[inline(always)]
+    fn new(m: &Moments, c: &CodeSums) -> Self {
+        Sums {
+            w: m.w,
+            wl: c.wl,
+            wll: c.wll,
+            wx: m.wx,
+            wxl: c.wxl,
+            wxx: m.wxx,
+        }
+    }
+
     /// Best scale for `x ≈ s·l` and its error.
+    #[inline(always)]
     fn scale_only(&self) -> (f32, f32) {
         if self.wll <= 0.0 {
             return (0.0, self.wxx);
@@ -356,6 +531,7 @@ impl Sums {
     }
 
     /// Best `(s, o)` for `x ≈ s·l + o`, with `o ≤ 0` when `nonpositive`, and its error.
+    #[inline(always)]
     fn scale_offset(&self, nonpositive: bool) -> (f32, f32, f32) {
         let det = self.wll * self.w - self.wl * self.wl;
         if det > 0.0 {
@@ -373,6 +549,7 @@ impl Sums {
         (s, 0.0, e)
     }
 
+    #[inline(always)]
     fn error(&self, s: f32, o: f32) -> f32 {
         let e = self.wxx - 2.0 * s * self.wxl - 2.0 * o * self.wx
             + s * s * self.wll
@@ -380,73 +557,372 @@ impl Sums {
             + o * o * self.w;
         e.max(0.0)
     }
-}
 
-/// Codes for `x ≈ s·level + o` and their sums.
-#[inline(always)]
-fn code_with(codes: Codes, x: &[f32], w: &[f32], s: f32, o: f32, q: &mut [i32]) -> Sums {
-    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-    let mut sums = Sums::default();
-    for ((&x, &w), q) in x.iter().zip(w).zip(q.iter_mut()) {
-        let (code, l) = nearest(codes, (x - o) * inv);
-        *q = code;
-        sums.w += w;
-        sums.wl += w * l;
-        sums.wll += w * l * l;
-        sums.wx += w * x;
-        sums.wxl += w * x * l;
-        sums.wxx += w * x * x;
+    /// The least-squares fit for these sums: `(s, o, error)`.
+    #[inline(always)]
+    fn fit(&self, offset: bool, nonpositive: bool) -> (f32, f32, f32) {
+        if offset {
+            self.scale_offset(nonpositive)
+        } else {
+            let (s, e) = self.scale_only();
+            (s, 0.0, e)
+        }
     }
-    sums
 }
 
-/// The weighted squared error of `x` against `s·level(q) + o`, computed as the decoder
-/// computes the values.
+/// The range, largest magnitude and moments of a sub-block.
+#[derive(Default, Clone, Copy)]
+struct Extent {
+    lo: f32,
+    hi: f32,
+    amax: f32,
+    moments: Moments,
+}
+
+/// The two passes over a sub-block's values that the search repeats, portable or AVX2.
+/// Both do the same f32 operations lane for lane and sum the lanes in the same order
+/// ([`hsum`]), so they give the same bits.
+trait Passes: Copy {
+    fn extent(self, x: &[f32], w: &[f32]) -> Extent;
+
+    /// One pass for `x ≈ s·level + o` (`o` ignored unless `OFFSET`; levels on the IQ4 grid
+    /// when `ON_GRID`, else the integers `lo..=hi`): the codes' sums and, when `FULL`, the
+    /// codes into `q` and the weighted squared error of the values as the decoder computes
+    /// them (`s·level + o`).
+    #[allow(clippy::too_many_arguments)]
+    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
+        self,
+        lo: f32,
+        hi: f32,
+        x: &[f32],
+        w: &[f32],
+        s: f32,
+        o: f32,
+        q: &mut [i32],
+    ) -> (CodeSums, f32);
+}
+
+/// [`Passes::pass`] for `layout` (the constant parameters folded per layout).
 #[inline(always)]
-fn error_of(codes: Codes, x: &[f32], w: &[f32], s: f32, o: f32, q: &[i32]) -> f32 {
-    x.iter()
-        .zip(w)
-        .zip(q)
-        .map(|((&x, &w), &q)| {
-            let e = s * level(codes, q) + o - x;
-            w * e * e
-        })
-        .sum()
+fn pass<P: Passes, const FULL: bool>(
+    p: P,
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    s: f32,
+    o: f32,
+    q: &mut [i32],
+) -> (CodeSums, f32) {
+    let offset = !matches!(layout.mins, Mins::None);
+    match (layout.codes, offset) {
+        (Codes::Linear { lo, hi }, false) => {
+            p.pass::<false, false, FULL>(lo as f32, hi as f32, x, w, s, o, q)
+        }
+        (Codes::Linear { lo, hi }, true) => {
+            p.pass::<false, true, FULL>(lo as f32, hi as f32, x, w, s, o, q)
+        }
+        (Codes::Grid, false) => p.pass::<true, false, FULL>(0.0, 0.0, x, w, s, o, q),
+        (Codes::Grid, true) => p.pass::<true, true, FULL>(0.0, 0.0, x, w, s, o, q),
+    }
 }
 
-/// Stage 1: the best continuous scale and offset of one sub-block, and the weight of its
-/// scale (Σ w·l², how fast its error grows with the scale's error) for stage 2.
+/// The reference passes: plain Rust over eight lanes.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Passes for Portable {
+    #[inline(always)]
+    fn extent(self, x: &[f32], w: &[f32]) -> Extent {
+        let (mut lo, mut hi, mut amax) = ([f32::MAX; LANES], [f32::MIN; LANES], [0.0f32; LANES]);
+        let (mut sw, mut swx, mut swxx) = ([0.0f32; LANES], [0.0; LANES], [0.0; LANES]);
+        for (x, w) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
+            let (x, w) = (lanes(x), lanes(w));
+            for k in 0..LANES {
+                // As minps / maxps.
+                lo[k] = if x[k] < lo[k] { x[k] } else { lo[k] };
+                hi[k] = if x[k] > hi[k] { x[k] } else { hi[k] };
+                let a = x[k].abs();
+                amax[k] = if a > amax[k] { a } else { amax[k] };
+                sw[k] += w[k];
+                let wx = w[k] * x[k];
+                swx[k] += wx;
+                swxx[k] += wx * x[k];
+            }
+        }
+        Extent {
+            lo: lo.iter().fold(f32::MAX, |a, &b| a.min(b)),
+            hi: hi.iter().fold(f32::MIN, |a, &b| a.max(b)),
+            amax: amax.iter().fold(0.0f32, |a, &b| a.max(b)),
+            moments: Moments {
+                w: hsum(sw),
+                wx: hsum(swx),
+                wxx: hsum(swxx),
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
+        self,
+        lo: f32,
+        hi: f32,
+        x: &[f32],
+        w: &[f32],
+        s: f32,
+        o: f32,
+        q: &mut [i32],
+    ) -> (CodeSums, f32) {
+        let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+        let (mut wl, mut wll, mut wxl) = ([0.0f32; LANES], [0.0; LANES], [0.0; LANES]);
+        let mut err = [0.0f32; LANES];
+        for (i, (x, w)) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)).enumerate() {
+            let (x, w) = (lanes(x), lanes(w));
+            for k in 0..LANES {
+                let t = if OFFSET { (x[k] - o) * inv } else { x[k] * inv };
+                let (code, l) = if ON_GRID {
+                    let n = GRID_MIDPOINTS.iter().filter(|&&m| t > m).count();
+                    (n as i32, GRID[n])
+                } else {
+                    // As maxps then minps.
+                    let c = if t > lo { t } else { lo };
+                    let c = if c < hi { c } else { hi };
+                    let r = c + MAGIC;
+                    // The integer sits in the low bits of `r`'s mantissa.
+                    (r.to_bits() as i32 - MAGIC.to_bits() as i32, r - MAGIC)
+                };
+                let a = w[k] * l;
+                wl[k] += a;
+                wll[k] += a * l;
+                wxl[k] += w[k] * x[k] * l;
+                if FULL {
+                    q[i * LANES + k] = code;
+                    let e = if OFFSET {
+                        s * l + o - x[k]
+                    } else {
+                        s * l - x[k]
+                    };
+                    err[k] += w[k] * e * e;
+                }
+            }
+        }
+        let sums = CodeSums {
+            wl: hsum(wl),
+            wll: hsum(wll),
+            wxl: hsum(wxl),
+        };
+        (sums, hsum(err))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! [`Portable`](super::Portable)'s passes with AVX2 intrinsics: the same operations,
+    //! eight lanes at a time (no fused multiply-add).
+
+    use std::arch::x86_64::*;
+
+    use super::{CodeSums, Extent, GRID, GRID_MIDPOINTS, LANES, MAGIC, Moments, Passes};
+    use crate::kernels::cpu::Avx2;
+
+    impl Passes for Avx2 {
+        #[inline(always)]
+        fn extent(self, x: &[f32], w: &[f32]) -> Extent {
+            // SAFETY: `self` is the token `Avx2::detect` makes only where AVX2 is present.
+            unsafe { extent(x, w) }
+        }
+
+        #[inline(always)]
+        fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
+            self,
+            lo: f32,
+            hi: f32,
+            x: &[f32],
+            w: &[f32],
+            s: f32,
+            o: f32,
+            q: &mut [i32],
+        ) -> (CodeSums, f32) {
+            // SAFETY: `self` is the token `Avx2::detect` makes only where AVX2 is present.
+            unsafe { pass::<ON_GRID, OFFSET, FULL>(lo, hi, x, w, s, o, q) }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load(x: &[f32]) -> __m256 {
+        let x: &[f32; LANES] = x.try_into().expect("a whole lane");
+        // SAFETY: `x` holds 8 f32; an unaligned load has no alignment requirement.
+        unsafe { _mm256_loadu_ps(x.as_ptr()) }
+    }
+
+    /// The lanes' sum in [`hsum`](super::hsum)'s order: ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+
+    /// Lanes folded with `op` (a minimum or maximum, where the order does not matter).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn fold(v: __m256, op: impl Fn(f32, f32) -> f32, init: f32) -> f32 {
+        let mut out = [0.0f32; LANES];
+        // SAFETY: `out` holds 8 f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out.iter().fold(init, |a, &b| op(a, b))
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn extent(x: &[f32], w: &[f32]) -> Extent {
+        let (mut lo, mut hi) = (_mm256_set1_ps(f32::MAX), _mm256_set1_ps(f32::MIN));
+        let mut amax = _mm256_setzero_ps();
+        let (mut sw, mut swx, mut swxx) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let sign = _mm256_set1_ps(-0.0);
+        for (x, w) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
+            let (x, w) = (load(x), load(w));
+            // minps(a, b) is `if a < b { a } else { b }`, maxps likewise.
+            lo = _mm256_min_ps(x, lo);
+            hi = _mm256_max_ps(x, hi);
+            amax = _mm256_max_ps(_mm256_andnot_ps(sign, x), amax);
+            sw = _mm256_add_ps(sw, w);
+            let wx = _mm256_mul_ps(w, x);
+            swx = _mm256_add_ps(swx, wx);
+            swxx = _mm256_add_ps(swxx, _mm256_mul_ps(wx, x));
+        }
+        Extent {
+            lo: fold(lo, f32::min, f32::MAX),
+            hi: fold(hi, f32::max, f32::MIN),
+            amax: fold(amax, f32::max, 0.0),
+            moments: Moments {
+                w: hsum(sw),
+                wx: hsum(swx),
+                wxx: hsum(swxx),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
+        lo: f32,
+        hi: f32,
+        x: &[f32],
+        w: &[f32],
+        s: f32,
+        o: f32,
+        q: &mut [i32],
+    ) -> (CodeSums, f32) {
+        let inv = _mm256_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
+        let (vs, vo) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
+        let (vlo, vhi, magic) = (
+            _mm256_set1_ps(lo),
+            _mm256_set1_ps(hi),
+            _mm256_set1_ps(MAGIC),
+        );
+        let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
+        let grid_lo = _mm256_setr_ps(
+            GRID[0], GRID[1], GRID[2], GRID[3], GRID[4], GRID[5], GRID[6], GRID[7],
+        );
+        let grid_hi = _mm256_setr_ps(
+            GRID[8], GRID[9], GRID[10], GRID[11], GRID[12], GRID[13], GRID[14], GRID[15],
+        );
+        let seven = _mm256_set1_epi32(7);
+        let (mut wl, mut wll, mut wxl) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut err = _mm256_setzero_ps();
+        for (i, (x, w)) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)).enumerate() {
+            let (x, w) = (load(x), load(w));
+            let t = if OFFSET {
+                _mm256_mul_ps(_mm256_sub_ps(x, vo), inv)
+            } else {
+                _mm256_mul_ps(x, inv)
+            };
+            let (code, l) = if ON_GRID {
+                // The number of midpoints below t (each true comparison is −1), then its
+                // level from the two halves of the grid.
+                let mut n = _mm256_setzero_si256();
+                for m in GRID_MIDPOINTS {
+                    let above = _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_set1_ps(m));
+                    n = _mm256_sub_epi32(n, _mm256_castps_si256(above));
+                }
+                let low = _mm256_permutevar8x32_ps(grid_lo, n);
+                let high = _mm256_permutevar8x32_ps(grid_hi, n);
+                let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n, seven));
+                (n, _mm256_blendv_ps(low, high, upper))
+            } else {
+                let c = _mm256_min_ps(_mm256_max_ps(t, vlo), vhi);
+                let r = _mm256_add_ps(c, magic);
+                let code = _mm256_sub_epi32(_mm256_castps_si256(r), magic_bits);
+                (code, _mm256_sub_ps(r, magic))
+            };
+            let a = _mm256_mul_ps(w, l);
+            wl = _mm256_add_ps(wl, a);
+            wll = _mm256_add_ps(wll, _mm256_mul_ps(a, l));
+            wxl = _mm256_add_ps(wxl, _mm256_mul_ps(_mm256_mul_ps(w, x), l));
+            if FULL {
+                let q: &mut [i32; LANES] = (&mut q[i * LANES..][..LANES])
+                    .try_into()
+                    .expect("a whole lane");
+                // SAFETY: `q` holds 8 i32; an unaligned store has no alignment requirement.
+                unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), code) };
+                let y = _mm256_mul_ps(vs, l);
+                let e = if OFFSET {
+                    _mm256_sub_ps(_mm256_add_ps(y, vo), x)
+                } else {
+                    _mm256_sub_ps(y, x)
+                };
+                err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_mul_ps(w, e), e));
+            }
+        }
+        let sums = CodeSums {
+            wl: hsum(wl),
+            wll: hsum(wll),
+            wxl: hsum(wxl),
+        };
+        (sums, hsum(err))
+    }
+}
+
+/// Stage 1: the best continuous scale and offset of one sub-block, the weight of its scale
+/// (Σ w·l², how fast its error grows with the scale's error) for stage 2, and its moments.
+#[derive(Default, Clone, Copy)]
 struct SubFit {
     s: f32,
     o: f32,
     scale_weight: f32,
-    offset_weight: f32,
+    moments: Moments,
 }
 
-fn fit_sub(layout: &Layout, x: &[f32], w: &[f32], q: &mut [i32]) -> SubFit {
+#[inline(always)]
+fn fit_sub<P: Passes>(p: P, layout: &Layout, x: &[f32], w: &[f32]) -> SubFit {
     let codes = layout.codes;
     let offset = !matches!(layout.mins, Mins::None);
     let nonpositive = matches!(layout.mins, Mins::Int { .. });
-    let (mut lo_x, mut hi_x) = (f32::MAX, f32::MIN);
-    let mut amax = 0.0f32;
-    let mut xm = 0.0f32;
-    for &v in x {
-        lo_x = lo_x.min(v);
-        hi_x = hi_x.max(v);
-        if v.abs() > amax {
-            amax = v.abs();
-            xm = v;
-        }
-    }
-    let total_w: f32 = w.iter().sum();
+    let Extent {
+        lo: mut lo_x,
+        hi: hi_x,
+        amax,
+        moments,
+    } = p.extent(x, w);
     if amax == 0.0 {
         return SubFit {
-            s: 0.0,
-            o: 0.0,
-            scale_weight: 0.0,
-            offset_weight: total_w,
+            moments,
+            ..SubFit::default()
         };
     }
+    // The first value of largest magnitude (its sign orients the signed grids).
+    let xm = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
     // Candidate (scale, offset) pairs that map the block's range onto the codes' range.
     let mut candidates = [(0.0f32, 0.0f32); 10];
     let count;
@@ -483,30 +959,23 @@ fn fit_sub(layout: &Layout, x: &[f32], w: &[f32], q: &mut [i32]) -> SubFit {
             count = GRID_TARGETS.len();
         }
     }
+    // Codes of the candidates are not kept: only their sums.
+    let mut scratch = [0i32; 32];
+    let scratch = &mut scratch[..x.len()];
     let mut best = (f32::MAX, 0.0f32, 0.0f32, 0.0f32);
     for &(s, o) in &candidates[..count] {
-        let sums = code_with(codes, x, w, s, o, q);
-        let (s, o, e) = if offset {
-            sums.scale_offset(nonpositive)
-        } else {
-            let (s, e) = sums.scale_only();
-            (s, 0.0, e)
-        };
+        let (c, _) = pass::<P, false>(p, layout, x, w, s, o, scratch);
+        let (s, o, e) = Sums::new(&moments, &c).fit(offset, nonpositive);
         if e < best.0 {
-            best = (e, s, o, sums.wll);
+            best = (e, s, o, c.wll);
         }
     }
     // Lloyd steps from the best: re-code for the fitted scale, re-fit for the codes.
     for _ in 0..2 {
-        let sums = code_with(codes, x, w, best.1, best.2, q);
-        let (s, o, e) = if offset {
-            sums.scale_offset(nonpositive)
-        } else {
-            let (s, e) = sums.scale_only();
-            (s, 0.0, e)
-        };
+        let (c, _) = pass::<P, false>(p, layout, x, w, best.1, best.2, scratch);
+        let (s, o, e) = Sums::new(&moments, &c).fit(offset, nonpositive);
         if e < best.0 {
-            best = (e, s, o, sums.wll);
+            best = (e, s, o, c.wll);
         } else {
             break;
         }
@@ -515,13 +984,14 @@ fn fit_sub(layout: &Layout, x: &[f32], w: &[f32], q: &mut [i32]) -> SubFit {
         s: best.1,
         o: best.2,
         scale_weight: best.3,
-        offset_weight: total_w,
+        moments,
     }
 }
 
 /// Integers `k_j ∈ lo..=hi` and a step `d` with `d·k_j ≈ v_j`, weighted by `weight_j`: `d`
 /// maps the largest magnitude onto the range's long end, then alternates rounding and a
 /// weighted least-squares refit.
+#[inline(always)]
 fn fit_steps(v: &[f32], weight: &[f32], lo: i32, hi: i32, k: &mut [i32]) -> f32 {
     let (mut vmax, mut amax) = (0.0f32, 0.0f32);
     for &v in v {
@@ -569,27 +1039,28 @@ fn fit_steps(v: &[f32], weight: &[f32], lo: i32, hi: i32, k: &mut [i32]) -> f32 
 /// Encodes one block; `Err` carries a scale or minimum the block needs that f16 cannot hold
 /// (beyond ±65504), as llama.cpp's reference would need it too: the block is refused rather
 /// than stored with its values clipped.
-fn encode_block(layout: &Layout, x: &[f32], w: &[f32], block: &mut Block) -> Result<(), f32> {
+#[inline(always)]
+fn encode_block<P: Passes>(
+    p: P,
+    layout: &Layout,
+    x: &[f32],
+    w: &[f32],
+    block: &mut Block,
+) -> Result<(), f32> {
     let (sub, subs) = (layout.sub, layout.subs);
-    let mut fits = [const {
-        SubFit {
-            s: 0.0,
-            o: 0.0,
-            scale_weight: 0.0,
-            offset_weight: 0.0,
-        }
-    }; MAX_SUBS];
+    let mut fits = [SubFit::default(); MAX_SUBS];
     for j in 0..subs {
         let r = j * sub..(j + 1) * sub;
-        fits[j] = fit_sub(layout, &x[r.clone()], &w[r.clone()], &mut block.q[r]);
+        fits[j] = fit_sub(p, layout, &x[r.clone()], &w[r]);
     }
     match layout.scales {
-        Scales::Half => encode_single(layout, x, w, &fits[0], block),
-        Scales::Int { lo, hi } => encode_super(layout, x, w, &fits[..subs], lo, hi, block),
+        Scales::Half => encode_single(p, layout, x, w, &fits[0], block),
+        Scales::Int { lo, hi } => encode_super(p, layout, x, w, &fits[..subs], (lo, hi), block),
     }
 }
 
 /// `Err(v)` for the first of `values` beyond f16's range.
+#[inline(always)]
 fn within_f16(values: &[f32]) -> Result<(), f32> {
     match values
         .iter()
@@ -602,7 +1073,9 @@ fn within_f16(values: &[f32]) -> Result<(), f32> {
 
 /// A block that is one sub-block (the legacy formats, iq4_nl): `d` (and `m`) are f16 of their
 /// own; Lloyd steps with the rounded values.
-fn encode_single(
+#[inline(always)]
+fn encode_single<P: Passes>(
+    p: P,
     layout: &Layout,
     x: &[f32],
     w: &[f32],
@@ -610,34 +1083,27 @@ fn encode_single(
     block: &mut Block,
 ) -> Result<(), f32> {
     within_f16(&[fit.s, fit.o])?;
-    let codes = layout.codes;
     let offset = matches!(layout.mins, Mins::Half);
     let q = &mut block.q[..x.len()];
     let mut d = f16::from_f32(fit.s);
     let mut m = f16::from_f32(fit.o);
-    code_with(codes, x, w, d.to_f32(), m.to_f32(), q);
-    let mut best = error_of(codes, x, w, d.to_f32(), m.to_f32(), q);
-    let mut trial = [0i32; MAX_BLOCK];
+    let (mut sums, mut best) = pass::<P, true>(p, layout, x, w, d.to_f32(), m.to_f32(), q);
+    let mut trial = [0i32; 32];
+    let trial = &mut trial[..x.len()];
     for _ in 0..2 {
-        let sums = code_with(codes, x, w, d.to_f32(), m.to_f32(), &mut trial[..x.len()]);
-        let (s, o) = if offset {
-            let (s, o, _) = sums.scale_offset(false);
-            (s, o)
-        } else {
-            (sums.scale_only().0, 0.0)
-        };
+        // `sums` are those of the codes for the current (d, m).
+        let (s, o, _) = Sums::new(&fit.moments, &sums).fit(offset, false);
         let (d2, m2) = (f16::from_f32(s), f16::from_f32(o));
         if !(d2.is_finite() && m2.is_finite()) {
             break;
         }
-        let t = &mut trial[..x.len()];
-        code_with(codes, x, w, d2.to_f32(), m2.to_f32(), t);
-        let e = error_of(codes, x, w, d2.to_f32(), m2.to_f32(), t);
+        let (sums2, e) = pass::<P, true>(p, layout, x, w, d2.to_f32(), m2.to_f32(), trial);
         if e < best {
             best = e;
             d = d2;
             m = m2;
-            q.copy_from_slice(t);
+            sums = sums2;
+            q.copy_from_slice(trial);
         } else {
             break;
         }
@@ -648,13 +1114,14 @@ fn encode_single(
 }
 
 /// A super-block: integer sub-scales (and minima) under f16 `d` (and `dmin`).
-fn encode_super(
+#[inline(always)]
+fn encode_super<P: Passes>(
+    p: P,
     layout: &Layout,
     x: &[f32],
     w: &[f32],
     fits: &[SubFit],
-    lo: i32,
-    hi: i32,
+    (lo, hi): (i32, i32),
     block: &mut Block,
 ) -> Result<(), f32> {
     let subs = layout.subs;
@@ -673,7 +1140,7 @@ fn encode_super(
     if let Some(mhi) = min_hi {
         for j in 0..subs {
             v[j] = -fits[j].o;
-            vw[j] = fits[j].offset_weight;
+            vw[j] = fits[j].moments.w;
         }
         dmin = fit_steps(&v[..subs], &vw[..subs], 0, mhi, &mut block.m[..subs]);
     }
@@ -700,45 +1167,54 @@ fn encode_super(
         );
     }
     let mut errors = [0.0f32; MAX_SUBS];
-    code_all(layout, x, w, d16, dmin16, block, &mut errors);
+    let mut sums = [CodeSums::default(); MAX_SUBS];
+    let (df, dminf) = (d16.to_f32(), dmin16.to_f32());
+    code_all(p, layout, x, w, df, dminf, block, &mut errors, &mut sums);
     refine_steps(
+        p,
         layout,
         x,
         w,
-        d16,
-        dmin16,
-        lo,
-        hi,
-        min_hi,
+        df,
+        dminf,
+        (lo, hi, min_hi),
         block,
         &mut errors,
+        &mut sums,
     );
     // A joint least-squares refit of d and dmin for the integer products, kept if it helps.
-    let (d_new, dmin_new) = refit_super(layout, x, w, block);
+    block.d = d16;
+    block.dmin = dmin16;
+    let (d_new, dmin_new) = refit_super(layout, fits, block, &sums);
     let (d2, dmin2) = (f16::from_f32(d_new), f16::from_f32(dmin_new));
     let before: f32 = errors[..subs].iter().sum();
-    let mut trial = Block {
-        d: d2,
-        dmin: dmin2,
-        sc: block.sc,
-        m: block.m,
-        q: [0; MAX_BLOCK],
-    };
-    let mut trial_errors = [0.0f32; MAX_SUBS];
-    let after = if d2.is_finite() && dmin2.is_finite() {
-        code_all(layout, x, w, d2, dmin2, &mut trial, &mut trial_errors)
-    } else {
-        f32::MAX
-    };
-    if after < before {
-        *block = trial;
-    } else {
-        block.d = d16;
-        block.dmin = dmin16;
+    if d2.is_finite() && dmin2.is_finite() {
+        let mut trial = Block {
+            d: d2,
+            dmin: dmin2,
+            sc: block.sc,
+            m: block.m,
+            q: [0; MAX_BLOCK],
+        };
+        let after = code_all(
+            p,
+            layout,
+            x,
+            w,
+            d2.to_f32(),
+            dmin2.to_f32(),
+            &mut trial,
+            &mut errors,
+            &mut sums,
+        );
+        if after < before {
+            *block = trial;
+        }
     }
     Ok(())
 }
 
+#[inline(always)]
 fn rescale(
     fits: &[SubFit],
     step: f32,
@@ -755,36 +1231,34 @@ fn rescale(
 
 /// Scale and offset of sub-block `j` as the decoder computes them.
 #[inline(always)]
-fn sub_params(d: f32, dmin: f32, block: &Block, j: usize, has_min: bool) -> (f32, f32) {
-    let s = d * block.sc[j] as f32;
-    let o = if has_min {
-        -(dmin * block.m[j] as f32)
-    } else {
-        0.0
-    };
+fn sub_params(d: f32, dmin: f32, sc: i32, m: i32, has_min: bool) -> (f32, f32) {
+    let s = d * sc as f32;
+    let o = if has_min { -(dmin * m as f32) } else { 0.0 };
     (s, o)
 }
 
 /// Codes every sub-block for the stored scales; returns the total error, per sub-block in
-/// `errors`.
-fn code_all(
+/// `errors`, the codes' sums in `sums`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn code_all<P: Passes>(
+    p: P,
     layout: &Layout,
     x: &[f32],
     w: &[f32],
-    d: f16,
-    dmin: f16,
+    d: f32,
+    dmin: f32,
     block: &mut Block,
     errors: &mut [f32; MAX_SUBS],
+    sums: &mut [CodeSums; MAX_SUBS],
 ) -> f32 {
     let has_min = matches!(layout.mins, Mins::Int { .. });
-    let (df, dminf) = (d.to_f32(), dmin.to_f32());
     let mut total = 0.0;
     for j in 0..layout.subs {
         let r = j * layout.sub..(j + 1) * layout.sub;
-        let (s, o) = sub_params(df, dminf, block, j, has_min);
+        let (s, o) = sub_params(d, dmin, block.sc[j], block.m[j], has_min);
         let q = &mut block.q[r.clone()];
-        code_with(layout.codes, &x[r.clone()], &w[r.clone()], s, o, q);
-        errors[j] = error_of(layout.codes, &x[r.clone()], &w[r], s, o, q);
+        (sums[j], errors[j]) = pass::<P, true>(p, layout, &x[r.clone()], &w[r], s, o, q);
         total += errors[j];
     }
     total
@@ -793,19 +1267,19 @@ fn code_all(
 /// Coordinate refinement: each sub-block's integer scale (and minimum) moved one step either
 /// way where that lowers the sub-block's error (its codes re-chosen for the new step).
 #[allow(clippy::too_many_arguments)]
-fn refine_steps(
+#[inline(always)]
+fn refine_steps<P: Passes>(
+    p: P,
     layout: &Layout,
     x: &[f32],
     w: &[f32],
-    d: f16,
-    dmin: f16,
-    lo: i32,
-    hi: i32,
-    min_hi: Option<i32>,
+    d: f32,
+    dmin: f32,
+    (lo, hi, min_hi): (i32, i32, Option<i32>),
     block: &mut Block,
     errors: &mut [f32; MAX_SUBS],
+    sums: &mut [CodeSums; MAX_SUBS],
 ) {
-    let (df, dminf) = (d.to_f32(), dmin.to_f32());
     let mut q = [0i32; 32];
     for j in 0..layout.subs {
         let r = j * layout.sub..(j + 1) * layout.sub;
@@ -822,16 +1296,11 @@ fn refine_steps(
             if sc < lo || sc > hi || m < 0 || min_hi.is_some_and(|h| m > h) {
                 continue;
             }
-            let s = df * sc as f32;
-            let o = if min_hi.is_some() {
-                -(dminf * m as f32)
-            } else {
-                0.0
-            };
-            code_with(layout.codes, xs, ws, s, o, q);
-            let e = error_of(layout.codes, xs, ws, s, o, q);
+            let (s, o) = sub_params(d, dmin, sc, m, min_hi.is_some());
+            let (c, e) = pass::<P, true>(p, layout, xs, ws, s, o, q);
             if e < errors[j] {
                 errors[j] = e;
+                sums[j] = c;
                 block.sc[j] = sc;
                 block.m[j] = m;
                 block.q[r.clone()].copy_from_slice(q);
@@ -841,23 +1310,27 @@ fn refine_steps(
 }
 
 /// Least-squares `d` and `dmin` for the block's integer scales, minima and codes:
-/// `x ≈ d·(sc·level) − dmin·m` is linear in the two.
-fn refit_super(layout: &Layout, x: &[f32], w: &[f32], block: &Block) -> (f32, f32) {
+/// `x ≈ d·(sc·level) − dmin·m` is linear in the two. Per sub-block the integers are
+/// constant, so its code sums give the block's.
+#[inline(always)]
+fn refit_super(
+    layout: &Layout,
+    fits: &[SubFit],
+    block: &Block,
+    sums: &[CodeSums; MAX_SUBS],
+) -> (f32, f32) {
     let has_min = matches!(layout.mins, Mins::Int { .. });
     // Sums for a = sc·level, b = −m.
     let (mut aa, mut ab, mut bb, mut ax, mut bx) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
     for j in 0..layout.subs {
-        let r = j * layout.sub..(j + 1) * layout.sub;
+        let (c, mo) = (&sums[j], &fits[j].moments);
         let sc = block.sc[j] as f32;
         let b = -(block.m[j] as f32);
-        for ((&x, &w), &q) in x[r.clone()].iter().zip(&w[r.clone()]).zip(&block.q[r]) {
-            let a = sc * level(layout.codes, q);
-            aa += w * a * a;
-            ab += w * a * b;
-            bb += w * b * b;
-            ax += w * a * x;
-            bx += w * b * x;
-        }
+        aa += sc * sc * c.wll;
+        ab += sc * b * c.wl;
+        bb += b * b * mo.w;
+        ax += sc * c.wxl;
+        bx += b * mo.wx;
     }
     if !has_min || bb <= 0.0 {
         return (if aa > 0.0 { ax / aa } else { 0.0 }, block.dmin.to_f32());
@@ -1188,6 +1661,7 @@ mod tests {
             gguf::quantize_row(f, &x, &mut reference).unwrap();
             let reference = mse(&x, &decode(BlockFormat::Legacy(f), &reference, x.len()));
             let ours = search_mse(BlockFormat::Legacy(f), &x, Weighting::Uniform);
+            eprintln!("{}: search mse {ours}, reference {reference}", f.name());
             assert!(
                 ours < reference * 0.95,
                 "{}: {ours} vs reference {reference}",
@@ -1249,6 +1723,45 @@ mod tests {
             );
             let c = search_mse(format, &vec![0.5; n], Weighting::SigmaSquare);
             assert!(c < 1e-5, "{}: constant block mse {c}", format.name());
+        }
+    }
+
+    /// The AVX2 path writes the portable path's bytes, for every format and weighting, with
+    /// and without importance, on rows that include zero, constant and outlier blocks.
+    #[test]
+    fn avx2_and_portable_paths_write_the_same_bytes() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let mut x: Vec<f32> = (0..256 * 24).map(|_| rng.gaussian() * 0.02).collect();
+        x[256..512].fill(0.0);
+        x[512..768].fill(0.37);
+        for i in (800..6000).step_by(97) {
+            x[i] *= 40.0;
+        }
+        for v in &mut x[4096..4352] {
+            *v = v.abs();
+        }
+        let importance: Vec<f32> = (0..x.len()).map(|_| rng.uniform() * 3.0).collect();
+        let (mut a, mut b) = (BlockSearch::default(), BlockSearch::default());
+        for format in ALL {
+            for weighting in [
+                Weighting::Uniform,
+                Weighting::SigmaSquare,
+                Weighting::Square,
+            ] {
+                for imp in [None, Some(&importance[..])] {
+                    let (mut fast, mut portable) = (Vec::new(), Vec::new());
+                    a.quantize_row(format, &x, imp, weighting, &mut fast)
+                        .unwrap();
+                    b.quantize_row_portable(format, &x, imp, weighting, &mut portable)
+                        .unwrap();
+                    assert!(
+                        fast == portable,
+                        "{} {weighting:?} importance {}",
+                        format.name(),
+                        imp.is_some()
+                    );
+                }
+            }
         }
     }
 
