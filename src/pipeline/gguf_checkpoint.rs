@@ -1,15 +1,48 @@
-//! The metadata of a GGUF file written from checkpoints (safetensors files, sharded checkpoints,
-//! model and pipeline folders), which carry none of llama.cpp's keys themselves.
+//! The metadata and tensor names of a GGUF file written from checkpoints (safetensors files,
+//! sharded checkpoints, model and pipeline folders), which carry none of llama.cpp's keys
+//! themselves: a known architecture's ([`gguf_arch`](super::gguf_arch)), read from the model
+//! folder, or else `general.name` and the checkpoint's own names, which no runtime loads.
 
+use datafusion::common::Result;
+
+use super::gguf_arch::{ArchLayout, bert};
 use crate::model::Model;
 use crate::model::gguf_write::MetaValue;
 
 /// `general.name` from the model's folder or file name.
-pub fn checkpoint_metadata(model: &Model) -> Vec<(String, MetaValue)> {
-    let name = model
+pub fn model_name(model: &Model) -> String {
+    model
         .root
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    vec![("general.name".into(), MetaValue::String(name))]
+        .unwrap_or_else(|| "model".into())
+}
+
+/// `general.name` only.
+pub fn checkpoint_metadata(model: &Model) -> Vec<(String, MetaValue)> {
+    vec![("general.name".into(), MetaValue::String(model_name(model)))]
+}
+
+/// What the file holds for `model`: a known architecture's keys and names, or the checkpoint's
+/// names under `general.name` (an error only when an architecture is recognised but its folder
+/// lacks what its runtime needs).
+pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
+    let name = model_name(model);
+    if let Some(config) = bert::config(model) {
+        return bert::layout(model, config, &name);
+    }
+    Ok(ArchLayout {
+        architecture: String::new(),
+        metadata: checkpoint_metadata(model),
+        names: model
+            .tensors
+            .iter()
+            .map(|t| Some(t.layer.clone()))
+            .collect(),
+        dropped: Vec::new(),
+        read: Vec::new(),
+        note: "GGUF without architecture keys: tensors under their checkpoint names and \
+               general.name only, which llama.cpp will not load"
+            .into(),
+    })
 }

@@ -31,6 +31,7 @@ use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
+use super::gguf_arch::ArchLayout;
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
 use super::modality::{Detection, Modality, detect};
@@ -163,11 +164,23 @@ impl Source {
         }
     }
 
-    /// The metadata carried into the output, before this run's keys.
-    fn metadata(&self) -> Result<Vec<(String, MetaValue)>> {
+    /// A checkpoint's keys and tensor names in the output (`None` for a GGUF input, whose
+    /// names are kept).
+    fn layout(&self) -> Result<Option<ArchLayout>> {
         match self {
-            Source::Gguf(file) => carried_metadata(file),
-            Source::Checkpoint(model) => Ok(super::gguf_checkpoint::checkpoint_metadata(model)),
+            Source::Gguf(_) => Ok(None),
+            Source::Checkpoint(model) => super::gguf_checkpoint::checkpoint_layout(model).map(Some),
+        }
+    }
+
+    /// The metadata carried into the output, before this run's keys.
+    fn metadata(&self, layout: Option<&ArchLayout>) -> Result<Vec<(String, MetaValue)>> {
+        match (self, layout) {
+            (Source::Gguf(file), _) => carried_metadata(file),
+            (Source::Checkpoint(_), Some(layout)) => Ok(layout.metadata.clone()),
+            (Source::Checkpoint(model), None) => {
+                Ok(super::gguf_checkpoint::checkpoint_metadata(model))
+            }
         }
     }
 }
@@ -303,6 +316,7 @@ fn as_stored(t: &InputTensor, reason: String) -> Result<Planned> {
 
 fn plan_tensor(
     t: &InputTensor,
+    name: &str,
     spec: QuantSpec,
     sensitive: Option<QuantSpec>,
     pure: bool,
@@ -314,7 +328,7 @@ fn plan_tensor(
             t.name, t.shape
         )));
     }
-    if let Some(why) = kept_by_llama_cpp(&t.name, &t.dims) {
+    if let Some(why) = kept_by_llama_cpp(name, &t.dims) {
         return as_stored(t, why);
     }
     if t.block {
@@ -326,7 +340,7 @@ fn plan_tensor(
     let mut setting = spec;
     let mut reason = "weight".to_string();
     if !pure {
-        let why = gguf_sensitivity(&t.name).or_else(|| sensitivity(&t.name, modality));
+        let why = gguf_sensitivity(name).or_else(|| sensitivity(&t.name, modality));
         if let (Some(why), Some(wide)) = (why, sensitive) {
             reason = format!("{why}: {}", wide.scheme);
             setting = wide;
@@ -370,13 +384,39 @@ pub async fn quantize_to_gguf(
         ));
     }
     let source = Source::open(&options.model)?;
-    let out = PartialFile::create(
-        &options.output,
-        &source.inputs(&options.model),
-        options.force,
-    )?;
-    let tensors = source.tensors();
-    let modality = source.detection();
+    let layout = source.layout()?;
+    let mut inputs = source.inputs(&options.model);
+    for path in layout.iter().flat_map(|l| &l.read) {
+        inputs.add(path, "model");
+    }
+    let out = PartialFile::create(&options.output, &inputs, options.force)?;
+    let mut modality = source.detection();
+    // The tensors written, each with its name in the file.
+    let (tensors, names): (Vec<InputTensor>, Vec<String>) = match &layout {
+        Some(layout) => {
+            modality.evidence = format!("{}; {}", modality.evidence, layout.note);
+            if !layout.dropped.is_empty() {
+                let dropped: Vec<String> = layout
+                    .dropped
+                    .iter()
+                    .map(|(n, why)| format!("{n} ({why})"))
+                    .collect();
+                modality.evidence =
+                    format!("{}; left out: {}", modality.evidence, dropped.join(", "));
+            }
+            source
+                .tensors()
+                .into_iter()
+                .zip(&layout.names)
+                .filter_map(|(t, n)| Some((t, n.clone()?)))
+                .unzip()
+        }
+        None => {
+            let tensors = source.tensors();
+            let names = tensors.iter().map(|t| t.name.clone()).collect();
+            (tensors, names)
+        }
+    };
     let sensitive = if !config.pure && config.sensitive_bit_width > spec.bits {
         Some(
             spec.at_width(config.sensitive_bit_width)
@@ -387,7 +427,8 @@ pub async fn quantize_to_gguf(
     };
     let mut plans = tensors
         .iter()
-        .map(|t| plan_tensor(t, spec, sensitive, config.pure, modality.modality))
+        .zip(&names)
+        .map(|(t, n)| plan_tensor(t, n, spec, sensitive, config.pure, modality.modality))
         .collect::<Result<Vec<_>>>()?;
     if !plans
         .iter()
@@ -419,14 +460,14 @@ pub async fn quantize_to_gguf(
             base.name
         ))
     })?;
-    let mixture = tensors
+    let mixture = names
         .iter()
         .zip(&plans)
         .filter(|(_, p)| p.selected && p.ggml_type != base)
-        .map(|(t, p)| format!("{}={}: {}", t.name, p.ggml_type.name, p.reason))
+        .map(|(n, p)| format!("{n}={}: {}", p.ggml_type.name, p.reason))
         .collect();
     let metadata = finish_metadata(
-        source.metadata()?,
+        source.metadata(layout.as_ref())?,
         file_type,
         Provenance {
             scheme: spec.scheme.to_string(),
@@ -437,8 +478,9 @@ pub async fn quantize_to_gguf(
     let infos: Vec<TensorInfo> = tensors
         .iter()
         .zip(&plans)
-        .map(|(t, p)| TensorInfo {
-            name: t.name.clone(),
+        .zip(&names)
+        .map(|((t, p), name)| TensorInfo {
+            name: name.clone(),
             ggml_type: p.ggml_type,
             dims: t.dims.clone(),
         })
@@ -451,7 +493,7 @@ pub async fn quantize_to_gguf(
         phase: "writing".into(),
         bytes: tensors.iter().map(|t| t.bytes).sum(),
     });
-    for (t, p) in tensors.iter().zip(plans.iter_mut()) {
+    for ((t, p), name) in tensors.iter().zip(plans.iter_mut()).zip(&names) {
         let read = reader.read(t, p.ggml_type, p.storage, true).await?;
         if let Some(r) = read.refused {
             let hint = if r.beyond_f16 && config.pure {
@@ -470,7 +512,7 @@ pub async fn quantize_to_gguf(
             p.sums = Some(read.sums);
         }
         writer
-            .write_tensor_bytes(&t.name, &read.data)
+            .write_tensor_bytes(name, &read.data)
             .map_err(io_error)?;
         progress(Progress::Advance { bytes: t.bytes });
     }

@@ -3,6 +3,7 @@
 
 pub mod activations;
 pub mod batch;
+pub mod gguf_arch;
 pub mod gguf_checkpoint;
 pub mod gguf_export;
 pub mod gguf_metadata;
