@@ -399,3 +399,24 @@ fn an_unknown_architecture_keeps_its_names_and_says_llama_cpp_will_not_load_it()
     );
     assert_eq!(file.tensors()[0].name, "net.proj.weight");
 }
+
+/// A diffusers UNet folder (the bundled tiny UNet) gets ComfyUI-GGUF's architecture key, `sd1`
+/// (a diffusers SD1 UNet: down_blocks.0.downsamplers.0.conv.weight, no add_embedding), under its
+/// checkpoint names; a pipeline folder, whose names carry component prefixes, gets none.
+#[test]
+fn a_diffusers_unet_gets_comfyui_ggufs_architecture_key_and_keeps_its_names() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("gguf-ckpt-unet");
+    let out = dir.join("unet.gguf");
+    let summary = ok(&root.join("examples/models/tiny-unet"), &out);
+    assert!(
+        summary.contains("GGUF for ComfyUI-GGUF: architecture sd1"),
+        "{summary}"
+    );
+    let file = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        value(&file, "general.architecture"),
+        Some(Value::String("sd1".into()))
+    );
+    assert!(file.tensors().iter().any(|t| t.name == "conv_in.weight"));
+}

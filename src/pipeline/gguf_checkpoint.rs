@@ -5,7 +5,7 @@
 
 use datafusion::common::Result;
 
-use super::gguf_arch::{ArchLayout, bert};
+use super::gguf_arch::{ArchLayout, bert, diffusion};
 use crate::model::Model;
 use crate::model::gguf_write::MetaValue;
 
@@ -30,6 +30,9 @@ pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
     let name = model_name(model);
     if let Some(config) = bert::config(model) {
         return bert::layout(model, config, &name);
+    }
+    if let Some(layout) = diffusion::layout(model, &name) {
+        return Ok(layout);
     }
     Ok(ArchLayout {
         architecture: String::new(),

@@ -7,6 +7,7 @@
 
 pub mod bert;
 mod bert_names;
+pub mod diffusion;
 
 use std::path::{Path, PathBuf};
 
