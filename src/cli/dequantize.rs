@@ -22,7 +22,7 @@ use half::{bf16, f16};
 
 use crate::guard::{catch_panics, check_parquet, name_file};
 use crate::model::{row_layout, row_values};
-use crate::pipeline::output::{Inputs, PartialFile};
+use crate::pipeline::output::{Inputs, PartialFile, shape_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutDtype {
@@ -496,20 +496,6 @@ fn layout(
         text.push(' ');
     }
     Ok((slots, order, text))
-}
-
-/// A shape as sizes; negative or NULL dimensions are refused.
-fn shape_of(list: &dyn Array) -> std::result::Result<Vec<usize>, String> {
-    let dims = list.as_primitive::<Int64Type>();
-    (0..dims.len())
-        .map(|i| {
-            if dims.is_null(i) {
-                return Err(format!("dimension {i} of its shape is NULL"));
-            }
-            usize::try_from(dims.value(i))
-                .map_err(|_| format!("dimension {i} of its shape is {}", dims.value(i)))
-        })
-        .collect()
 }
 
 /// One pass over the small columns of weights.parquet (no values are decoded): every row

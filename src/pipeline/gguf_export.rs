@@ -31,7 +31,7 @@ use futures::StreamExt;
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_output::{InputTensor, RowPlacer, is_gguf_path, row_major_dims};
 use super::gguf_select::{ggml_dims, kept_by_llama_cpp};
-use super::output::{Inputs, MANIFEST_FORMAT_PREFIX, PartialFile};
+use super::output::{Inputs, MANIFEST_FORMAT_PREFIX, PartialFile, shape_of};
 use super::plan::sql_string;
 use crate::guard::{catch_panics, check_parquet, name_file};
 use crate::model::gguf_file::{GgmlType, MAX_DIMS};
@@ -305,21 +305,6 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
 
 fn utf8(column: &ArrayRef) -> Result<ArrayRef> {
     Ok(cast(column, &DataType::Utf8)?)
-}
-
-/// A shape as sizes; NULL or negative dimensions are refused.
-fn shape_of(list: &dyn Array) -> std::result::Result<Vec<usize>, String> {
-    let dims = cast(list, &DataType::Int64).map_err(|e| e.to_string())?;
-    let dims = dims.as_primitive::<Int64Type>();
-    (0..dims.len())
-        .map(|i| {
-            if dims.is_null(i) {
-                return Err(format!("dimension {i} of its shape is NULL"));
-            }
-            usize::try_from(dims.value(i))
-                .map_err(|_| format!("dimension {i} of its shape is {}", dims.value(i)))
-        })
-        .collect()
 }
 
 /// The columns of `weights.parquet` an export reads, each of the kind it needs.

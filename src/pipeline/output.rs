@@ -788,6 +788,27 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| io_error("cannot write", path, e))
 }
 
+/// A tensor's shape as stored in `weights.parquet` (a list of integers), as sizes; NULL or
+/// negative dimensions are refused, saying which.
+pub fn shape_of(
+    list: &dyn datafusion::arrow::array::Array,
+) -> std::result::Result<Vec<usize>, String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    let dims =
+        datafusion::arrow::compute::cast(list, &DataType::Int64).map_err(|e| e.to_string())?;
+    let dims = dims.as_primitive::<Int64Type>();
+    (0..dims.len())
+        .map(|i| {
+            if dims.is_null(i) {
+                return Err(format!("dimension {i} of its shape is NULL"));
+            }
+            usize::try_from(dims.value(i))
+                .map_err(|_| format!("dimension {i} of its shape is {}", dims.value(i)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
