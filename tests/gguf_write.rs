@@ -384,10 +384,12 @@ fn a_default_name_is_model_and_scheme() {
     assert!(GgufFile::open(&dir.join("m-q8_0.gguf")).is_ok());
 }
 
-/// A safetensors checkpoint (the bundled diffusers UNet) to GGUF: tensors under their checkpoint
-/// names and shapes, the ones llama.cpp would quantize in the scheme's type where their
-/// innermost dimension takes its blocks, the rest kept (the 3×3 convolutions, whose GGUF rows
-/// are 3 values), and every value read back equal to the input's within the type's error.
+/// A safetensors checkpoint (the bundled diffusers UNet, ComfyUI-GGUF's `sd1`) to GGUF as
+/// ComfyUI-GGUF writes UNets: tensors under their checkpoint names with their element counts,
+/// those whose innermost dimension 256 does not divide reshaped to rows of 256 (the 3×3 and 1×1
+/// convolutions and the 64- and 128-wide linears) and quantized in the scheme's type, its keep
+/// list unquantized (time_embedding in F16, conv_in in F32: 864 values), and every value read
+/// back, the reshape undone, equal to the input's within the type's error.
 #[test]
 fn a_safetensors_checkpoint_is_written_as_gguf_under_its_names() {
     let dir = scratch("gguf-write-checkpoint");
@@ -409,21 +411,35 @@ fn a_safetensors_checkpoint_is_written_as_gguf_under_its_names() {
             .ggml_type
             .name
     };
-    assert_eq!(types("time_embedding.linear_1.weight"), "Q8_0");
+    assert_eq!(types("time_embedding.linear_1.weight"), "F16");
     assert_eq!(types("conv_in.bias"), "F32");
-    assert_ne!(types("conv_in.weight"), "Q8_0");
+    assert_eq!(types("conv_in.weight"), "F32");
+    assert_eq!(types("down_blocks.0.resnets.0.conv1.weight"), "Q8_0");
+    let conv = file
+        .tensors()
+        .iter()
+        .find(|t| t.name == "down_blocks.0.resnets.0.conv1.weight")
+        .unwrap();
+    assert_eq!(conv.dims, [256, 36]);
     assert_eq!(text(&file, "quantize.scheme"), "q8_0");
     assert_eq!(value(&file, "general.file_type"), Some(Value::UInt(7)));
-    // Every tensor of the checkpoint is there with its element count, and the quantized
-    // ones (2-D, rows alike in both files) read back within q8_0's error.
+    // Every tensor of the checkpoint is there with its element count, and the quantized ones
+    // read back within q8_0's error, each tensor's rows flattened in order (which undoes the
+    // reshape).
     let sql = format!(
         "SELECT (SELECT count(*) FROM gguf_info('{out}')) AS tensors,
                 (SELECT count(*) FROM gguf_info('{out}') g JOIN safetensors_info('{src}') s
                    ON g.layer = s.layer AND g.elements = s.elements) AS same_sizes,
-                (SELECT min(c) FROM (SELECT tensor_cosine(g.weights, s.weights) AS c
-                   FROM read_gguf('{out}') g JOIN read_safetensors('{src}') s
-                   ON g.layer = s.layer AND g.row = s.row
-                   WHERE g.dtype = 'Q8_0' GROUP BY g.layer)) AS min_cosine",
+                (SELECT min(c) FROM (SELECT tensor_cosine(g.w, s.w) AS c
+                   FROM (SELECT layer, min(dtype) AS dtype,
+                           flatten(array_agg(weights ORDER BY row)) AS w
+                         FROM read_gguf('{out}') GROUP BY layer) g
+                   JOIN (SELECT layer, flatten(array_agg(weights ORDER BY row)) AS w
+                         FROM read_safetensors('{src}') GROUP BY layer) s
+                   ON g.layer = s.layer
+                   WHERE g.dtype = 'Q8_0' GROUP BY g.layer)) AS min_cosine,
+                (SELECT count(DISTINCT layer) FROM read_gguf('{out}')
+                   WHERE dtype = 'Q8_0') AS quantized",
         out = out.display(),
         src = root().join("examples/models/tiny-unet").display(),
     );
@@ -441,6 +457,7 @@ fn a_safetensors_checkpoint_is_written_as_gguf_under_its_names() {
     };
     assert_eq!(int("tensors"), 212);
     assert_eq!(int("same_sizes"), 212);
+    assert_eq!(int("quantized"), 72);
     let cosine = batches[0]
         .column_by_name("min_cosine")
         .unwrap()

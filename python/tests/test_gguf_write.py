@@ -175,3 +175,81 @@ def test_gguf_py_reads_an_export_and_decodes_it_as_we_decode_the_directory(tmp_p
     assert fields["general.quantization_version"].contents() == 2
     assert fields["quantize.tool"].contents() == "arrowquant"
     assert fields["quantize.scheme"].contents().lower() == scheme.lower()
+
+
+# The types ComfyUI-GGUF's dequant.py decodes (besides F32 and F16, which torch takes as they are).
+COMFY_TYPES = {
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q5_1",
+    "Q5_0",
+    "Q4_1",
+    "Q4_0",
+    "Q6_K",
+    "Q5_K",
+    "Q4_K",
+    "Q3_K",
+    "Q2_K",
+    "IQ4_NL",
+    "IQ4_XS",
+}
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_K"])
+def test_a_unet_loads_as_comfyui_ggufs_loader_reads_it(tmp_path, scheme):
+    """The bundled tiny UNet (sd1) read as city96/ComfyUI-GGUF's loader.py reads a GGUF UNet:
+    `comfy.gguf.orig_shape.NAME` an ARRAY of INT32 (get_orig_shape refuses anything else) giving
+    the torch shape, outermost first, else the reversed GGUF shape; every tensor of a type its
+    dequant.py decodes; decoded by gguf-py and viewed in that shape, each equals the
+    checkpoint's tensor within its type's error, and equals ArrowQuant's own decoding bit for
+    bit."""
+    from gguf import GGUFValueType
+    from safetensors.numpy import load_file
+
+    unet = ROOT / "examples" / "models" / "tiny-unet"
+    want = load_file(str(unet / "diffusion_pytorch_model.safetensors"))
+    out = tmp_path / "unet.gguf"
+    run = subprocess.run(
+        [str(BINARY), "quantize", "-q", str(unet), "-o", str(out), "--scheme", scheme, "--pure"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    reader = GGUFReader(str(out))
+    assert reader.fields["general.architecture"].contents() == "sd1"
+    decoded = ours(out)
+    assert sorted(t.name for t in reader.tensors) == sorted(want)
+    reshaped = 0
+    for t in reader.tensors:
+        field = reader.get_field(f"comfy.gguf.orig_shape.{t.name}")
+        if field is None:
+            shape = tuple(int(v) for v in reversed(t.shape))
+        else:
+            assert field.types == [GGUFValueType.ARRAY, GGUFValueType.INT32], t.name
+            shape = tuple(int(field.parts[i][0]) for i in field.data)
+            assert [int(v) for v in t.shape] == [256, int(np.prod(shape)) // 256], t.name
+            reshaped += 1
+        assert shape == want[t.name].shape, t.name
+        assert t.tensor_type.name in COMFY_TYPES, (t.name, t.tensor_type.name)
+        got = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        ref = want[t.name].astype(np.float32)
+        kind = t.tensor_type.name
+        if kind == "F32":
+            assert np.array_equal(got, ref), t.name
+        elif kind == "F16":
+            assert np.allclose(got, ref, rtol=2**-11, atol=1e-7), t.name
+        else:
+            assert kind == scheme.upper(), (t.name, kind)
+            cos = float((got * ref).sum() / np.sqrt((got * got).sum() * (ref * ref).sum()))
+            assert cos > (0.9999 if scheme == "q8_0" else 0.99), (t.name, cos)
+        mine = decoded[t.name].reshape(-1)
+        assert np.array_equal(mine.view(np.uint32), got.reshape(-1).view(np.uint32)), t.name
+    assert reshaped == 74
+    assert {
+        t.tensor_type.name
+        for t in reader.tensors
+        if "time_embedding" in t.name and len(t.shape) > 1
+    } == {"F16"}

@@ -24,14 +24,16 @@ use std::time::Instant;
 use arrowquant_udfs::kernels::metrics::PairSums;
 use arrowquant_udfs::kernels::scheme::{QuantSpec, SCHEME_NAMES, Scheme};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array,
+    Array, ArrayRef, AsArray, Float32Array, Float64Array, Int64Array, ListArray, RecordBatch,
+    StringArray, UInt8Array,
 };
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int64Type, Schema};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::gguf_arch::ArchLayout;
+use super::gguf_arch::{ArchLayout, diffusion};
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
 use super::modality::{Detection, Modality, detect};
@@ -245,6 +247,8 @@ struct Planned {
     /// Whether llama.cpp would quantize it (what `quantize.mixture` describes).
     selected: bool,
     sums: Option<PairSums>,
+    /// The shape (outermost first) ComfyUI-GGUF's rules give it in the file, when not its own.
+    reshaped: Option<[usize; 2]>,
 }
 
 impl Planned {
@@ -256,7 +260,14 @@ impl Planned {
             fallback_from: None,
             selected: false,
             sums: None,
+            reshaped: None,
         }
+    }
+
+    /// ggml's `ne` in the file.
+    fn dims(&self, t: &InputTensor) -> Vec<u64> {
+        self.reshaped
+            .map_or_else(|| t.dims.clone(), |s| row_major_dims(&s))
     }
 }
 
@@ -266,10 +277,16 @@ fn type_of_id(id: u32, scheme: Scheme) -> Result<GgmlType> {
     })
 }
 
-/// How a row of `ne0` values is stored for `spec`: its blocks, its fallback's, or F16.
-fn row_storage(spec: QuantSpec, ne0: usize) -> Result<(Storage, GgmlType, Option<String>)> {
+/// How a row of `ne0` values is stored for `spec`: its blocks, its fallback's, or F16 (under
+/// ComfyUI-GGUF's UNet rules, `comfy`, F16 whenever the scheme's blocks do not divide it, as
+/// its patched llama-quantize falls back).
+fn row_storage(
+    spec: QuantSpec,
+    ne0: usize,
+    comfy: bool,
+) -> Result<(Storage, GgmlType, Option<String>)> {
     let wanted = gguf_type_of(spec.scheme)?;
-    match spec.for_gguf_row(ne0) {
+    match spec.for_gguf_row(ne0).filter(|s| !comfy || *s == spec) {
         Some(s) => {
             let id = s.scheme.ggml_type().ok_or_else(|| {
                 exec_datafusion_err!("the GGUF fallback of '{}' has no GGUF type", spec.scheme)
@@ -286,10 +303,17 @@ fn row_storage(spec: QuantSpec, ne0: usize) -> Result<(Storage, GgmlType, Option
         None => Ok((
             Storage::F16,
             GgmlType::from_name("F16").expect("F16 is a ggml type"),
-            Some(format!(
-                "rows of {ne0} values fit no {} block nor its fallback: F16",
-                wanted.name
-            )),
+            Some(if comfy {
+                format!(
+                    "rows of {ne0} values are not whole {} blocks: F16, ComfyUI-GGUF's fallback",
+                    wanted.name
+                )
+            } else {
+                format!(
+                    "rows of {ne0} values fit no {} block nor its fallback: F16",
+                    wanted.name
+                )
+            }),
         )),
     }
 }
@@ -314,6 +338,27 @@ fn as_stored(t: &InputTensor, reason: String) -> Result<Planned> {
     Ok(Planned::keep(ty, Storage::AsStored, reason))
 }
 
+/// A float tensor of a UNet left unquantized, in the type ComfyUI-GGUF's converter writes it
+/// in ([`diffusion::kept_type`]).
+fn comfy_kept(t: &InputTensor, reason: String) -> Result<Planned> {
+    if !t.float || t.block {
+        return as_stored(t, reason);
+    }
+    let name = diffusion::kept_type(&t.dtype, &t.shape);
+    let ty = GgmlType::from_name(name).expect("F32, F16 and BF16 are ggml types");
+    let storage = match name {
+        _ if name == t.dtype => Storage::AsStored,
+        "F32" => Storage::F32,
+        "F16" => Storage::F16,
+        _ => return as_stored(t, reason),
+    };
+    Ok(Planned::keep(
+        ty,
+        storage,
+        format!("{reason}; {name} as ComfyUI-GGUF's converter writes it"),
+    ))
+}
+
 fn plan_tensor(
     t: &InputTensor,
     name: &str,
@@ -321,6 +366,7 @@ fn plan_tensor(
     sensitive: Option<QuantSpec>,
     pure: bool,
     modality: Modality,
+    comfy: bool,
 ) -> Result<Planned> {
     if t.shape.contains(&0) {
         return Err(DataFusionError::Plan(format!(
@@ -328,9 +374,38 @@ fn plan_tensor(
             t.name, t.shape
         )));
     }
+    if comfy {
+        let reshaped = diffusion::reshaped(&t.shape);
+        let dims = reshaped.map_or_else(|| t.dims.clone(), |s| row_major_dims(&s));
+        let kept = kept_by_llama_cpp(name, &dims).or_else(|| diffusion::kept(name, &dims));
+        let mut p = match kept {
+            Some(why) => comfy_kept(t, why)?,
+            None => plan_quantized(t, name, spec, sensitive, pure, modality, dims[0], true)?,
+        };
+        if let Some(s) = reshaped {
+            p.reason = format!("{}; reshaped to {s:?} (comfy.gguf.orig_shape)", p.reason);
+            p.reshaped = reshaped;
+        }
+        return Ok(p);
+    }
     if let Some(why) = kept_by_llama_cpp(name, &t.dims) {
         return as_stored(t, why);
     }
+    plan_quantized(t, name, spec, sensitive, pure, modality, t.dims[0], false)
+}
+
+/// A tensor llama.cpp quantizes, its rows `ne0` values in the file.
+#[allow(clippy::too_many_arguments)]
+fn plan_quantized(
+    t: &InputTensor,
+    name: &str,
+    spec: QuantSpec,
+    sensitive: Option<QuantSpec>,
+    pure: bool,
+    modality: Modality,
+    ne0: u64,
+    comfy: bool,
+) -> Result<Planned> {
     if t.block {
         return as_stored(t, format!("already {}: not requantized", t.dtype));
     }
@@ -346,7 +421,7 @@ fn plan_tensor(
             setting = wide;
         }
     }
-    let (storage, ty, why) = row_storage(setting, t.dims[0] as usize)?;
+    let (storage, ty, why) = row_storage(setting, ne0 as usize, comfy)?;
     if let Some(why) = why {
         reason = format!("{reason}; {why}");
     }
@@ -357,6 +432,7 @@ fn plan_tensor(
         fallback_from: None,
         selected: true,
         sums: None,
+        reshaped: None,
     })
 }
 
@@ -425,10 +501,13 @@ pub async fn quantize_to_gguf(
     } else {
         None
     };
+    let comfy = layout
+        .as_ref()
+        .is_some_and(|l| diffusion::is_comfy_unet(&l.architecture));
     let mut plans = tensors
         .iter()
         .zip(&names)
-        .map(|(t, n)| plan_tensor(t, n, spec, sensitive, config.pure, modality.modality))
+        .map(|(t, n)| plan_tensor(t, n, spec, sensitive, config.pure, modality.modality, comfy))
         .collect::<Result<Vec<_>>>()?;
     if !plans
         .iter()
@@ -450,7 +529,7 @@ pub async fn quantize_to_gguf(
     };
     let mut fallbacks = 0;
     if !config.pure {
-        fallbacks = measure(&reader, &tensors, &mut plans, config, progress).await?;
+        fallbacks = measure(&reader, &tensors, &mut plans, config, comfy, progress).await?;
     }
 
     let base = gguf_type_of(spec.scheme)?;
@@ -466,7 +545,7 @@ pub async fn quantize_to_gguf(
         .filter(|(_, p)| p.selected && p.ggml_type != base)
         .map(|(n, p)| format!("{n}={}: {}", p.ggml_type.name, p.reason))
         .collect();
-    let metadata = finish_metadata(
+    let mut metadata = finish_metadata(
         source.metadata(layout.as_ref())?,
         file_type,
         Provenance {
@@ -475,6 +554,11 @@ pub async fn quantize_to_gguf(
             mixture,
         },
     );
+    for ((t, p), name) in tensors.iter().zip(&plans).zip(&names) {
+        if p.reshaped.is_some() {
+            metadata.push(diffusion::orig_shape(name, &t.shape)?);
+        }
+    }
     let infos: Vec<TensorInfo> = tensors
         .iter()
         .zip(&plans)
@@ -482,7 +566,7 @@ pub async fn quantize_to_gguf(
         .map(|((t, p), name)| TensorInfo {
             name: name.clone(),
             ggml_type: p.ggml_type,
-            dims: t.dims.clone(),
+            dims: p.dims(t),
         })
         .collect();
     let shown = options.output.display().to_string();
@@ -494,7 +578,7 @@ pub async fn quantize_to_gguf(
         bytes: tensors.iter().map(|t| t.bytes).sum(),
     });
     for ((t, p), name) in tensors.iter().zip(plans.iter_mut()).zip(&names) {
-        let read = reader.read(t, p.ggml_type, p.storage, true).await?;
+        let read = reader.read_planned(t, p, true).await?;
         if let Some(r) = read.refused {
             let hint = if r.beyond_f16 && config.pure {
                 " (without --pure, such a tensor is kept as it is)"
@@ -538,6 +622,7 @@ async fn measure(
     tensors: &[InputTensor],
     plans: &mut [Planned],
     config: &QuantConfig,
+    comfy: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<usize> {
     progress(Progress::Start {
@@ -553,7 +638,7 @@ async fn measure(
     for (t, p) in tensors.iter().zip(plans.iter_mut()) {
         let mut counted = false;
         while let Storage::Blocks(spec) = p.storage {
-            let read = reader.read(t, p.ggml_type, p.storage, false).await?;
+            let read = reader.read_planned(t, p, false).await?;
             if let Some(r) = read.refused {
                 if !r.beyond_f16 {
                     return Err(exec_datafusion_err!(
@@ -564,9 +649,9 @@ async fn measure(
                     ));
                 }
                 let reason = format!("values beyond f16 range (row {}: {})", r.row, r.reason);
-                let selected = p.selected;
+                let (selected, reshaped) = (p.selected, p.reshaped);
                 *p = as_stored(t, reason)?;
-                p.selected = selected;
+                (p.selected, p.reshaped) = (selected, reshaped);
                 break;
             }
             let short = read.sums.cosine().is_none_or(|c| c < config.min_cosine);
@@ -582,12 +667,14 @@ async fn measure(
             match spec.wider() {
                 None => {
                     let reason = format!("{}; kept: quality short at every width", p.reason);
-                    let (selected, from) = (p.selected, p.fallback_from.take());
+                    let (selected, from, reshaped) =
+                        (p.selected, p.fallback_from.take(), p.reshaped);
                     *p = as_stored(t, reason)?;
-                    (p.selected, p.fallback_from) = (selected, from);
+                    (p.selected, p.fallback_from, p.reshaped) = (selected, from, reshaped);
                 }
                 Some(wide) => {
-                    let (storage, ty, why) = row_storage(wide, t.dims[0] as usize)?;
+                    let ne0 = p.dims(t)[0] as usize;
+                    let (storage, ty, why) = row_storage(wide, ne0, comfy)?;
                     p.storage = storage;
                     p.ggml_type = ty;
                     p.reason = format!(
@@ -631,8 +718,21 @@ struct TensorReader<'a> {
     path: String,
 }
 
+/// The in-memory table a reshaped tensor's rows are quantized from.
+const REGROUPED: &str = "arrowquant_regrouped_rows";
+
 impl TensorReader<'_> {
-    fn sql(&self, t: &InputTensor, storage: Storage) -> String {
+    /// `FROM` the source, for one tensor.
+    fn source_rows(&self, t: &InputTensor) -> String {
+        format!(
+            "{}({}) WHERE layer = {}",
+            self.function,
+            self.path,
+            sql_string(&t.name)
+        )
+    }
+
+    fn sql(&self, from: &str, storage: Storage) -> String {
         let columns = match storage {
             Storage::Blocks(s) => format!(
                 "quantize_measured(weights, {}, {}, {}) AS m",
@@ -643,18 +743,25 @@ impl TensorReader<'_> {
             Storage::F16 | Storage::F32 => "weights".into(),
             Storage::AsStored => "data".into(),
         };
-        let inner = format!(
-            "SELECT row, {columns} FROM {}({}) WHERE layer = {}",
-            self.function,
-            self.path,
-            sql_string(&t.name)
-        );
+        let inner = format!("SELECT row, {columns} FROM {from}");
         match storage {
             Storage::Blocks(_) => format!(
                 "SELECT row, m['quantized']['codes'] AS bytes, m['error_sums'] AS e, \
                  m['refused'] AS refused FROM ({inner})"
             ),
             _ => inner,
+        }
+    }
+
+    /// Reads `t` as `p` plans it; with `keep`, its bytes too. A reshaped tensor is quantized
+    /// in its rows in the file; stored in a float type, its bytes are the same either way.
+    async fn read_planned(&self, t: &InputTensor, p: &Planned, keep: bool) -> Result<TensorBytes> {
+        match (p.reshaped, p.storage) {
+            (Some(shape), Storage::Blocks(_)) => {
+                self.read_regrouped(t, shape, p.ggml_type, p.storage, keep)
+                    .await
+            }
+            _ => self.read(t, p.ggml_type, p.storage, keep).await,
         }
     }
 
@@ -666,15 +773,79 @@ impl TensorReader<'_> {
         storage: Storage,
         keep: bool,
     ) -> Result<TensorBytes> {
+        self.run(
+            &self.sql(&self.source_rows(t), storage),
+            t,
+            ty,
+            storage,
+            keep,
+        )
+        .await
+    }
+
+    /// Quantizes `t` in the rows of `shape` (row-major, the same values in the same order):
+    /// its values read as F32, cut into those rows and queried from an in-memory table.
+    async fn read_regrouped(
+        &self,
+        t: &InputTensor,
+        shape: [usize; 2],
+        ty: GgmlType,
+        storage: Storage,
+        keep: bool,
+    ) -> Result<TensorBytes> {
+        let f32 = GgmlType::from_name("F32").expect("F32 is a ggml type");
+        let bytes = self.read(t, f32, Storage::F32, true).await?.data;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        drop(bytes);
+        let [rows, per_row] = shape;
+        if values.len() != rows * per_row {
+            return Err(exec_datafusion_err!(
+                "tensor '{}': {} values, not the {rows} rows of {per_row} it is reshaped to",
+                t.name,
+                values.len()
+            ));
+        }
+        let item = Arc::new(Field::new_list_field(DataType::Float32, true));
+        let weights = ListArray::try_new(
+            item,
+            OffsetBuffer::from_lengths(std::iter::repeat_n(per_row, rows)),
+            Arc::new(Float32Array::from(values)),
+            None,
+        )?;
+        let row = Int64Array::from_iter_values(0..rows as i64);
+        let batch = RecordBatch::try_from_iter([
+            ("row", Arc::new(row) as ArrayRef),
+            ("weights", Arc::new(weights) as ArrayRef),
+        ])?;
+        let out = InputTensor {
+            shape: shape.to_vec(),
+            dims: row_major_dims(&shape),
+            ..t.clone()
+        };
+        self.ctx.register_batch(REGROUPED, batch)?;
+        let read = self
+            .run(&self.sql(REGROUPED, storage), &out, ty, storage, keep)
+            .await;
+        self.ctx.deregister_table(REGROUPED)?;
+        read
+    }
+
+    /// Runs one tensor's query, its rows placed as `t`'s.
+    async fn run(
+        &self,
+        sql: &str,
+        t: &InputTensor,
+        ty: GgmlType,
+        storage: Storage,
+        keep: bool,
+    ) -> Result<TensorBytes> {
         let mut placed = keep.then(|| RowPlacer::new(t, ty)).transpose()?;
         let mut sums = PairSums::default();
         let mut refused: Option<Refusal> = None;
-        let mut stream = self
-            .ctx
-            .sql(&self.sql(t, storage))
-            .await?
-            .execute_stream()
-            .await?;
+        let mut stream = self.ctx.sql(sql).await?.execute_stream().await?;
         let mut scratch = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
