@@ -197,6 +197,11 @@ async fn every_quantized_tensor_is_the_directorys_codes() {
         let mixture = text(&file, "quantize.mixture");
         if scheme == "q4_K" {
             assert!(mixture.contains("blk.0.odd.weight=Q5_0"), "{mixture}");
+            // The report says which format the rows took, llama.cpp's fallback.
+            assert!(
+                mixture.contains("rows of 96 values are not whole q4_K blocks: q5_0"),
+                "{mixture}"
+            );
         } else {
             assert!(!mixture.contains("blk.0.odd.weight"), "{mixture}");
         }

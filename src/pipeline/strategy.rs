@@ -101,7 +101,10 @@ fn plan_tensor(
     }
     let for_row = setting.for_row(row_len);
     if for_row != setting {
-        reason = format!("{reason}; rows of {row_len} values are not whole GGUF blocks: asym");
+        reason = format!(
+            "{reason}; rows of {row_len} values are not whole {} blocks: {}",
+            setting.scheme, for_row.scheme
+        );
         setting = for_row;
     }
     TensorPlan {
