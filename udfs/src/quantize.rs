@@ -36,10 +36,10 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          > SELECT quantize(weights, 4, 32, 'q4_0')['codes'] FROM layers;\n```",
     )
     .with_argument("weights", "List of Float16, Float32 or Float64: one row of a tensor.")
-    .with_argument("bits", "Code width: 2, 3, 4, 5, 6 or 8 for asym, sym, asym_minmax and sym_minmax (7 is refused: it has no packing); the GGUF schemes fix theirs: 4 for q4_0 and q4_1, 5 for q5_0 and q5_1, 8 for q8_0.")
+    .with_argument("bits", "Code width: 2, 3, 4, 5, 6 or 8 for asym, sym, asym_minmax and sym_minmax (7 is refused: it has no packing); the GGUF schemes fix theirs: 2 for q2_K, 3 for q3_K, 4 for q4_0, q4_1, q4_K, iq4_nl and iq4_xs, 5 for q5_0, q5_1 and q5_K, 6 for q6_K, 8 for q8_0.")
     .with_argument(
         "group_size",
-        "Values per group, 16 to 4096 (default 64), or 'row' for one group per row. GGUF schemes use 32.",
+        "Values per group, 16 to 4096 (default 64), or 'row' for one group per row. GGUF schemes use their block: 256 for the k-quants and iq4_xs, 32 for the others.",
     )
     .with_argument("scheme", scheme_list())
     .with_related_udf("dequantize")

@@ -28,8 +28,11 @@ pub const DOC_DIFFUSION: DocSection = DocSection {
 
 pub fn scheme_list() -> &'static str {
     "Storage scheme: 'asym' (default: scale and offset per group, clipping search), 'sym' \
-     (signed scale only), 'asym_minmax' / 'sym_minmax' (no search), or llama.cpp's 'q4_0', \
-     'q4_1', 'q5_0', 'q5_1', 'q8_0' (bit-exact blocks of 32)."
+     (signed scale only), 'asym_minmax' / 'sym_minmax' (no search), or one of llama.cpp's block \
+     formats, whose rows are exactly its blocks: 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0' (blocks \
+     of 32), 'q2_K', 'q3_K', 'q4_K', 'q5_K', 'q6_K', 'iq4_xs' (super-blocks of 256), 'iq4_nl' \
+     (blocks of 32 on its non-linear grid). Their codes are chosen by our search; \
+     'NAME:reference' gives llama.cpp's own rule, bit for bit, for the blocks of 32."
 }
 
 pub const DOC_THERMODYNAMIC: DocSection = DocSection {
