@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrowquant::model::gguf_file::{GgufFile, Value};
 use common::*;
+use common::{meta_text as text, meta_value as value};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Int64Type};
 use safetensors::tensor::Dtype;
@@ -80,16 +81,6 @@ fn quantized(dir: &Path, name: &str, scheme: &str) -> PathBuf {
 
 fn export(dir: &Path, out: &str, cwd: &Path) -> std::process::Output {
     run(&["export", dir.to_str().unwrap(), "-o", out], cwd)
-}
-
-fn value(file: &GgufFile, key: &str) -> Option<Value> {
-    let entry = file.header().metadata.iter().find(|e| e.key == key)?;
-    file.value(entry)
-}
-
-fn text(file: &GgufFile, key: &str) -> String {
-    let entry = file.header().metadata.iter().find(|e| e.key == key);
-    entry.map(|e| file.text(e)).unwrap_or_default()
 }
 
 /// Names in `dir` besides `keep`: no partial may remain.

@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use arrowquant::model::gguf_file::{GgufFile, Value};
+use common::meta_value as value;
 use common::*;
 use safetensors::tensor::Dtype;
 
@@ -156,11 +157,6 @@ fn refused(model: &Path, out: &Path) -> String {
     assert!(!o.status.success(), "{}", stdout(&o));
     assert!(!out.exists(), "{} was written", out.display());
     stderr(&o)
-}
-
-fn value(file: &GgufFile, key: &str) -> Option<Value> {
-    let entry = file.header().metadata.iter().find(|e| e.key == key)?;
-    file.value(entry)
 }
 
 fn array(file: &GgufFile, key: &str) -> serde_json::Value {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use arrowquant::model::gguf_file::{GgmlType, GgufFile, Value};
 use arrowquant::model::gguf_write::{MetaValue, TensorToWrite, write_gguf};
 use common::*;
+use common::{meta_text as text, meta_value as value};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float32Type, Int64Type};
 
@@ -34,16 +35,6 @@ fn ok(args: &[&str]) -> std::process::Output {
     let out = run(args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     out
-}
-
-fn value(file: &GgufFile, key: &str) -> Option<Value> {
-    let entry = file.header().metadata.iter().find(|e| e.key == key)?;
-    file.value(entry)
-}
-
-fn text(file: &GgufFile, key: &str) -> String {
-    let entry = file.header().metadata.iter().find(|e| e.key == key);
-    entry.map(|e| file.text(e)).unwrap_or_default()
 }
 
 /// Files left in a directory besides `keep`: no partial may remain.

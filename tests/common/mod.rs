@@ -137,3 +137,18 @@ pub fn bundled_calibration() -> PathBuf {
 pub fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/models/tiny-unet")
 }
+
+/// The value of a GGUF file's metadata key, when the file has it.
+pub fn meta_value(
+    file: &arrowquant::model::gguf_file::GgufFile,
+    key: &str,
+) -> Option<arrowquant::model::gguf_file::Value> {
+    let entry = file.header().metadata.iter().find(|e| e.key == key)?;
+    file.value(entry)
+}
+
+/// A GGUF file's metadata key as text (strings as they are, arrays as JSON); empty when absent.
+pub fn meta_text(file: &arrowquant::model::gguf_file::GgufFile, key: &str) -> String {
+    let entry = file.header().metadata.iter().find(|e| e.key == key);
+    entry.map(|e| file.text(e)).unwrap_or_default()
+}

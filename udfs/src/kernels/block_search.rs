@@ -36,7 +36,7 @@ use half::f16;
 use super::block_format::BlockFormat;
 use super::error::{KernelError, Result};
 use super::gguf::GgufFormat;
-use super::kquants::{KFormat, KVALUES_IQ4NL};
+use super::kquants::{KFormat, KVALUES_F32, KVALUES_IQ4NL};
 
 /// The largest block (a k-quant super-block) and the most sub-blocks in one.
 const MAX_BLOCK: usize = 256;
@@ -440,15 +440,8 @@ const GRID_MIDPOINTS: [f32; 15] = {
     out
 };
 
-const GRID: [f32; 16] = {
-    let mut out = [0.0f32; 16];
-    let mut i = 0;
-    while i < 16 {
-        out[i] = KVALUES_IQ4NL[i] as f32;
-        i += 1;
-    }
-    out
-};
+/// The grid's levels as f32, the decoder's table.
+const GRID: [f32; 16] = KVALUES_F32;
 
 /// Where a sub-block's largest magnitude may land on the IQ4 grid: at or near its long end
 /// −127 (beyond it, the value is clipped to −127).

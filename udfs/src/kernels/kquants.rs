@@ -49,7 +49,7 @@ pub const KVALUES_IQ4NL: [i8; 16] = [
 ];
 
 /// [`KVALUES_IQ4NL`] as f32 (exact), so the decoder's inner loop is one lookup and one product.
-const KVALUES_F32: [f32; 16] = {
+pub const KVALUES_F32: [f32; 16] = {
     let mut out = [0.0f32; 16];
     let mut i = 0;
     while i < 16 {
