@@ -9,6 +9,7 @@ pub mod block_search;
 pub mod cpu;
 pub mod error;
 pub mod gguf;
+pub mod iquants;
 pub mod kquants;
 pub mod metrics;
 pub mod packing;
