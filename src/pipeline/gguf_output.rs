@@ -16,6 +16,7 @@
 //! The file is written under a temporary name beside OUT and renamed into place when complete
 //! (see [`output`](super::output)).
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::gguf_arch::{ArchLayout, diffusion};
+use super::gguf_arch::{ArchLayout, RowOrder, diffusion};
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
 use super::modality::{Detection, Modality, detect};
@@ -521,11 +522,22 @@ pub async fn quantize_to_gguf(
         )));
     }
 
+    let orders = layout
+        .as_ref()
+        .map(|l| l.reordered.clone())
+        .unwrap_or_default();
+    for (t, p) in tensors.iter().zip(plans.iter_mut()) {
+        if let Some(o) = orders.get(&t.name) {
+            p.reason = format!("{}; {}", p.reason, o.describe());
+        }
+    }
+
     let ctx = crate::session::pipeline_context();
     let reader = TensorReader {
         ctx: &ctx,
         function: source.table_function(),
         path: sql_string(&options.model.display().to_string()),
+        orders,
     };
     let mut fallbacks = 0;
     if !config.pure {
@@ -716,6 +728,8 @@ struct TensorReader<'a> {
     function: &'static str,
     /// The source path as a SQL literal.
     path: String,
+    /// Tensors (by input name) whose rows the output holds in another order.
+    orders: HashMap<String, RowOrder>,
 }
 
 /// The in-memory table a reshaped tensor's rows are quantized from.
@@ -732,7 +746,16 @@ impl TensorReader<'_> {
         )
     }
 
-    fn sql(&self, from: &str, storage: Storage) -> String {
+    /// The `row` column of `t`'s rows in the output: the source's, or moved by its row order.
+    fn row_column(&self, t: &InputTensor) -> String {
+        self.orders
+            .get(&t.name)
+            .map_or_else(|| "row".into(), |o| o.sql("row"))
+    }
+
+    /// The query of one tensor's rows `FROM from`, its row numbers `row` (an expression of the
+    /// source's `row`): the rows of the output, before they are quantized.
+    fn sql(&self, from: &str, row: &str, storage: Storage) -> String {
         let columns = match storage {
             Storage::Blocks(s) => format!(
                 "quantize_measured(weights, {}, {}, {}) AS m",
@@ -743,7 +766,7 @@ impl TensorReader<'_> {
             Storage::F16 | Storage::F32 => "weights".into(),
             Storage::AsStored => "data".into(),
         };
-        let inner = format!("SELECT row, {columns} FROM {from}");
+        let inner = format!("SELECT {row} AS row, {columns} FROM {from}");
         match storage {
             Storage::Blocks(_) => format!(
                 "SELECT row, m['quantized']['codes'] AS bytes, m['error_sums'] AS e, \
@@ -774,7 +797,7 @@ impl TensorReader<'_> {
         keep: bool,
     ) -> Result<TensorBytes> {
         self.run(
-            &self.sql(&self.source_rows(t), storage),
+            &self.sql(&self.source_rows(t), &self.row_column(t), storage),
             t,
             ty,
             storage,
@@ -793,6 +816,12 @@ impl TensorReader<'_> {
         storage: Storage,
         keep: bool,
     ) -> Result<TensorBytes> {
+        if self.orders.contains_key(&t.name) {
+            return Err(exec_datafusion_err!(
+                "tensor '{}': a reshaped tensor cannot have its rows reordered",
+                t.name
+            ));
+        }
         let f32 = GgmlType::from_name("F32").expect("F32 is a ggml type");
         let bytes = self.read(t, f32, Storage::F32, true).await?.data;
         let values: Vec<f32> = bytes
@@ -827,7 +856,13 @@ impl TensorReader<'_> {
         };
         self.ctx.register_batch(REGROUPED, batch)?;
         let read = self
-            .run(&self.sql(REGROUPED, storage), &out, ty, storage, keep)
+            .run(
+                &self.sql(REGROUPED, "row", storage),
+                &out,
+                ty,
+                storage,
+                keep,
+            )
             .await;
         self.ctx.deregister_table(REGROUPED)?;
         read

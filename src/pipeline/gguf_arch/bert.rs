@@ -118,6 +118,7 @@ pub fn layout(model: &Model, config: &ConfigFile, name: &str) -> Result<ArchLayo
         names,
         dropped,
         read,
+        reordered: Default::default(),
         note: format!(
             "GGUF for llama.cpp: architecture bert, {} blocks, {} tokens, {pooling_text} \
              pooling ({pooling_from})",

@@ -82,6 +82,7 @@ pub fn layout(model: &Model, name: &str) -> Option<ArchLayout> {
             .collect(),
         dropped: Vec::new(),
         read: Vec::new(),
+        reordered: Default::default(),
         note: format!(
             "GGUF for ComfyUI-GGUF: architecture {arch}, checkpoint names, its keep list, \
              {reshaped} tensors reshaped to rows of {ROW} (comfy.gguf.orig_shape.*, which \
