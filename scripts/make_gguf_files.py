@@ -7,7 +7,7 @@ write. Run from the repository root:
 Output, under tests/data/gguf/:
 - `tiny.gguf`: a small llama-like file with metadata of every value type and tensors of the
   plain types (F32, F16, BF16, I32), legacy block types (Q8_0, Q4_0, Q5_1) holding known
-  values, a Q4_K tensor of random blocks, and one type ArrowQuant does not decode (IQ2_XXS).
+  values, a Q4_K tensor of random blocks, and an IQ2_XXS tensor of random blocks.
 - `aligned64.gguf`: one F32 and one Q8_0 tensor with `general.alignment` = 64.
 - `llama-f32.gguf`: an unquantized llama-like model, as `llama-quantize` takes it (F32 and F16
   tensors of seeded random values, `general.file_type` 0, `general.alignment` 64, a tokenizer):
@@ -64,7 +64,7 @@ def tiny(path: Path) -> None:
     # gguf-py has no Q4_K quantizer: blocks of seeded random bytes (2 rows of 256 values).
     q4_k = np.random.default_rng(0).integers(0, 256, size=(2, 144), dtype=np.uint8)
     w.add_tensor("output.weight", q4_k, raw_dtype=T.Q4_K)
-    # A type ArrowQuant has no decoder for: IQ2_XXS (one row of 256 values).
+    # An i-quant: IQ2_XXS (one row of 256 values).
     iq2 = np.random.default_rng(1).integers(0, 256, size=(1, 66), dtype=np.uint8)
     w.add_tensor("blk.0.ffn_down.weight", iq2, raw_dtype=T.IQ2_XXS)
     write(w)

@@ -39,8 +39,8 @@ pub struct GgmlType {
     pub block_bytes: u32,
 }
 
-/// Every type ggml defines, from `ggml.h`'s `ggml_type` and its type traits (ids 4, 5 and 31 to
-/// 33 are retired and refused).
+/// Every type ggml defines, from `ggml.h`'s `ggml_type` and its type traits, as gguf-py 0.19.0's
+/// `GGML_QUANT_SIZES` has them (ids 4, 5, 31 to 33 and 36 to 38 are retired and refused).
 const GGML_TYPES: &[GgmlType] = &[
     t(0, "F32", 1, 4),
     t(1, "F16", 1, 2),
@@ -74,6 +74,8 @@ const GGML_TYPES: &[GgmlType] = &[
     t(34, "TQ1_0", 256, 54),
     t(35, "TQ2_0", 256, 66),
     t(39, "MXFP4", 32, 17),
+    t(40, "NVFP4", 64, 36),
+    t(41, "Q1_0", 128, 18),
 ];
 
 const fn t(id: u32, name: &'static str, block_values: u32, block_bytes: u32) -> GgmlType {
@@ -961,6 +963,29 @@ mod tests {
             let e = err(bad);
             assert!(e.contains(want), "case {i}: {e:?} lacks {want:?}");
             assert!(e.starts_with("m.gguf: "), "case {i}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_newest_types_and_the_retired_ids() {
+        let nvfp4 = GgmlType::from_id(40).unwrap();
+        assert_eq!(
+            (nvfp4.name, nvfp4.block_values, nvfp4.block_bytes),
+            ("NVFP4", 64, 36)
+        );
+        let q1_0 = GgmlType::from_name("q1_0").unwrap();
+        assert_eq!(
+            (q1_0.id, q1_0.block_values, q1_0.block_bytes),
+            (41, 128, 18)
+        );
+        assert_eq!(nvfp4.bytes_of(128), Some(72));
+        assert_eq!(nvfp4.bytes_of(96), None);
+        for retired_or_unknown in [4, 5, 31, 32, 33, 36, 37, 38, 42] {
+            assert_eq!(
+                GgmlType::from_id(retired_or_unknown),
+                None,
+                "{retired_or_unknown}"
+            );
         }
     }
 

@@ -4,14 +4,16 @@
 //! of `d1 × …` values; every GGUF row is whole blocks, since ggml's innermost dimension is a
 //! multiple of the block), plus `ggml_type`. `data` is each row's bytes as stored, zero-copy:
 //! for a block type, exactly its blocks. `weights` is the values: F32 zero-copy where aligned,
-//! F16, BF16 and F64 widened or narrowed as `read_safetensors` does, the block types ArrowQuant
-//! has a decoder for (the legacy blocks, the k-quants, IQ4_NL and IQ4_XS) dequantized by its
-//! kernels, NULL for integer tensors; reading the weights
-//! of a block type without a decoder is an error naming the tensor and the type.
+//! F16, BF16 and F64 widened or narrowed as `read_safetensors` does, every block type gguf-py
+//! can dequantize (the legacy blocks, the k-quants, the i-quants, TQ1_0, TQ2_0, MXFP4 and
+//! NVFP4) dequantized by ArrowQuant's kernels bit for bit as gguf-py does, NULL for integer
+//! tensors; reading the weights of a block type without a decoder (Q8_1, Q8_K and Q1_0, which
+//! gguf-py cannot dequantize either) is an error naming the tensor and the type.
 
 use std::sync::{Arc, LazyLock};
 
 use arrowquant_udfs::kernels::gguf::{self, GgufFormat};
+use arrowquant_udfs::kernels::iquants::{self, IFormat};
 use arrowquant_udfs::kernels::kquants::{self, KFormat};
 use arrowquant_udfs::support::doc::DOC_TABLES;
 use async_trait::async_trait;
@@ -48,10 +50,12 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          read_safetensors {layer, row, shape, dtype (the ggml type's name), weights \
          List<Float32>, data (the row's bytes as stored: for a block type, its blocks)} plus \
          ggml_type (the type's id). Memory-mapped; F32 zero-copy where aligned, F16 and BF16 \
-         widened exactly, F64 narrowed; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K, IQ4_NL and \
-         IQ4_XS dequantized by ArrowQuant's kernels, bit for bit as gguf-py's dequantize; \
-         weights is NULL for integer tensors, and reading the weights of another block type (the \
-         other i-quants, TQ, MXFP4) is an error naming it (its data column reads). Filters on layer and dtype are pushed down. A corrupt file is refused naming \
+         widened exactly, F64 narrowed; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K, IQ1_S, IQ1_M, \
+         IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4 and NVFP4 \
+         dequantized by ArrowQuant's kernels, bit for bit as gguf-py's dequantize; weights is \
+         NULL for integer tensors, and reading the weights of Q8_1, Q8_K or Q1_0 (which gguf-py \
+         cannot dequantize either) is an error naming the tensor and the type (its data column \
+         reads). Filters on layer and dtype are pushed down. A corrupt file is refused naming \
          the file and the key or tensor.",
         "read_gguf(path)",
     )
@@ -244,6 +248,7 @@ enum Decode {
     Integer,
     Blocks(GgufFormat),
     KBlocks(KFormat),
+    IBlocks(IFormat),
 }
 
 fn decoder(t: &GgufTensor) -> Option<Decode> {
@@ -253,10 +258,13 @@ fn decoder(t: &GgufTensor) -> Option<Decode> {
         "BF16" => Decode::Bf16,
         "F64" => Decode::F64,
         _ if t.ggml_type.is_integer() => Decode::Integer,
-        _ => match GgufFormat::from_ggml_type(t.ggml_type.id) {
-            Some(format) => Decode::Blocks(format),
-            None => Decode::KBlocks(KFormat::from_ggml_type(t.ggml_type.id)?),
-        },
+        _ => {
+            let id = t.ggml_type.id;
+            GgufFormat::from_ggml_type(id)
+                .map(Decode::Blocks)
+                .or_else(|| KFormat::from_ggml_type(id).map(Decode::KBlocks))
+                .or_else(|| IFormat::from_ggml_type(id).map(Decode::IBlocks))?
+        }
     })
 }
 
@@ -386,6 +394,9 @@ fn weights_column(
         })?,
         Some(Decode::KBlocks(format)) => decode_unit(file, t, first_row, lens, |values, out| {
             kquants::dequantize_row(format, bytes, values, out)
+        })?,
+        Some(Decode::IBlocks(format)) => decode_unit(file, t, first_row, lens, |values, out| {
+            iquants::dequantize_row(format, bytes, values, out)
         })?,
         None => return exec_err!("read_gguf: tensor '{}': no decoder", t.name),
     };
