@@ -18,8 +18,48 @@ from gguf.quants import dequantize, quantize
 import arrow_quant_v2 as aq
 
 DECODED = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+# The i-quants, ternary and FP4 types (kernels::iquants).
+IQUANTS = [
+    T.IQ2_XXS,
+    T.IQ2_XS,
+    T.IQ2_S,
+    T.IQ3_XXS,
+    T.IQ3_S,
+    T.IQ1_S,
+    T.IQ1_M,
+    T.TQ1_0,
+    T.TQ2_0,
+    T.MXFP4,
+    T.NVFP4,
+]
 # gguf-py has no quantizer for these: their blocks are random bytes (any bytes are a block).
-RANDOM_BLOCKS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+RANDOM_BLOCKS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, *IQUANTS]
+# Where the f16 super-scale of a block lies (IQ1_M's is spread over four nibbles; MXFP4 and
+# NVFP4 have 8-bit scales, no f16).
+F16_SCALE_AT = {
+    T.IQ2_XXS: 0,
+    T.IQ2_XS: 0,
+    T.IQ2_S: 0,
+    T.IQ3_XXS: 0,
+    T.IQ3_S: 0,
+    T.IQ1_S: 0,
+    T.TQ1_0: 52,
+    T.TQ2_0: 64,
+}
+# ±65504, ±smallest subnormal, ±0, ±inf, a quiet NaN, a NaN with a payload, a negative one.
+F16_EXTREMES = [
+    0x7BFF,
+    0xFBFF,
+    0x0001,
+    0x8001,
+    0x0000,
+    0x8000,
+    0x7C00,
+    0xFC00,
+    0x7E00,
+    0x7E55,
+    0xFD55,
+]
 
 
 @pytest.fixture
@@ -65,8 +105,10 @@ def table(ctx: SessionContext, sql: str) -> pa.Table:
     return pa.Table.from_batches(ctx.sql(sql).collect())
 
 
-# Random blocks have NaN and infinite scales, which numpy warns about in gguf-py's decoder.
+# Random blocks have NaN and infinite scales (and MXFP4's may overflow f32), which numpy warns
+# about in gguf-py's decoder.
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_every_decoded_type_equals_gguf_py_bit_for_bit(ctx, random_gguf):
     path, stored = random_gguf
     got = table(
@@ -89,6 +131,56 @@ def test_every_decoded_type_equals_gguf_py_bit_for_bit(ctx, random_gguf):
         assert np.array_equal(ours.view(np.uint32), want.astype(np.float32).view(np.uint32)), name
         # data holds each row's bytes as gguf-py stored them.
         assert b"".join(d for _, d in rows) == data.tobytes(), name
+
+
+# inf·0 (a ternary zero under an infinite scale), NaN scales and MXFP4's largest scale times
+# its largest levels (beyond f32) are expected.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_i_quants_with_extreme_scales_equal_gguf_py_bit_for_bit(ctx, tmp_path):
+    """Every i-quant, ternary and FP4 type through a real session, in a file gguf-py wrote:
+    random blocks whose f16 scales are f16's extremes, infinities and NaNs (IQ1_M's assembled
+    from its four nibbles), and for MXFP4 and NVFP4 every 8-bit scale, in random order."""
+    rng = np.random.default_rng()
+    path = tmp_path / "iquants.gguf"
+    w = GGUFWriter(str(path), "llama")
+    stored = {}
+    for kind in IQUANTS:
+        size = GGML_QUANT_SIZES[kind][1]
+        if kind in (T.MXFP4, T.NVFP4):
+            per_block = 1 if kind == T.MXFP4 else 4
+            data = rng.integers(0, 256, size=(256 // per_block, size), dtype=np.uint8)
+            data[:, :per_block] = rng.permutation(256).reshape(-1, per_block)
+        else:
+            data = rng.integers(0, 256, size=(len(F16_EXTREMES) + 1, size), dtype=np.uint8)
+            for k, bits in enumerate(F16_EXTREMES):
+                if kind == T.IQ1_M:
+                    for j in range(4):  # nibble j: the top nibble of the u16 at 48 + 2j
+                        at = 48 + 2 * j + 1
+                        data[k, at] = (data[k, at] & 0x0F) | (((bits >> (4 * j)) & 0x0F) << 4)
+                else:
+                    at = F16_SCALE_AT[kind]
+                    data[k, at : at + 2] = [bits & 0xFF, bits >> 8]
+        rows = data.reshape(-1, 2 * size)  # two blocks a row
+        name = f"blk.{kind.name.lower()}.weight"
+        w.add_tensor(name, rows, raw_dtype=kind)
+        stored[name] = (kind, rows)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    for name, (kind, rows) in stored.items():
+        sql = f"SELECT weights FROM read_gguf('{path}') WHERE layer = '{name}' ORDER BY row"
+        got = table(ctx, sql).column("weights").combine_chunks()
+        assert len(got) == rows.shape[0], name
+        ours = got.flatten().to_numpy()
+        want = dequantize(rows, kind).reshape(-1)
+        assert ours.dtype == np.float32 and ours.shape == want.shape, name
+        # Bit patterns, NaN payloads and signs included.
+        assert np.array_equal(ours.view(np.uint32), want.view(np.uint32)), name
+        if kind not in (T.MXFP4, T.NVFP4):
+            assert np.isnan(want).any() and np.isinf(want).any(), name
 
 
 def test_the_tensor_listing_is_gguf_py_s(ctx, random_gguf):
