@@ -38,7 +38,7 @@
 //! magnitude is 65504·15.5·43/4, and MXFP4's 2¹²⁷·12 overflows to ±inf in any order), so every
 //! product is exact. What the order decides is NaN: a NaN scale keeps its (quieted) payload
 //! through the products, and x86's `v · (−1)` keeps a NaN's sign bit where a negation would
-//! flip it, so signs are applied as that product behaves ([`apply_sign`]). `inf · 0` (a
+//! flip it, so signs are applied as that product behaves (`apply_sign`). `inf · 0` (a
 //! ternary zero code under an infinite scale) gives the processor's default NaN on both sides.
 
 use half::f16;
@@ -637,7 +637,7 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_block_decodes_to_zeros_or_its_constant() {
+    fn a_zero_block_decodes_to_zeros() {
         for format in IFormat::ALL {
             let bytes = vec![0u8; 2 * format.block_bytes()];
             let mut out = vec![1.0; 3];
