@@ -86,6 +86,7 @@ impl Profile {
             lambda_entropy: 0.01,
             format: OutputFormat::Parquet,
             pure: false,
+            gguf_target: GgufTarget::ComfyUi,
         }
     }
 }
@@ -144,6 +145,29 @@ pub struct QuantConfig {
     /// GGUF output: every quantized tensor in the scheme's type, with only the shape fallbacks
     /// (as `llama-quantize --pure`): no wider sensitive layers, no quality fallback.
     pub pure: bool,
+    /// GGUF output of an SD1/SDXL UNet: the form ComfyUI-GGUF loads (`comfyui`: reshaped rows
+    /// and `comfy.gguf.orig_shape.*`) or the one stable-diffusion.cpp loads (`sd.cpp`: original
+    /// shapes, `model.diffusion_model.` names).
+    pub gguf_target: GgufTarget,
+}
+
+/// Which runtime a GGUF UNet is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum GgufTarget {
+    #[serde(rename = "comfyui")]
+    ComfyUi,
+    #[serde(rename = "sd.cpp")]
+    SdCpp,
+}
+
+impl GgufTarget {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "comfyui" => Some(GgufTarget::ComfyUi),
+            "sd.cpp" => Some(GgufTarget::SdCpp),
+            _ => None,
+        }
+    }
 }
 
 /// What `quantize` writes.
@@ -178,7 +202,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "profile",
     "bit_width",
     "group_size",
@@ -198,6 +222,7 @@ pub const KEYS: [&str; 19] = [
     "lambda_entropy",
     "format",
     "pure",
+    "gguf_target",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +446,7 @@ fn expected(key: &str) -> Option<&'static str> {
         "min_cosine" => "a number in (0, 1]",
         "fallback" | "optimize" | "pure" => "true or false",
         "format" => "parquet or gguf",
+        "gguf_target" => "comfyui or sd.cpp",
         "calibration" => "the path of a Parquet file",
         "activation_bits" => "a whole number from 2 to 8",
         "timestep_groups" | "num_timesteps" => "a whole number from 1 to 1000000",
@@ -718,6 +744,10 @@ impl QuantConfig {
             "optimize" => self.optimize = parse_bool(value).map_err(bad)?,
             "fallback" => self.fallback = parse_bool(value).map_err(bad)?,
             "pure" => self.pure = parse_bool(value).map_err(bad)?,
+            "gguf_target" => {
+                self.gguf_target = GgufTarget::parse(&value.to_string())
+                    .ok_or_else(|| bad(format!("'{value}' is not comfyui or sd.cpp")))?
+            }
             "format" => {
                 self.format = OutputFormat::parse(&value.to_string())
                     .ok_or_else(|| bad(format!("'{value}' is not parquet or gguf")))?

@@ -456,3 +456,100 @@ fn a_safetensors_checkpoint_is_written_as_gguf_under_its_names() {
         .value(0);
     assert!(cosine > 0.9999, "{cosine}");
 }
+
+/// The bundled UNet for stable-diffusion.cpp (`--gguf-target sd.cpp`): every tensor in its
+/// original shape (sd.cpp's loader refuses any other), the original layout's names under
+/// `model.diffusion_model.` (converted from diffusers'), no `comfy.gguf.orig_shape` keys; sd.cpp's
+/// keep list (biases, time embedding, the 3×3 and 1×1 convolutions, whose rows are kernel
+/// widths) unquantized and the 2-D weights in the scheme's type. Anything but a UNet is refused.
+#[test]
+fn a_unet_is_written_for_stable_diffusion_cpp_in_its_shapes_and_names() {
+    let dir = scratch("gguf-write-sd-cpp");
+    let out = dir.join("unet.gguf");
+    let src = root().join("examples/models/tiny-unet");
+    ok(&[
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--scheme",
+        "q8_0",
+        "--pure",
+        "--gguf-target",
+        "sd.cpp",
+    ]);
+    let file = GgufFile::open(&out).unwrap();
+    let model = arrowquant::model::Model::open(&src).unwrap();
+    assert_eq!(file.tensors().len(), model.tensors.len());
+    assert!(
+        file.header()
+            .metadata
+            .iter()
+            .all(|e| !e.key.starts_with("comfy.gguf")),
+        "no ComfyUI-GGUF keys"
+    );
+    // Every tensor is the checkpoint's shape under its original name.
+    let by_name = |name: &str| {
+        file.tensors()
+            .iter()
+            .find(|t| t.name == format!("model.diffusion_model.{name}"))
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    for (original, diffusers) in [
+        ("input_blocks.0.0.weight", "conv_in.weight"),
+        ("time_embed.0.weight", "time_embedding.linear_1.weight"),
+        (
+            "input_blocks.1.0.in_layers.2.weight",
+            "down_blocks.0.resnets.0.conv1.weight",
+        ),
+        (
+            "input_blocks.2.0.op.weight",
+            "down_blocks.0.downsamplers.0.conv.weight",
+        ),
+        (
+            "middle_block.1.to_q.weight",
+            "mid_block.attentions.0.to_q.weight",
+        ),
+        (
+            "output_blocks.2.0.emb_layers.1.weight",
+            "up_blocks.1.resnets.0.time_emb_proj.weight",
+        ),
+        ("out.2.weight", "conv_out.weight"),
+    ] {
+        let t = by_name(original);
+        let src = model.tensors.iter().find(|t| t.layer == diffusers).unwrap();
+        let dims: Vec<u64> = src.meta.shape.iter().rev().map(|&d| d as u64).collect();
+        assert_eq!(t.dims, dims, "{original}");
+    }
+    for t in file.tensors() {
+        assert!(t.name.starts_with("model.diffusion_model."), "{}", t.name);
+        assert!(!t.name.contains("down_blocks"), "{}", t.name);
+    }
+    let ty = |name: &str| by_name(name).ggml_type.name;
+    assert_eq!(ty("input_blocks.1.0.in_layers.2.weight"), "F32", "3x3 conv");
+    assert_eq!(ty("input_blocks.1.0.in_layers.2.bias"), "F32");
+    assert_eq!(ty("time_embed.0.weight"), "F32", "the time embedding");
+    assert_eq!(ty("middle_block.1.to_q.weight"), "Q8_0");
+    assert_eq!(ty("output_blocks.2.0.emb_layers.1.weight"), "Q8_0");
+
+    // Not a UNet: refused, nothing written.
+    let bad = dir.join("llama.gguf");
+    let o = run(&[
+        LLAMA,
+        "-o",
+        bad.to_str().unwrap(),
+        "--gguf-target",
+        "sd.cpp",
+        "--scheme",
+        "q8_0",
+    ]);
+    assert_fails_with(&o, "gguf_target sd.cpp");
+    let o = run(&[
+        "examples/models/tiny-unet",
+        "-o",
+        bad.to_str().unwrap(),
+        "--gguf-target",
+        "a1111",
+    ]);
+    assert_fails_with(&o, "key 'gguf_target': 'a1111' is not comfyui or sd.cpp");
+    assert!(!bad.exists());
+}

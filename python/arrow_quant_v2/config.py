@@ -36,6 +36,7 @@ class DiffusionQuantConfig:
     lambda_entropy: float = 0.01
     format: str = "parquet"
     pure: bool = False
+    gguf_target: str = "comfyui"
 
     @classmethod
     def resolve(

@@ -35,6 +35,11 @@ pub struct QuantizeArgs {
     /// fallbacks (as llama-quantize --pure); no sensitive layers, no quality fallback.
     #[arg(long)]
     pub pure: bool,
+    /// GGUF output of an SD1/SDXL UNet: comfyui (ComfyUI-GGUF's form: rows reshaped to 256,
+    /// comfy.gguf.orig_shape.*) or sd.cpp (stable-diffusion.cpp's: original shapes, names
+    /// under model.diffusion_model.) [default: comfyui].
+    #[arg(long, value_name = "T")]
+    pub gguf_target: Option<String>,
     /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
     #[arg(long, value_name = "P")]
     pub profile: Option<String>,
@@ -150,6 +155,9 @@ impl QuantizeArgs {
         }
         if self.pure {
             s.set("pure", Value::Bool(true));
+        }
+        if let Some(t) = &self.gguf_target {
+            s.set("gguf_target", Value::Text(t.clone()));
         }
         s
     }

@@ -5,7 +5,10 @@
 
 use datafusion::common::Result;
 
-use super::gguf_arch::{ArchLayout, bert, diffusion, llama};
+use datafusion::common::DataFusionError;
+
+use super::gguf_arch::{ArchLayout, bert, diffusion, llama, sd_cpp};
+use crate::config::GgufTarget;
 use crate::model::Model;
 use crate::model::gguf_write::MetaValue;
 
@@ -25,8 +28,9 @@ pub fn checkpoint_metadata(model: &Model) -> Vec<(String, MetaValue)> {
 
 /// What the file holds for `model`: a known architecture's keys and names, or the checkpoint's
 /// names under `general.name` (an error only when an architecture is recognised but its folder
-/// lacks what its runtime needs).
-pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
+/// lacks what its runtime needs). A UNet is written for `target`'s runtime; `sd.cpp` is refused
+/// for anything else.
+pub fn checkpoint_layout(model: &Model, target: GgufTarget) -> Result<ArchLayout> {
     let name = model_name(model);
     if let Some(config) = bert::config(model) {
         return bert::layout(model, config, &name);
@@ -35,7 +39,17 @@ pub fn checkpoint_layout(model: &Model) -> Result<ArchLayout> {
         return llama::layout(model, config, &name);
     }
     if let Some(layout) = diffusion::layout(model, &name) {
-        return Ok(layout);
+        return match target {
+            GgufTarget::ComfyUi => Ok(layout),
+            GgufTarget::SdCpp => sd_cpp::layout(model, layout),
+        };
+    }
+    if target == GgufTarget::SdCpp {
+        return Err(DataFusionError::Plan(format!(
+            "{}: gguf_target sd.cpp: not an SD1/SDXL UNet (a single UNet, diffusers or original \
+             names), the only models written in stable-diffusion.cpp's form",
+            model.root.display()
+        )));
     }
     Ok(ArchLayout {
         architecture: String::new(),

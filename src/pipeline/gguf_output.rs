@@ -34,7 +34,7 @@ use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::gguf_arch::{ArchLayout, RowOrder, diffusion};
+use super::gguf_arch::{ArchLayout, RowOrder, diffusion, sd_cpp};
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
 use super::modality::{Detection, Modality, detect};
@@ -42,7 +42,7 @@ use super::output::{Inputs, PartialFile};
 use super::plan::{group_literal, sql_string};
 use super::run::{Progress, RunOptions, RunSummary};
 use super::strategy::sensitivity;
-use crate::config::QuantConfig;
+use crate::config::{GgufTarget, QuantConfig};
 use crate::model::gguf_file::{GgmlType, GgufFile};
 use crate::model::gguf_write::{GgufWriter, MetaValue, TensorInfo};
 use crate::model::safetensors_file::dtype_name;
@@ -169,10 +169,19 @@ impl Source {
 
     /// A checkpoint's keys and tensor names in the output (`None` for a GGUF input, whose
     /// names are kept).
-    fn layout(&self) -> Result<Option<ArchLayout>> {
+    fn layout(&self, target: GgufTarget) -> Result<Option<ArchLayout>> {
         match self {
+            Source::Gguf(file) if target == GgufTarget::SdCpp => {
+                Err(DataFusionError::Plan(format!(
+                    "{}: gguf_target sd.cpp: a GGUF file is written back as it is; only SD1/SDXL \
+                 UNet checkpoints are written in stable-diffusion.cpp's form",
+                    file.path().display()
+                )))
+            }
             Source::Gguf(_) => Ok(None),
-            Source::Checkpoint(model) => super::gguf_checkpoint::checkpoint_layout(model).map(Some),
+            Source::Checkpoint(model) => {
+                super::gguf_checkpoint::checkpoint_layout(model, target).map(Some)
+            }
         }
     }
 
@@ -360,6 +369,16 @@ fn comfy_kept(t: &InputTensor, reason: String) -> Result<Planned> {
     ))
 }
 
+/// The rules a UNet's tensors take beyond llama.cpp's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnetRules {
+    None,
+    /// ComfyUI-GGUF's: reshaped rows, its keep list and kept types.
+    ComfyUi,
+    /// stable-diffusion.cpp's: original shapes, its converter's keep list.
+    SdCpp,
+}
+
 fn plan_tensor(
     t: &InputTensor,
     name: &str,
@@ -367,7 +386,7 @@ fn plan_tensor(
     sensitive: Option<QuantSpec>,
     pure: bool,
     modality: Modality,
-    comfy: bool,
+    rules: UnetRules,
 ) -> Result<Planned> {
     if t.shape.contains(&0) {
         return Err(DataFusionError::Plan(format!(
@@ -375,7 +394,14 @@ fn plan_tensor(
             t.name, t.shape
         )));
     }
-    if comfy {
+    if rules == UnetRules::SdCpp {
+        // Rows the scheme's blocks do not divide in F16, as for ComfyUI-GGUF.
+        return match kept_by_llama_cpp(name, &t.dims).or_else(|| sd_cpp::kept(name, &t.dims)) {
+            Some(why) => as_stored(t, why),
+            None => plan_quantized(t, name, spec, sensitive, pure, modality, t.dims[0], true),
+        };
+    }
+    if rules == UnetRules::ComfyUi {
         let reshaped = diffusion::reshaped(&t.shape);
         let dims = reshaped.map_or_else(|| t.dims.clone(), |s| row_major_dims(&s));
         let kept = kept_by_llama_cpp(name, &dims).or_else(|| diffusion::kept(name, &dims));
@@ -461,7 +487,7 @@ pub async fn quantize_to_gguf(
         ));
     }
     let source = Source::open(&options.model)?;
-    let layout = source.layout()?;
+    let layout = source.layout(config.gguf_target)?;
     let mut inputs = source.inputs(&options.model);
     for path in layout.iter().flat_map(|l| &l.read) {
         inputs.add(path, "model");
@@ -502,14 +528,20 @@ pub async fn quantize_to_gguf(
     } else {
         None
     };
-    let comfy = layout
+    let unet = layout
         .as_ref()
         .is_some_and(|l| diffusion::is_comfy_unet(&l.architecture));
+    let rules = match (unet, config.gguf_target) {
+        (false, _) => UnetRules::None,
+        (true, GgufTarget::ComfyUi) => UnetRules::ComfyUi,
+        (true, GgufTarget::SdCpp) => UnetRules::SdCpp,
+    };
     let mut plans = tensors
         .iter()
         .zip(&names)
-        .map(|(t, n)| plan_tensor(t, n, spec, sensitive, config.pure, modality.modality, comfy))
+        .map(|(t, n)| plan_tensor(t, n, spec, sensitive, config.pure, modality.modality, rules))
         .collect::<Result<Vec<_>>>()?;
+    let comfy = rules != UnetRules::None;
     if !plans
         .iter()
         .any(|p| matches!(p.storage, Storage::Blocks(_)))

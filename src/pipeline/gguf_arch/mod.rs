@@ -3,7 +3,8 @@
 //!
 //! - [`bert`]: Hugging Face BERT encoders (`BertModel`, sentence-transformers folders) for
 //!   llama.cpp, as its converter writes them.
-//! - [`diffusion`]: diffusers components, the `general.architecture` key ComfyUI-GGUF reads.
+//! - [`diffusion`]: diffusers components, the `general.architecture` key ComfyUI-GGUF reads;
+//!   [`sd_cpp`]: SD1/SDXL UNets as stable-diffusion.cpp loads them instead.
 //! - [`llama`]: Hugging Face Llama decoders (`LlamaForCausalLM`) for llama.cpp, as its
 //!   converter writes them, with their byte-level BPE tokenizer ([`bpe_vocab`]).
 
@@ -13,6 +14,7 @@ pub mod bpe_vocab;
 pub mod diffusion;
 pub mod llama;
 mod llama_names;
+pub mod sd_cpp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
