@@ -38,6 +38,10 @@ use super::error::{KernelError, Result};
 use super::gguf::GgufFormat;
 use super::kquants::{KFormat, KVALUES_F32, KVALUES_IQ4NL};
 
+mod lanes;
+
+use lanes::{LANES, Lanes, Mask, Portable, Vector};
+
 /// The largest block (a k-quant super-block) and the most sub-blocks in one.
 const MAX_BLOCK: usize = 256;
 const MAX_SUBS: usize = 16;
@@ -288,14 +292,15 @@ impl BlockSearch {
         }
         let start = out.len();
         out.resize(start + row.len() / block_len * format.block_bytes(), 0);
-        self.weights.resize(block_len, 0.0);
+        // A super-block's weights, or eight blocks' (blocks of one sub-block go eight at a time).
+        self.weights.resize(MAX_BLOCK, 0.0);
         let args = RowArgs {
             format,
             row,
             importance,
             weighting,
         };
-        let (w, dst) = (&mut self.weights[..block_len], &mut out[start..]);
+        let (w, dst) = (&mut self.weights[..], &mut out[start..]);
         #[cfg(target_arch = "x86_64")]
         let result = match super::cpu::Avx2::detect().filter(|_| simd) {
             // SAFETY: `cpu` proves AVX2 (and F16C).
@@ -322,8 +327,8 @@ struct RowArgs<'a> {
     weighting: Weighting,
 }
 
-/// The row loop compiled for AVX2: the same code as the portable path, its eight-lane sums
-/// vectorised; no fused multiply-add is requested, so the bytes are identical.
+/// The row loop compiled for AVX2: the same code as the portable path over AVX2 lanes; no
+/// fused multiply-add is used, so the bytes are identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 fn encode_row_avx2(
@@ -337,17 +342,23 @@ fn encode_row_avx2(
 
 /// `Err((block, value))` for a block that needs a scale f16 cannot hold.
 #[inline(always)]
-fn encode_row<P: Passes>(
-    p: P,
+fn encode_row<L: Lanes>(
+    p: L,
     args: &RowArgs,
     w: &mut [f32],
     dst: &mut [u8],
 ) -> Result<(), (usize, f32)> {
+    // Plain squared error needs no weights: its passes skip the multiplications by one
+    // (which would change no bit).
+    let weighted = args.importance.is_some() || args.weighting != Weighting::Uniform;
     // One copy of the search per layout, its constants folded into the loops.
     macro_rules! with {
         ($($pat:pat => $f:ty),* $(,)?) => {
-            match args.format {
-                $($pat => encode_row_as::<$f, P>(p, args, w, dst),)*
+            match (args.format, weighted) {
+                $(
+                    ($pat, true) => encode_row_as::<$f, L, true>(p, args, w, dst),
+                    ($pat, false) => encode_row_as::<$f, L, false>(p, args, w, dst),
+                )*
             }
         };
     }
@@ -369,8 +380,8 @@ fn encode_row<P: Passes>(
 }
 
 #[inline(always)]
-fn encode_row_as<F: Fmt, P: Passes>(
-    p: P,
+fn encode_row_as<F: Fmt, L: Lanes, const W: bool>(
+    p: L,
     args: &RowArgs,
     w: &mut [f32],
     dst: &mut [u8],
@@ -379,11 +390,70 @@ fn encode_row_as<F: Fmt, P: Passes>(
     let n = layout.sub * layout.subs;
     let bytes = args.format.block_bytes();
     let mut block = Block::default();
+    let mut groups = [Group::new(p), Group::new(p)];
+    let mut fits = [LaneFit::new(p), LaneFit::new(p)];
+    let zero = p.splat(0.0);
+    let mut codes = [[zero; 32]; 2];
+    let mut trial = [[zero; 32]; 2];
+    let weights = |x: &[f32], first: usize, w: &mut [f32]| {
+        if W {
+            let importance = args.importance.map(|imp| &imp[first..][..x.len()]);
+            block_weights(x, importance, args.weighting, w);
+        }
+    };
+    if layout.subs == 1 {
+        // Blocks of one sub-block, eight side by side (the last group padded with zeros).
+        let blocks = args.row.len() / n;
+        for first in (0..blocks).step_by(LANES) {
+            let count = LANES.min(blocks - first);
+            let x = &args.row[first * n..(first + count) * n];
+            for (j, x) in x.chunks_exact(n).enumerate() {
+                weights(x, (first + j) * n, &mut w[j * n..(j + 1) * n]);
+            }
+            let g = &mut groups[0];
+            g.load::<W>(p, n, x, w, count);
+            fits[0] = fit_group::<L, W>(p, &layout, g);
+            let mut d = [0.0f32; LANES];
+            let mut m = [0.0f32; LANES];
+            let (c, t) = (&mut codes[0], &mut trial[0]);
+            encode_single::<L, W>(p, &layout, g, &fits[0], c, t, &mut d, &mut m)
+                .map_err(|(j, v)| (first + j, v))?;
+            let mut lanes = [[0i32; LANES]; 32];
+            for i in 0..n {
+                c[i].store_i32(&mut lanes[i]);
+            }
+            for j in 0..count {
+                block.d = f16::from_f32(d[j]);
+                block.dmin = f16::from_f32(m[j]);
+                for i in 0..n {
+                    block.q[i] = lanes[i][j];
+                }
+                let at = (first + j) * bytes;
+                pack(args.format, &block, &mut dst[at..at + bytes]);
+            }
+        }
+        return Ok(());
+    }
+    let group_len = LANES * layout.sub;
     let blocks = args.row.chunks_exact(n).zip(dst.chunks_exact_mut(bytes));
     for (b, (x, dst)) in blocks.enumerate() {
-        let importance = args.importance.map(|imp| &imp[b * n..][..n]);
-        block_weights(x, importance, args.weighting, w);
-        encode_block(p, &layout, x, w, &mut block).map_err(|v| (b, v))?;
+        weights(x, b * n, &mut w[..n]);
+        for (k, g) in groups[..n / group_len].iter_mut().enumerate() {
+            let r = k * group_len..(k + 1) * group_len;
+            g.load::<W>(p, layout.sub, &x[r.clone()], &w[r], LANES);
+            fits[k] = fit_group::<L, W>(p, &layout, g);
+        }
+        let ng = n / group_len;
+        encode_super::<L, W>(
+            p,
+            &layout,
+            &groups[..ng],
+            &fits[..ng],
+            &mut codes[..ng],
+            &mut trial[..ng],
+            &mut block,
+        )
+        .map_err(|v| (b, v))?;
         pack(args.format, &block, dst);
     }
     Ok(())
@@ -457,477 +527,288 @@ fn level(codes: Codes, q: i32) -> f32 {
     }
 }
 
-/// Independent partial sums per weighted sum: a single f32 sum is a serial chain the compiler
-/// may not reorder, eight of them vectorise. Sub-blocks (16 or 32 values) are whole lanes.
-const LANES: usize = 8;
-type Lanes = [f32; LANES];
-
-/// The lanes summed in a fixed order (the same on every path).
-#[inline(always)]
-fn hsum(v: Lanes) -> f32 {
-    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+/// Eight sub-blocks side by side, one per lane: `x[i]` holds value `i` of each. The search
+/// runs on all eight at once, its sums accumulated per lane, so no pass ends in a
+/// horizontal sum.
+struct Group<V> {
+    x: [V; 32],
+    w: [V; 32],
 }
 
-#[inline(always)]
-fn lanes(s: &[f32]) -> &Lanes {
-    s.try_into().expect("a whole lane")
-}
+/// A group's codes, per value per lane: levels for linear codes, grid indices for the IQ4
+/// grid, as f32.
+type GroupCodes<V> = [V; 32];
 
-/// A sub-block's weighted sums that do not depend on its codes.
-#[derive(Default, Clone, Copy)]
-struct Moments {
-    w: f32,
-    wx: f32,
-    wxx: f32,
-}
-
-/// A sub-block's weighted sums over its codes' levels `l`.
-#[derive(Default, Clone, Copy)]
-struct CodeSums {
-    wl: f32,
-    wll: f32,
-    wxl: f32,
-}
-
-/// What the least-squares fits of a scale (and offset) need.
-#[derive(Default, Clone, Copy)]
-struct Sums {
-    w: f32,
-    wl: f32,
-    wll: f32,
-    wx: f32,
-    wxl: f32,
-    wxx: f32,
-}
-
-impl Sums {
+impl<V: Vector> Group<V> {
     #[inline(always)]
-    fn new(m: &Moments, c: &CodeSums) -> Self {
-        Sums {
-            w: m.w,
-            wl: c.wl,
-            wll: c.wll,
-            wx: m.wx,
-            wxl: c.wxl,
-            wxx: m.wxx,
+    fn new<L: Lanes<V = V>>(p: L) -> Self {
+        let zero = p.splat(0.0);
+        Group {
+            x: [zero; 32],
+            w: [zero; 32],
         }
     }
 
-    /// Best scale for `x ≈ s·l` and its error.
+    /// Transposes `count` sub-blocks of `sub` values (and their weights, when `W`) into the
+    /// lanes; lanes past `count` are zero.
     #[inline(always)]
-    fn scale_only(&self) -> (f32, f32) {
-        if self.wll <= 0.0 {
-            return (0.0, self.wxx);
-        }
-        let s = self.wxl / self.wll;
-        (s, (self.wxx - s * self.wxl).max(0.0))
-    }
-
-    /// Best `(s, o)` for `x ≈ s·l + o`, with `o ≤ 0` when `nonpositive`, and its error.
-    #[inline(always)]
-    fn scale_offset(&self, nonpositive: bool) -> (f32, f32, f32) {
-        let det = self.wll * self.w - self.wl * self.wl;
-        if det > 0.0 {
-            let s = (self.w * self.wxl - self.wl * self.wx) / det;
-            let o = (self.wll * self.wx - self.wl * self.wxl) / det;
-            if !nonpositive || o <= 0.0 {
-                return (s, o, self.error(s, o));
-            }
-        } else if self.w > 0.0 && (!nonpositive || self.wx <= 0.0) {
-            // Every code the same: only the offset is determined, the weighted mean.
-            let o = self.wx / self.w;
-            return (0.0, o, self.error(0.0, o));
-        }
-        let (s, e) = self.scale_only();
-        (s, 0.0, e)
-    }
-
-    #[inline(always)]
-    fn error(&self, s: f32, o: f32) -> f32 {
-        let e = self.wxx - 2.0 * s * self.wxl - 2.0 * o * self.wx
-            + s * s * self.wll
-            + 2.0 * s * o * self.wl
-            + o * o * self.w;
-        e.max(0.0)
-    }
-
-    /// The least-squares fit for these sums: `(s, o, error)`.
-    #[inline(always)]
-    fn fit(&self, offset: bool, nonpositive: bool) -> (f32, f32, f32) {
-        if offset {
-            self.scale_offset(nonpositive)
-        } else {
-            let (s, e) = self.scale_only();
-            (s, 0.0, e)
-        }
-    }
-}
-
-/// The range, largest magnitude and moments of a sub-block.
-#[derive(Default, Clone, Copy)]
-struct Extent {
-    lo: f32,
-    hi: f32,
-    amax: f32,
-    moments: Moments,
-}
-
-/// The two passes over a sub-block's values that the search repeats, portable or AVX2.
-/// Both do the same f32 operations lane for lane and sum the lanes in the same order
-/// ([`hsum`]), so they give the same bits.
-trait Passes: Copy {
-    fn extent(self, x: &[f32], w: &[f32]) -> Extent;
-
-    /// One pass for `x ≈ s·level + o` (`o` ignored unless `OFFSET`; levels on the IQ4 grid
-    /// when `ON_GRID`, else the integers `lo..=hi`): the codes' sums and, when `FULL`, the
-    /// codes into `q` and the weighted squared error of the values as the decoder computes
-    /// them (`s·level + o`).
-    #[allow(clippy::too_many_arguments)]
-    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
-        self,
-        lo: f32,
-        hi: f32,
+    fn load<const W: bool>(
+        &mut self,
+        p: impl Lanes<V = V>,
+        sub: usize,
         x: &[f32],
         w: &[f32],
-        s: f32,
-        o: f32,
-        q: &mut [i32],
-    ) -> (CodeSums, f32);
-}
-
-/// [`Passes::pass`] for `layout` (the constant parameters folded per layout).
-#[inline(always)]
-fn pass<P: Passes, const FULL: bool>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    s: f32,
-    o: f32,
-    q: &mut [i32],
-) -> (CodeSums, f32) {
-    let offset = !matches!(layout.mins, Mins::None);
-    match (layout.codes, offset) {
-        (Codes::Linear { lo, hi }, false) => {
-            p.pass::<false, false, FULL>(lo as f32, hi as f32, x, w, s, o, q)
+        count: usize,
+    ) {
+        transpose_into(p, sub, x, count, &mut self.x);
+        if W {
+            transpose_into(p, sub, w, count, &mut self.w);
         }
-        (Codes::Linear { lo, hi }, true) => {
-            p.pass::<false, true, FULL>(lo as f32, hi as f32, x, w, s, o, q)
-        }
-        (Codes::Grid, false) => p.pass::<true, false, FULL>(0.0, 0.0, x, w, s, o, q),
-        (Codes::Grid, true) => p.pass::<true, true, FULL>(0.0, 0.0, x, w, s, o, q),
     }
 }
 
-/// The reference passes: plain Rust over eight lanes.
+/// `count` runs of `sub` values (`count ≤ 8`) into lanes: lane `j` of `out[i]` is value
+/// `i` of run `j`; lanes past `count` are zero.
+#[inline(always)]
+fn transpose_into<L: Lanes>(p: L, sub: usize, x: &[f32], count: usize, out: &mut [L::V; 32]) {
+    const ZERO: [f32; LANES] = [0.0; LANES];
+    for i in (0..sub).step_by(LANES) {
+        let rows = std::array::from_fn(|j| {
+            if j < count {
+                x[j * sub + i..][..LANES].try_into().expect("a whole lane")
+            } else {
+                &ZERO
+            }
+        });
+        p.transpose(rows, &mut out[i..i + LANES]);
+    }
+}
+
+/// Per lane, a sub-block's weighted sums that do not depend on its codes.
 #[derive(Clone, Copy)]
-struct Portable;
+struct Moments<V> {
+    w: V,
+    wx: V,
+    wxx: V,
+}
 
-impl Passes for Portable {
-    #[inline(always)]
-    fn extent(self, x: &[f32], w: &[f32]) -> Extent {
-        let (mut lo, mut hi, mut amax) = ([f32::MAX; LANES], [f32::MIN; LANES], [0.0f32; LANES]);
-        let (mut sw, mut swx, mut swxx) = ([0.0f32; LANES], [0.0; LANES], [0.0; LANES]);
-        for (x, w) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
-            let (x, w) = (lanes(x), lanes(w));
-            for k in 0..LANES {
-                // As minps / maxps.
-                lo[k] = if x[k] < lo[k] { x[k] } else { lo[k] };
-                hi[k] = if x[k] > hi[k] { x[k] } else { hi[k] };
-                let a = x[k].abs();
-                amax[k] = if a > amax[k] { a } else { amax[k] };
-                sw[k] += w[k];
-                let wx = w[k] * x[k];
-                swx[k] += wx;
-                swxx[k] += wx * x[k];
-            }
-        }
-        Extent {
-            lo: lo.iter().fold(f32::MAX, |a, &b| a.min(b)),
-            hi: hi.iter().fold(f32::MIN, |a, &b| a.max(b)),
-            amax: amax.iter().fold(0.0f32, |a, &b| a.max(b)),
-            moments: Moments {
-                w: hsum(sw),
-                wx: hsum(swx),
-                wxx: hsum(swxx),
-            },
-        }
-    }
+/// Per lane, a sub-block's weighted sums over its codes' levels `l`.
+#[derive(Clone, Copy)]
+struct CodeSums<V> {
+    wl: V,
+    wll: V,
+    wxl: V,
+}
 
+impl<V: Vector> CodeSums<V> {
     #[inline(always)]
-    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
-        self,
-        lo: f32,
-        hi: f32,
-        x: &[f32],
-        w: &[f32],
-        s: f32,
-        o: f32,
-        q: &mut [i32],
-    ) -> (CodeSums, f32) {
-        let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-        let (mut wl, mut wll, mut wxl) = ([0.0f32; LANES], [0.0; LANES], [0.0; LANES]);
-        let mut err = [0.0f32; LANES];
-        for (i, (x, w)) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)).enumerate() {
-            let (x, w) = (lanes(x), lanes(w));
-            for k in 0..LANES {
-                let t = if OFFSET { (x[k] - o) * inv } else { x[k] * inv };
-                let (code, l) = if ON_GRID {
-                    let n = GRID_MIDPOINTS.iter().filter(|&&m| t > m).count();
-                    (n as i32, GRID[n])
-                } else {
-                    // As maxps then minps.
-                    let c = if t > lo { t } else { lo };
-                    let c = if c < hi { c } else { hi };
-                    let r = c + MAGIC;
-                    // The integer sits in the low bits of `r`'s mantissa.
-                    (r.to_bits() as i32 - MAGIC.to_bits() as i32, r - MAGIC)
-                };
-                let a = w[k] * l;
-                wl[k] += a;
-                wll[k] += a * l;
-                wxl[k] += w[k] * x[k] * l;
-                if FULL {
-                    q[i * LANES + k] = code;
-                    let e = if OFFSET {
-                        s * l + o - x[k]
-                    } else {
-                        s * l - x[k]
-                    };
-                    err[k] += w[k] * e * e;
-                }
-            }
+    fn select(mask: V::M, a: &Self, b: &Self) -> Self {
+        CodeSums {
+            wl: mask.select(a.wl, b.wl),
+            wll: mask.select(a.wll, b.wll),
+            wxl: mask.select(a.wxl, b.wxl),
         }
-        let sums = CodeSums {
-            wl: hsum(wl),
-            wll: hsum(wll),
-            wxl: hsum(wxl),
-        };
-        (sums, hsum(err))
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! [`Portable`](super::Portable)'s passes with AVX2 intrinsics: the same operations,
-    //! eight lanes at a time (no fused multiply-add).
-
-    use std::arch::x86_64::*;
-
-    use super::{CodeSums, Extent, GRID, GRID_MIDPOINTS, LANES, MAGIC, Moments, Passes};
-    use crate::kernels::cpu::Avx2;
-
-    impl Passes for Avx2 {
-        #[inline(always)]
-        fn extent(self, x: &[f32], w: &[f32]) -> Extent {
-            // SAFETY: `self` is the token `Avx2::detect` makes only where AVX2 is present.
-            unsafe { extent(x, w) }
-        }
-
-        #[inline(always)]
-        fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
-            self,
-            lo: f32,
-            hi: f32,
-            x: &[f32],
-            w: &[f32],
-            s: f32,
-            o: f32,
-            q: &mut [i32],
-        ) -> (CodeSums, f32) {
-            // SAFETY: `self` is the token `Avx2::detect` makes only where AVX2 is present.
-            unsafe { pass::<ON_GRID, OFFSET, FULL>(lo, hi, x, w, s, o, q) }
-        }
+/// Per lane, the best `(s, o)` for `x ≈ s·l + o` (with `o ≤ 0` when `nonpositive`; `o = 0`
+/// unless `offset`) and its error.
+#[inline(always)]
+fn fit<L: Lanes>(
+    p: L,
+    m: &Moments<L::V>,
+    c: &CodeSums<L::V>,
+    offset: bool,
+    nonpositive: bool,
+) -> (L::V, L::V, L::V) {
+    let zero = p.splat(0.0);
+    // The scale alone.
+    let positive = zero.lt(c.wll);
+    let s0 = positive.select(c.wxl / c.wll, zero);
+    let e0 = positive.select((m.wxx - s0 * c.wxl).max(zero), m.wxx);
+    if !offset {
+        return (s0, zero, e0);
     }
+    let det = c.wll * m.w - c.wl * c.wl;
+    let s1 = (m.w * c.wxl - c.wl * m.wx) / det;
+    let o1 = (c.wll * m.wx - c.wl * c.wxl) / det;
+    let regular = zero.lt(det);
+    // Every code the same: only the offset is determined, the weighted mean.
+    let constant = !regular & zero.lt(m.w);
+    let (pair, mean) = if nonpositive {
+        (regular & o1.le(zero), constant & m.wx.le(zero))
+    } else {
+        (regular, constant)
+    };
+    let s = pair.select(s1, mean.select(zero, s0));
+    let o = pair.select(o1, mean.select(m.wx / m.w, zero));
+    let e = (pair | mean).select(error(p, m, c, s, o), e0);
+    (s, o, e)
+}
 
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn load(x: &[f32]) -> __m256 {
-        let x: &[f32; LANES] = x.try_into().expect("a whole lane");
-        // SAFETY: `x` holds 8 f32; an unaligned load has no alignment requirement.
-        unsafe { _mm256_loadu_ps(x.as_ptr()) }
+/// Σ w·(s·l + o − x)² from the sums.
+#[inline(always)]
+fn error<L: Lanes>(p: L, m: &Moments<L::V>, c: &CodeSums<L::V>, s: L::V, o: L::V) -> L::V {
+    let two = p.splat(2.0);
+    let e =
+        m.wxx - two * s * c.wxl - two * o * m.wx + s * s * c.wll + two * s * o * c.wl + o * o * m.w;
+    e.max(p.splat(0.0))
+}
+
+/// One pass over the lanes' values for `x ≈ s·level + o` per lane (`o` ignored for centred
+/// layouts): the codes' sums and, when `FULL`, the codes into `codes` and the weighted
+/// squared error of the values as the decoder computes them (`s·level + o`).
+#[inline(always)]
+fn pass<L: Lanes, const W: bool, const FULL: bool>(
+    p: L,
+    layout: &Layout,
+    g: &Group<L::V>,
+    s: L::V,
+    o: L::V,
+    codes: &mut [L::V; 32],
+) -> (CodeSums<L::V>, L::V) {
+    let zero = p.splat(0.0);
+    let inv = s.eq(zero).select(zero, p.splat(1.0) / s);
+    let (lo, hi) = match layout.codes {
+        Codes::Linear { lo, hi } => (p.splat(lo as f32), p.splat(hi as f32)),
+        Codes::Grid => (zero, zero),
+    };
+    let magic = p.splat(MAGIC);
+    // Two sets of sums, even and odd values: two chains of additions keep the vector units
+    // busy where one would wait on each addition.
+    let (mut even, mut odd) = ((zero, zero, zero, zero), (zero, zero, zero, zero));
+    let consts = PassConsts {
+        s,
+        o,
+        inv,
+        lo,
+        hi,
+        magic,
+    };
+    for i in (0..layout.sub).step_by(2) {
+        pass_step::<L, W, FULL>(layout, g, &consts, i, &mut even, codes);
+        pass_step::<L, W, FULL>(layout, g, &consts, i + 1, &mut odd, codes);
     }
+    let [(a0, a1, a2, a3), (b0, b1, b2, b3)] = [even, odd];
+    let c = CodeSums {
+        wl: a0 + b0,
+        wll: a1 + b1,
+        wxl: a2 + b2,
+    };
+    (c, a3 + b3)
+}
 
-    /// The lanes' sum in [`hsum`](super::hsum)'s order: ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
-    }
+/// What every value of a pass shares.
+struct PassConsts<V> {
+    s: V,
+    o: V,
+    inv: V,
+    lo: V,
+    hi: V,
+    magic: V,
+}
 
-    /// Lanes folded with `op` (a minimum or maximum, where the order does not matter).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn fold(v: __m256, op: impl Fn(f32, f32) -> f32, init: f32) -> f32 {
-        let mut out = [0.0f32; LANES];
-        // SAFETY: `out` holds 8 f32.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-        out.iter().fold(init, |a, &b| op(a, b))
-    }
-
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn extent(x: &[f32], w: &[f32]) -> Extent {
-        let (mut lo, mut hi) = (_mm256_set1_ps(f32::MAX), _mm256_set1_ps(f32::MIN));
-        let mut amax = _mm256_setzero_ps();
-        let (mut sw, mut swx, mut swxx) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let sign = _mm256_set1_ps(-0.0);
-        for (x, w) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
-            let (x, w) = (load(x), load(w));
-            // minps(a, b) is `if a < b { a } else { b }`, maxps likewise.
-            lo = _mm256_min_ps(x, lo);
-            hi = _mm256_max_ps(x, hi);
-            amax = _mm256_max_ps(_mm256_andnot_ps(sign, x), amax);
-            sw = _mm256_add_ps(sw, w);
-            let wx = _mm256_mul_ps(w, x);
-            swx = _mm256_add_ps(swx, wx);
-            swxx = _mm256_add_ps(swxx, _mm256_mul_ps(wx, x));
+/// One value of every lane of a pass, into the sums `(wl, wll, wxl, err)`.
+#[inline(always)]
+fn pass_step<L: Lanes, const W: bool, const FULL: bool>(
+    layout: &Layout,
+    g: &Group<L::V>,
+    c: &PassConsts<L::V>,
+    i: usize,
+    (wl, wll, wxl, err): &mut (L::V, L::V, L::V, L::V),
+    codes: &mut [L::V; 32],
+) {
+    let offset = !matches!(layout.mins, Mins::None);
+    let x = g.x[i];
+    let t = if offset { (x - c.o) * c.inv } else { x * c.inv };
+    let (code, l) = match layout.codes {
+        Codes::Grid => t.grid(),
+        Codes::Linear { .. } => {
+            let l = (t.max(c.lo).min(c.hi) + c.magic) - c.magic;
+            (l, l)
         }
-        Extent {
-            lo: fold(lo, f32::min, f32::MAX),
-            hi: fold(hi, f32::max, f32::MIN),
-            amax: fold(amax, f32::max, 0.0),
-            moments: Moments {
-                w: hsum(sw),
-                wx: hsum(swx),
-                wxx: hsum(swxx),
-            },
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn pass<const ON_GRID: bool, const OFFSET: bool, const FULL: bool>(
-        lo: f32,
-        hi: f32,
-        x: &[f32],
-        w: &[f32],
-        s: f32,
-        o: f32,
-        q: &mut [i32],
-    ) -> (CodeSums, f32) {
-        let inv = _mm256_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
-        let (vs, vo) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
-        let (vlo, vhi, magic) = (
-            _mm256_set1_ps(lo),
-            _mm256_set1_ps(hi),
-            _mm256_set1_ps(MAGIC),
-        );
-        let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
-        let grid_lo = _mm256_setr_ps(
-            GRID[0], GRID[1], GRID[2], GRID[3], GRID[4], GRID[5], GRID[6], GRID[7],
-        );
-        let grid_hi = _mm256_setr_ps(
-            GRID[8], GRID[9], GRID[10], GRID[11], GRID[12], GRID[13], GRID[14], GRID[15],
-        );
-        let seven = _mm256_set1_epi32(7);
-        let (mut wl, mut wll, mut wxl) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let mut err = _mm256_setzero_ps();
-        for (i, (x, w)) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)).enumerate() {
-            let (x, w) = (load(x), load(w));
-            let t = if OFFSET {
-                _mm256_mul_ps(_mm256_sub_ps(x, vo), inv)
-            } else {
-                _mm256_mul_ps(x, inv)
-            };
-            let (code, l) = if ON_GRID {
-                // The number of midpoints below t (each true comparison is −1), then its
-                // level from the two halves of the grid.
-                let mut n = _mm256_setzero_si256();
-                for m in GRID_MIDPOINTS {
-                    let above = _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_set1_ps(m));
-                    n = _mm256_sub_epi32(n, _mm256_castps_si256(above));
-                }
-                let low = _mm256_permutevar8x32_ps(grid_lo, n);
-                let high = _mm256_permutevar8x32_ps(grid_hi, n);
-                let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n, seven));
-                (n, _mm256_blendv_ps(low, high, upper))
-            } else {
-                let c = _mm256_min_ps(_mm256_max_ps(t, vlo), vhi);
-                let r = _mm256_add_ps(c, magic);
-                let code = _mm256_sub_epi32(_mm256_castps_si256(r), magic_bits);
-                (code, _mm256_sub_ps(r, magic))
-            };
-            let a = _mm256_mul_ps(w, l);
-            wl = _mm256_add_ps(wl, a);
-            wll = _mm256_add_ps(wll, _mm256_mul_ps(a, l));
-            wxl = _mm256_add_ps(wxl, _mm256_mul_ps(_mm256_mul_ps(w, x), l));
-            if FULL {
-                let q: &mut [i32; LANES] = (&mut q[i * LANES..][..LANES])
-                    .try_into()
-                    .expect("a whole lane");
-                // SAFETY: `q` holds 8 i32; an unaligned store has no alignment requirement.
-                unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), code) };
-                let y = _mm256_mul_ps(vs, l);
-                let e = if OFFSET {
-                    _mm256_sub_ps(_mm256_add_ps(y, vo), x)
-                } else {
-                    _mm256_sub_ps(y, x)
-                };
-                err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_mul_ps(w, e), e));
-            }
-        }
-        let sums = CodeSums {
-            wl: hsum(wl),
-            wll: hsum(wll),
-            wxl: hsum(wxl),
+    };
+    let a = if W { g.w[i] * l } else { l };
+    *wl = *wl + a;
+    *wll = *wll + a * l;
+    *wxl = *wxl + a * x;
+    if FULL {
+        codes[i] = code;
+        let e = if offset {
+            c.s * l + c.o - x
+        } else {
+            c.s * l - x
         };
-        (sums, hsum(err))
+        *err = *err + if W { g.w[i] * e * e } else { e * e };
     }
 }
 
-/// Stage 1: the best continuous scale and offset of one sub-block, the weight of its scale
-/// (Σ w·l², how fast its error grows with the scale's error) for stage 2, and its moments.
-#[derive(Default, Clone, Copy)]
-struct SubFit {
-    s: f32,
-    o: f32,
-    scale_weight: f32,
-    moments: Moments,
+/// Stage 1, per lane: the best continuous scale and offset of the sub-block, the weight of
+/// its scale (Σ w·l², how fast its error grows with the scale's error) and its moments.
+#[derive(Clone, Copy)]
+struct LaneFit<V> {
+    s: V,
+    o: V,
+    scale_weight: V,
+    moments: Moments<V>,
+}
+
+impl<V: Vector> LaneFit<V> {
+    #[inline(always)]
+    fn new<L: Lanes<V = V>>(p: L) -> Self {
+        let zero = p.splat(0.0);
+        LaneFit {
+            s: zero,
+            o: zero,
+            scale_weight: zero,
+            moments: Moments {
+                w: zero,
+                wx: zero,
+                wxx: zero,
+            },
+        }
+    }
 }
 
 #[inline(always)]
-fn fit_sub<P: Passes>(p: P, layout: &Layout, x: &[f32], w: &[f32]) -> SubFit {
-    let codes = layout.codes;
+fn fit_group<L: Lanes, const W: bool>(p: L, layout: &Layout, g: &Group<L::V>) -> LaneFit<L::V> {
     let offset = !matches!(layout.mins, Mins::None);
     let nonpositive = matches!(layout.mins, Mins::Int { .. });
-    let Extent {
-        lo: mut lo_x,
-        hi: hi_x,
-        amax,
-        moments,
-    } = p.extent(x, w);
-    if amax == 0.0 {
-        return SubFit {
-            moments,
-            ..SubFit::default()
-        };
+    let zero = p.splat(0.0);
+    // The range, the largest magnitude (the first value of it: its sign orients the signed
+    // grids) and the moments.
+    let (mut lo_x, mut hi_x) = (p.splat(f32::MAX), p.splat(f32::MIN));
+    let (mut amax, mut xm) = (zero, zero);
+    let (mut sw, mut swx, mut swxx) = (zero, zero, zero);
+    for i in 0..layout.sub {
+        let x = g.x[i];
+        lo_x = x.min(lo_x);
+        hi_x = x.max(hi_x);
+        let a = x.abs();
+        xm = a.gt(amax).select(x, xm);
+        amax = a.max(amax);
+        let wx = if W { g.w[i] * x } else { x };
+        sw = sw + if W { g.w[i] } else { p.splat(1.0) };
+        swx = swx + wx;
+        swxx = swxx + wx * x;
     }
-    // The first value of largest magnitude (its sign orients the signed grids).
-    let xm = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+    let moments = Moments {
+        w: sw,
+        wx: swx,
+        wxx: swxx,
+    };
     // Candidate (scale, offset) pairs that map the block's range onto the codes' range.
-    let mut candidates = [(0.0f32, 0.0f32); 10];
+    let mut candidates = [(zero, zero); 10];
     let count;
-    match codes {
+    match layout.codes {
         Codes::Linear { lo, hi } if offset => {
-            if nonpositive && lo_x > 0.0 {
-                lo_x = 0.0;
+            if nonpositive {
+                lo_x = lo_x.min(zero);
             }
             let span = hi_x - lo_x;
             let n = (hi - lo) as f32;
             for (c, delta) in candidates.iter_mut().zip([0.0, -0.5, 0.5, -1.0, 1.0, 0.25]) {
-                *c = (span / (n + delta), lo_x);
+                *c = (span / p.splat(n + delta), lo_x);
             }
             count = 6;
         }
@@ -940,7 +821,7 @@ fn fit_sub<P: Passes>(p: P, layout: &Layout, x: &[f32], w: &[f32]) -> SubFit {
                     .iter_mut()
                     .zip([lo, lo + 0.5, lo - 0.5, lo + 1.0, lo - 1.0, lo + 0.25])
             {
-                *c = (xm / t, 0.0);
+                *c = (xm / p.splat(t), zero);
             }
             count = 6;
         }
@@ -948,38 +829,446 @@ fn fit_sub<P: Passes>(p: P, layout: &Layout, x: &[f32], w: &[f32]) -> SubFit {
             // The grid is asymmetric (−127 … 113): the largest magnitude at or near its long
             // end (measured: the short end's candidates lower the error but not the outputs').
             for (c, t) in candidates.iter_mut().zip(GRID_TARGETS) {
-                *c = (xm / t, 0.0);
+                *c = (xm / p.splat(t), zero);
             }
             count = GRID_TARGETS.len();
         }
     }
     // Codes of the candidates are not kept: only their sums.
-    let mut scratch = [0i32; 32];
-    let scratch = &mut scratch[..x.len()];
-    let mut best = (f32::MAX, 0.0f32, 0.0f32, 0.0f32);
+    let mut scratch = [zero; 32];
+    let (mut best_e, mut best_s, mut best_o, mut best_w) = (p.splat(f32::MAX), zero, zero, zero);
     for &(s, o) in &candidates[..count] {
-        let (c, _) = pass::<P, false>(p, layout, x, w, s, o, scratch);
-        let (s, o, e) = Sums::new(&moments, &c).fit(offset, nonpositive);
-        if e < best.0 {
-            best = (e, s, o, c.wll);
-        }
+        let (c, _) = pass::<L, W, false>(p, layout, g, s, o, &mut scratch);
+        let (s, o, e) = fit(p, &moments, &c, offset, nonpositive);
+        let better = e.lt(best_e);
+        best_e = better.select(e, best_e);
+        best_s = better.select(s, best_s);
+        best_o = better.select(o, best_o);
+        best_w = better.select(c.wll, best_w);
     }
-    // Lloyd steps from the best: re-code for the fitted scale, re-fit for the codes.
+    // Lloyd steps from the best: re-code for the fitted scale, re-fit for the codes. A lane
+    // that does not improve would repeat itself: the steps end when none does.
     for _ in 0..2 {
-        let (c, _) = pass::<P, false>(p, layout, x, w, best.1, best.2, scratch);
-        let (s, o, e) = Sums::new(&moments, &c).fit(offset, nonpositive);
-        if e < best.0 {
-            best = (e, s, o, c.wll);
-        } else {
+        let (c, _) = pass::<L, W, false>(p, layout, g, best_s, best_o, &mut scratch);
+        let (s, o, e) = fit(p, &moments, &c, offset, nonpositive);
+        let better = e.lt(best_e);
+        if !better.any() {
             break;
         }
+        best_e = better.select(e, best_e);
+        best_s = better.select(s, best_s);
+        best_o = better.select(o, best_o);
+        best_w = better.select(c.wll, best_w);
     }
-    SubFit {
-        s: best.1,
-        o: best.2,
-        scale_weight: best.3,
+    // An all-zero sub-block: scale and offset zero.
+    let empty = amax.eq(zero);
+    LaneFit {
+        s: empty.select(zero, best_s),
+        o: empty.select(zero, best_o),
+        scale_weight: empty.select(zero, best_w),
         moments,
     }
+}
+
+/// `Err((lane, value))` for the first lane whose `a` (then `b`) is beyond f16's range.
+#[inline(always)]
+fn lanes_within_f16<V: Vector>(a: V, b: V) -> Result<(), (usize, f32)> {
+    let (mut a_, mut b_) = ([0.0f32; LANES], [0.0f32; LANES]);
+    a.store(&mut a_);
+    b.store(&mut b_);
+    for j in 0..LANES {
+        within_f16(&[a_[j], b_[j]]).map_err(|v| (j, v))?;
+    }
+    Ok(())
+}
+
+/// Blocks of one sub-block (the legacy formats, iq4_nl), eight at a time: `d` (and `m`) are
+/// f16 of their own; Lloyd steps with the rounded values. The codes go to `codes`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn encode_single<L: Lanes, const W: bool>(
+    p: L,
+    layout: &Layout,
+    g: &Group<L::V>,
+    fit_: &LaneFit<L::V>,
+    codes: &mut GroupCodes<L::V>,
+    trial: &mut GroupCodes<L::V>,
+    d_out: &mut [f32; LANES],
+    m_out: &mut [f32; LANES],
+) -> Result<(), (usize, f32)> {
+    lanes_within_f16(fit_.s, fit_.o)?;
+    let offset = matches!(layout.mins, Mins::Half);
+    let zero = p.splat(0.0);
+    let f16_max = p.splat(f16::MAX.to_f32());
+    let mut d = fit_.s.round_f16();
+    let mut m = if offset { fit_.o.round_f16() } else { zero };
+    let (mut sums, mut best) = pass::<L, W, true>(p, layout, g, d, m, codes);
+    for _ in 0..2 {
+        // `sums` are those of the codes for the current (d, m).
+        let (s, o, _) = fit(p, &fit_.moments, &sums, offset, false);
+        let (d2, m2) = (s.round_f16(), o.round_f16());
+        let finite = d2.abs().le(f16_max) & m2.abs().le(f16_max);
+        let (sums2, e) = pass::<L, W, true>(p, layout, g, d2, m2, trial);
+        let better = finite & e.lt(best);
+        if !better.any() {
+            break;
+        }
+        best = better.select(e, best);
+        d = better.select(d2, d);
+        m = better.select(m2, m);
+        sums = CodeSums::select(better, &sums2, &sums);
+        for i in 0..layout.sub {
+            codes[i] = better.select(trial[i], codes[i]);
+        }
+    }
+    d.store(d_out);
+    m.store(m_out);
+    Ok(())
+}
+
+/// `Err(v)` for the first of `values` beyond f16's range.
+#[inline(always)]
+fn within_f16(values: &[f32]) -> Result<(), f32> {
+    match values
+        .iter()
+        .find(|v| v.is_nan() || v.abs() > f16::MAX.to_f32())
+    {
+        Some(&v) => Err(v),
+        None => Ok(()),
+    }
+}
+
+/// A sub-block's stage-1 result as scalars, for the super-block's integer steps.
+#[derive(Default, Clone, Copy)]
+struct SubFit {
+    s: f32,
+    o: f32,
+    scale_weight: f32,
+    w: f32,
+    wx: f32,
+}
+
+/// A sub-block's code sums and error for its stored scale and minimum.
+#[derive(Default, Clone, Copy)]
+struct SubCodes {
+    wl: f32,
+    wll: f32,
+    wxl: f32,
+    err: f32,
+}
+
+/// The lanes of `v` as eight scalars.
+#[inline(always)]
+fn lanes_of<V: Vector>(v: V) -> [f32; LANES] {
+    let mut out = [0.0f32; LANES];
+    v.store(&mut out);
+    out
+}
+
+/// A super-block: integer sub-scales (and minima) under f16 `d` (and `dmin`). `groups` hold
+/// its sub-blocks eight at a time, `fits` their stage-1 results.
+#[inline(always)]
+fn encode_super<L: Lanes, const W: bool>(
+    p: L,
+    layout: &Layout,
+    groups: &[Group<L::V>],
+    fits: &[LaneFit<L::V>],
+    codes_v: &mut [GroupCodes<L::V>],
+    trial_v: &mut [GroupCodes<L::V>],
+    block: &mut Block,
+) -> Result<(), f32> {
+    let subs = layout.subs;
+    let Scales::Int { lo, hi } = layout.scales else {
+        unreachable!("super-blocks have integer scales")
+    };
+    let min_hi = match layout.mins {
+        Mins::Int { hi } => Some(hi),
+        _ => None,
+    };
+    let mut sub_fits = [SubFit::default(); MAX_SUBS];
+    for (k, f) in fits.iter().enumerate() {
+        let (s, o, sw) = (lanes_of(f.s), lanes_of(f.o), lanes_of(f.scale_weight));
+        let (w, wx) = (lanes_of(f.moments.w), lanes_of(f.moments.wx));
+        for j in 0..LANES {
+            sub_fits[k * LANES + j] = SubFit {
+                s: s[j],
+                o: o[j],
+                scale_weight: sw[j],
+                w: w[j],
+                wx: wx[j],
+            };
+        }
+    }
+    let sub_fits = &sub_fits[..subs];
+    let mut v = [0.0f32; MAX_SUBS];
+    let mut vw = [0.0f32; MAX_SUBS];
+    for j in 0..subs {
+        v[j] = sub_fits[j].s;
+        vw[j] = sub_fits[j].scale_weight;
+    }
+    let d = fit_steps(&v[..subs], &vw[..subs], lo, hi, &mut block.sc[..subs]);
+    let mut dmin = 0.0;
+    if let Some(mhi) = min_hi {
+        for j in 0..subs {
+            v[j] = -sub_fits[j].o;
+            vw[j] = sub_fits[j].w;
+        }
+        dmin = fit_steps(&v[..subs], &vw[..subs], 0, mhi, &mut block.m[..subs]);
+    }
+    within_f16(&[d, dmin])?;
+    // Stored as f16: the integers re-rounded for the rounded steps.
+    let d16 = f16::from_f32(d);
+    let dmin16 = f16::from_f32(dmin);
+    rescale(
+        sub_fits,
+        d16.to_f32(),
+        lo,
+        hi,
+        |f| f.s,
+        &mut block.sc[..subs],
+    );
+    if let Some(mhi) = min_hi {
+        rescale(
+            sub_fits,
+            dmin16.to_f32(),
+            0,
+            mhi,
+            |f| -f.o,
+            &mut block.m[..subs],
+        );
+    }
+    let (df, dminf) = (d16.to_f32(), dmin16.to_f32());
+    let mut codes = [SubCodes::default(); MAX_SUBS];
+    let (sc, m) = (block.sc, block.m);
+    code_all::<L, W>(
+        p,
+        layout,
+        groups,
+        (df, dminf),
+        (&sc, &m),
+        codes_v,
+        &mut codes,
+    );
+    refine_steps::<L, W>(
+        p,
+        layout,
+        groups,
+        (df, dminf),
+        (lo, hi, min_hi),
+        block,
+        codes_v,
+        &mut codes,
+    );
+    // A joint least-squares refit of d and dmin for the integer products, kept if it helps.
+    block.d = d16;
+    block.dmin = dmin16;
+    let before: f32 = codes[..subs].iter().map(|c| c.err).sum();
+    let (d_new, dmin_new) = refit_super(layout, sub_fits, block, &codes);
+    let (d2, dmin2) = (f16::from_f32(d_new), f16::from_f32(dmin_new));
+    if d2.is_finite() && dmin2.is_finite() {
+        let mut trial = [SubCodes::default(); MAX_SUBS];
+        let (d2f, dmin2f) = (d2.to_f32(), dmin2.to_f32());
+        let (sc, m) = (block.sc, block.m);
+        code_all::<L, W>(
+            p,
+            layout,
+            groups,
+            (d2f, dmin2f),
+            (&sc, &m),
+            trial_v,
+            &mut trial,
+        );
+        let after: f32 = trial[..subs].iter().map(|c| c.err).sum();
+        if after < before {
+            block.d = d2;
+            block.dmin = dmin2;
+            codes_v.copy_from_slice(trial_v);
+        }
+    }
+    // The codes, back from the lanes.
+    for (k, codes) in codes_v.iter().enumerate() {
+        for i in 0..layout.sub {
+            let mut c = [0i32; LANES];
+            codes[i].store_i32(&mut c);
+            for j in 0..LANES {
+                block.q[(k * LANES + j) * layout.sub + i] = c[j];
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rescale(
+    fits: &[SubFit],
+    step: f32,
+    lo: i32,
+    hi: i32,
+    value: impl Fn(&SubFit) -> f32,
+    k: &mut [i32],
+) {
+    let inv = if step != 0.0 { 1.0 / step } else { 0.0 };
+    for (f, k) in fits.iter().zip(k.iter_mut()) {
+        *k = round((value(f) * inv).clamp(lo as f32, hi as f32)) as i32;
+    }
+}
+
+/// Scale and offset of sub-block `j` as the decoder computes them.
+#[inline(always)]
+fn sub_params(d: f32, dmin: f32, sc: i32, m: i32, has_min: bool) -> (f32, f32) {
+    let s = d * sc as f32;
+    let o = if has_min { -(dmin * m as f32) } else { 0.0 };
+    (s, o)
+}
+
+/// Per-lane scale and offset of group `k` for the integer scales and minima.
+#[inline(always)]
+fn group_params<L: Lanes>(
+    p: L,
+    k: usize,
+    d: f32,
+    dmin: f32,
+    sc: &[i32; MAX_SUBS],
+    m: &[i32; MAX_SUBS],
+    has_min: bool,
+) -> (L::V, L::V) {
+    let (mut s, mut o) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for j in 0..LANES {
+        (s[j], o[j]) = sub_params(d, dmin, sc[k * LANES + j], m[k * LANES + j], has_min);
+    }
+    (p.load(&s), p.load(&o))
+}
+
+/// The sums and error of a pass's lanes into `codes[k·8..]`.
+#[inline(always)]
+fn store_codes<V: Vector>(k: usize, c: &CodeSums<V>, e: V, codes: &mut [SubCodes; MAX_SUBS]) {
+    let (wl, wll, wxl, err) = (
+        lanes_of(c.wl),
+        lanes_of(c.wll),
+        lanes_of(c.wxl),
+        lanes_of(e),
+    );
+    for j in 0..LANES {
+        codes[k * LANES + j] = SubCodes {
+            wl: wl[j],
+            wll: wll[j],
+            wxl: wxl[j],
+            err: err[j],
+        };
+    }
+}
+
+/// Codes every sub-block for the stored scales into `codes_v`; each sub-block's sums and
+/// error into `out`.
+#[inline(always)]
+fn code_all<L: Lanes, const W: bool>(
+    p: L,
+    layout: &Layout,
+    groups: &[Group<L::V>],
+    (d, dmin): (f32, f32),
+    (sc, m): (&[i32; MAX_SUBS], &[i32; MAX_SUBS]),
+    codes_v: &mut [GroupCodes<L::V>],
+    out: &mut [SubCodes; MAX_SUBS],
+) {
+    let has_min = matches!(layout.mins, Mins::Int { .. });
+    for (k, (g, codes)) in groups.iter().zip(codes_v.iter_mut()).enumerate() {
+        let (s, o) = group_params(p, k, d, dmin, sc, m, has_min);
+        let (c, e) = pass::<L, W, true>(p, layout, g, s, o, codes);
+        store_codes(k, &c, e, out);
+    }
+}
+
+/// Coordinate refinement: each sub-block's integer scale (and minimum) moved one step either
+/// way where that lowers the sub-block's error (its codes re-chosen for the new step); the
+/// moves are tried in turn, on eight sub-blocks at once.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn refine_steps<L: Lanes, const W: bool>(
+    p: L,
+    layout: &Layout,
+    groups: &[Group<L::V>],
+    (d, dmin): (f32, f32),
+    (lo, hi, min_hi): (i32, i32, Option<i32>),
+    block: &mut Block,
+    codes_v: &mut [GroupCodes<L::V>],
+    codes: &mut [SubCodes; MAX_SUBS],
+) {
+    let has_min = min_hi.is_some();
+    let moves: &[(i32, i32)] = if has_min {
+        &[(-1, 0), (1, 0), (0, -1), (0, 1)]
+    } else {
+        &[(-1, 0), (1, 0)]
+    };
+    let zero = p.splat(0.0);
+    let mut trial_codes = [SubCodes::default(); MAX_SUBS];
+    let mut trial = [zero; 32];
+    for (k, (g, group_codes)) in groups.iter().zip(codes_v.iter_mut()).enumerate() {
+        for &(ds, dm) in moves {
+            let (mut sc, mut m) = (block.sc, block.m);
+            let mut valid = [false; LANES];
+            for j in 0..LANES {
+                let at = k * LANES + j;
+                sc[at] += ds;
+                m[at] += dm;
+                valid[j] =
+                    sc[at] >= lo && sc[at] <= hi && m[at] >= 0 && min_hi.is_none_or(|h| m[at] <= h);
+            }
+            let (s, o) = group_params(p, k, d, dmin, &sc, &m, has_min);
+            let (c, e) = pass::<L, W, true>(p, layout, g, s, o, &mut trial);
+            store_codes(k, &c, e, &mut trial_codes);
+            let mut take = [0.0f32; LANES];
+            for j in 0..LANES {
+                let at = k * LANES + j;
+                if valid[j] && trial_codes[at].err < codes[at].err {
+                    codes[at] = trial_codes[at];
+                    block.sc[at] = sc[at];
+                    block.m[at] = m[at];
+                    take[j] = 1.0;
+                }
+            }
+            let take = p.load(&take).gt(zero);
+            if take.any() {
+                for i in 0..layout.sub {
+                    group_codes[i] = take.select(trial[i], group_codes[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Least-squares `d` and `dmin` for the block's integer scales, minima and codes:
+/// `x ≈ d·(sc·level) − dmin·m` is linear in the two. Per sub-block the integers are
+/// constant, so its code sums give the block's.
+#[inline(always)]
+fn refit_super(
+    layout: &Layout,
+    fits: &[SubFit],
+    block: &Block,
+    codes: &[SubCodes; MAX_SUBS],
+) -> (f32, f32) {
+    let has_min = matches!(layout.mins, Mins::Int { .. });
+    // Sums for a = sc·level, b = −m.
+    let (mut aa, mut ab, mut bb, mut ax, mut bx) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    for j in 0..layout.subs {
+        let (c, f) = (&codes[j], &fits[j]);
+        let sc = block.sc[j] as f32;
+        let b = -(block.m[j] as f32);
+        aa += sc * sc * c.wll;
+        ab += sc * b * c.wl;
+        bb += b * b * f.w;
+        ax += sc * c.wxl;
+        bx += b * f.wx;
+    }
+    if !has_min || bb <= 0.0 {
+        return (if aa > 0.0 { ax / aa } else { 0.0 }, block.dmin.to_f32());
+    }
+    let det = aa * bb - ab * ab;
+    if det <= 0.0 {
+        return (block.d.to_f32(), block.dmin.to_f32());
+    }
+    let d = (ax * bb - bx * ab) / det;
+    let dmin = (aa * bx - ab * ax) / det;
+    (d, dmin)
 }
 
 /// Integers `k_j ∈ lo..=hi` and a step `d` with `d·k_j ≈ v_j`, weighted by `weight_j`: `d`
@@ -1028,314 +1317,6 @@ fn fit_steps(v: &[f32], weight: &[f32], lo: i32, hi: i32, k: &mut [i32]) -> f32 
         *k = round((v * inv).clamp(lo as f32, hi as f32)) as i32;
     }
     d
-}
-
-/// Encodes one block; `Err` carries a scale or minimum the block needs that f16 cannot hold
-/// (beyond ±65504), as llama.cpp's reference would need it too: the block is refused rather
-/// than stored with its values clipped.
-#[inline(always)]
-fn encode_block<P: Passes>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    block: &mut Block,
-) -> Result<(), f32> {
-    let (sub, subs) = (layout.sub, layout.subs);
-    let mut fits = [SubFit::default(); MAX_SUBS];
-    for j in 0..subs {
-        let r = j * sub..(j + 1) * sub;
-        fits[j] = fit_sub(p, layout, &x[r.clone()], &w[r]);
-    }
-    match layout.scales {
-        Scales::Half => encode_single(p, layout, x, w, &fits[0], block),
-        Scales::Int { lo, hi } => encode_super(p, layout, x, w, &fits[..subs], (lo, hi), block),
-    }
-}
-
-/// `Err(v)` for the first of `values` beyond f16's range.
-#[inline(always)]
-fn within_f16(values: &[f32]) -> Result<(), f32> {
-    match values
-        .iter()
-        .find(|v| v.is_nan() || v.abs() > f16::MAX.to_f32())
-    {
-        Some(&v) => Err(v),
-        None => Ok(()),
-    }
-}
-
-/// A block that is one sub-block (the legacy formats, iq4_nl): `d` (and `m`) are f16 of their
-/// own; Lloyd steps with the rounded values.
-#[inline(always)]
-fn encode_single<P: Passes>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    fit: &SubFit,
-    block: &mut Block,
-) -> Result<(), f32> {
-    within_f16(&[fit.s, fit.o])?;
-    let offset = matches!(layout.mins, Mins::Half);
-    let q = &mut block.q[..x.len()];
-    let mut d = f16::from_f32(fit.s);
-    let mut m = f16::from_f32(fit.o);
-    let (mut sums, mut best) = pass::<P, true>(p, layout, x, w, d.to_f32(), m.to_f32(), q);
-    let mut trial = [0i32; 32];
-    let trial = &mut trial[..x.len()];
-    for _ in 0..2 {
-        // `sums` are those of the codes for the current (d, m).
-        let (s, o, _) = Sums::new(&fit.moments, &sums).fit(offset, false);
-        let (d2, m2) = (f16::from_f32(s), f16::from_f32(o));
-        if !(d2.is_finite() && m2.is_finite()) {
-            break;
-        }
-        let (sums2, e) = pass::<P, true>(p, layout, x, w, d2.to_f32(), m2.to_f32(), trial);
-        if e < best {
-            best = e;
-            d = d2;
-            m = m2;
-            sums = sums2;
-            q.copy_from_slice(trial);
-        } else {
-            break;
-        }
-    }
-    block.d = d;
-    block.dmin = if offset { m } else { f16::ZERO };
-    Ok(())
-}
-
-/// A super-block: integer sub-scales (and minima) under f16 `d` (and `dmin`).
-#[inline(always)]
-fn encode_super<P: Passes>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    fits: &[SubFit],
-    (lo, hi): (i32, i32),
-    block: &mut Block,
-) -> Result<(), f32> {
-    let subs = layout.subs;
-    let min_hi = match layout.mins {
-        Mins::Int { hi } => Some(hi),
-        _ => None,
-    };
-    let mut v = [0.0f32; MAX_SUBS];
-    let mut vw = [0.0f32; MAX_SUBS];
-    for j in 0..subs {
-        v[j] = fits[j].s;
-        vw[j] = fits[j].scale_weight;
-    }
-    let d = fit_steps(&v[..subs], &vw[..subs], lo, hi, &mut block.sc[..subs]);
-    let mut dmin = 0.0;
-    if let Some(mhi) = min_hi {
-        for j in 0..subs {
-            v[j] = -fits[j].o;
-            vw[j] = fits[j].moments.w;
-        }
-        dmin = fit_steps(&v[..subs], &vw[..subs], 0, mhi, &mut block.m[..subs]);
-    }
-    within_f16(&[d, dmin])?;
-    // Stored as f16: the integers re-rounded for the rounded steps.
-    let d16 = f16::from_f32(d);
-    let dmin16 = f16::from_f32(dmin);
-    rescale(
-        &fits[..subs],
-        d16.to_f32(),
-        lo,
-        hi,
-        |f| f.s,
-        &mut block.sc[..subs],
-    );
-    if let Some(mhi) = min_hi {
-        rescale(
-            &fits[..subs],
-            dmin16.to_f32(),
-            0,
-            mhi,
-            |f| -f.o,
-            &mut block.m[..subs],
-        );
-    }
-    let mut errors = [0.0f32; MAX_SUBS];
-    let mut sums = [CodeSums::default(); MAX_SUBS];
-    let (df, dminf) = (d16.to_f32(), dmin16.to_f32());
-    code_all(p, layout, x, w, df, dminf, block, &mut errors, &mut sums);
-    refine_steps(
-        p,
-        layout,
-        x,
-        w,
-        df,
-        dminf,
-        (lo, hi, min_hi),
-        block,
-        &mut errors,
-        &mut sums,
-    );
-    // A joint least-squares refit of d and dmin for the integer products, kept if it helps.
-    block.d = d16;
-    block.dmin = dmin16;
-    let (d_new, dmin_new) = refit_super(layout, fits, block, &sums);
-    let (d2, dmin2) = (f16::from_f32(d_new), f16::from_f32(dmin_new));
-    let before: f32 = errors[..subs].iter().sum();
-    if d2.is_finite() && dmin2.is_finite() {
-        let mut trial = Block {
-            d: d2,
-            dmin: dmin2,
-            sc: block.sc,
-            m: block.m,
-            q: [0; MAX_BLOCK],
-        };
-        let after = code_all(
-            p,
-            layout,
-            x,
-            w,
-            d2.to_f32(),
-            dmin2.to_f32(),
-            &mut trial,
-            &mut errors,
-            &mut sums,
-        );
-        if after < before {
-            *block = trial;
-        }
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn rescale(
-    fits: &[SubFit],
-    step: f32,
-    lo: i32,
-    hi: i32,
-    value: impl Fn(&SubFit) -> f32,
-    k: &mut [i32],
-) {
-    let inv = if step != 0.0 { 1.0 / step } else { 0.0 };
-    for (f, k) in fits.iter().zip(k.iter_mut()) {
-        *k = round((value(f) * inv).clamp(lo as f32, hi as f32)) as i32;
-    }
-}
-
-/// Scale and offset of sub-block `j` as the decoder computes them.
-#[inline(always)]
-fn sub_params(d: f32, dmin: f32, sc: i32, m: i32, has_min: bool) -> (f32, f32) {
-    let s = d * sc as f32;
-    let o = if has_min { -(dmin * m as f32) } else { 0.0 };
-    (s, o)
-}
-
-/// Codes every sub-block for the stored scales; returns the total error, per sub-block in
-/// `errors`, the codes' sums in `sums`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn code_all<P: Passes>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    d: f32,
-    dmin: f32,
-    block: &mut Block,
-    errors: &mut [f32; MAX_SUBS],
-    sums: &mut [CodeSums; MAX_SUBS],
-) -> f32 {
-    let has_min = matches!(layout.mins, Mins::Int { .. });
-    let mut total = 0.0;
-    for j in 0..layout.subs {
-        let r = j * layout.sub..(j + 1) * layout.sub;
-        let (s, o) = sub_params(d, dmin, block.sc[j], block.m[j], has_min);
-        let q = &mut block.q[r.clone()];
-        (sums[j], errors[j]) = pass::<P, true>(p, layout, &x[r.clone()], &w[r], s, o, q);
-        total += errors[j];
-    }
-    total
-}
-
-/// Coordinate refinement: each sub-block's integer scale (and minimum) moved one step either
-/// way where that lowers the sub-block's error (its codes re-chosen for the new step).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn refine_steps<P: Passes>(
-    p: P,
-    layout: &Layout,
-    x: &[f32],
-    w: &[f32],
-    d: f32,
-    dmin: f32,
-    (lo, hi, min_hi): (i32, i32, Option<i32>),
-    block: &mut Block,
-    errors: &mut [f32; MAX_SUBS],
-    sums: &mut [CodeSums; MAX_SUBS],
-) {
-    let mut q = [0i32; 32];
-    for j in 0..layout.subs {
-        let r = j * layout.sub..(j + 1) * layout.sub;
-        let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
-        let q = &mut q[..layout.sub];
-        let moves: &[(i32, i32)] = if min_hi.is_some() {
-            &[(-1, 0), (1, 0), (0, -1), (0, 1)]
-        } else {
-            &[(-1, 0), (1, 0)]
-        };
-        for &(ds, dm) in moves {
-            let sc = block.sc[j] + ds;
-            let m = block.m[j] + dm;
-            if sc < lo || sc > hi || m < 0 || min_hi.is_some_and(|h| m > h) {
-                continue;
-            }
-            let (s, o) = sub_params(d, dmin, sc, m, min_hi.is_some());
-            let (c, e) = pass::<P, true>(p, layout, xs, ws, s, o, q);
-            if e < errors[j] {
-                errors[j] = e;
-                sums[j] = c;
-                block.sc[j] = sc;
-                block.m[j] = m;
-                block.q[r.clone()].copy_from_slice(q);
-            }
-        }
-    }
-}
-
-/// Least-squares `d` and `dmin` for the block's integer scales, minima and codes:
-/// `x ≈ d·(sc·level) − dmin·m` is linear in the two. Per sub-block the integers are
-/// constant, so its code sums give the block's.
-#[inline(always)]
-fn refit_super(
-    layout: &Layout,
-    fits: &[SubFit],
-    block: &Block,
-    sums: &[CodeSums; MAX_SUBS],
-) -> (f32, f32) {
-    let has_min = matches!(layout.mins, Mins::Int { .. });
-    // Sums for a = sc·level, b = −m.
-    let (mut aa, mut ab, mut bb, mut ax, mut bx) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
-    for j in 0..layout.subs {
-        let (c, mo) = (&sums[j], &fits[j].moments);
-        let sc = block.sc[j] as f32;
-        let b = -(block.m[j] as f32);
-        aa += sc * sc * c.wll;
-        ab += sc * b * c.wl;
-        bb += b * b * mo.w;
-        ax += sc * c.wxl;
-        bx += b * mo.wx;
-    }
-    if !has_min || bb <= 0.0 {
-        return (if aa > 0.0 { ax / aa } else { 0.0 }, block.dmin.to_f32());
-    }
-    let det = aa * bb - ab * ab;
-    if det <= 0.0 {
-        return (block.d.to_f32(), block.dmin.to_f32());
-    }
-    let d = (ax * bb - bx * ab) / det;
-    let dmin = (aa * bx - ab * ax) / det;
-    (d, dmin)
 }
 
 /// Writes `block` in `format`'s bytes (the layouts the decoders document).
