@@ -288,8 +288,8 @@ fn type_of_id(id: u32, scheme: Scheme) -> Result<GgmlType> {
 }
 
 /// How a row of `ne0` values is stored for `spec`: its blocks, its fallback's, or F16 (under
-/// ComfyUI-GGUF's UNet rules, `comfy`, F16 whenever the scheme's blocks do not divide it, as
-/// its patched llama-quantize falls back).
+/// the UNet rules, `comfy`, F16 whenever the scheme's blocks do not divide it, as
+/// ComfyUI-GGUF's patched llama-quantize falls back; for stable-diffusion.cpp too).
 fn row_storage(
     spec: QuantSpec,
     ne0: usize,
@@ -315,7 +315,7 @@ fn row_storage(
             GgmlType::from_name("F16").expect("F16 is a ggml type"),
             Some(if comfy {
                 format!(
-                    "rows of {ne0} values are not whole {} blocks: F16, ComfyUI-GGUF's fallback",
+                    "rows of {ne0} values are not whole {} blocks: F16, the UNet runtimes' fallback",
                     wanted.name
                 )
             } else {
