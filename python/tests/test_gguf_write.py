@@ -253,3 +253,50 @@ def test_a_unet_loads_as_comfyui_ggufs_loader_reads_it(tmp_path, scheme):
         for t in reader.tensors
         if "time_embedding" in t.name and len(t.shape) > 1
     } == {"F16"}
+
+
+def test_a_unet_for_stable_diffusion_cpp_keeps_its_shapes_and_decodes_as_we_do(tmp_path):
+    """`--gguf-target sd.cpp`: gguf-py reads the file; no tensor is reshaped and no
+    `comfy.gguf.*` key is written (sd.cpp's loader refuses a shape that differs from the
+    model's); every name is an original-layout name under `model.diffusion_model.`; the shapes
+    are the checkpoint's; every tensor gguf-py decodes equals ArrowQuant's decoding bit for
+    bit."""
+    from safetensors.numpy import load_file
+
+    unet = ROOT / "examples" / "models" / "tiny-unet"
+    want = load_file(str(unet / "diffusion_pytorch_model.safetensors"))
+    out = tmp_path / "unet.gguf"
+    run = subprocess.run(
+        [
+            str(BINARY),
+            "quantize",
+            "-q",
+            str(unet),
+            "-o",
+            str(out),
+            "--scheme",
+            "q8_0",
+            "--pure",
+            "--gguf-target",
+            "sd.cpp",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    reader = GGUFReader(str(out))
+    assert not [k for k in reader.fields if k.startswith("comfy.")]
+    assert all(t.name.startswith("model.diffusion_model.") for t in reader.tensors)
+    assert any(".input_blocks." in t.name for t in reader.tensors)
+    assert not any("down_blocks" in t.name for t in reader.tensors)
+    shapes = sorted(tuple(int(v) for v in reversed(t.shape)) for t in reader.tensors)
+    assert shapes == sorted(v.shape for v in want.values())
+    decoded = ours(out)
+    types = set()
+    for t in reader.tensors:
+        types.add(t.tensor_type.name)
+        got = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+        mine = decoded[t.name].reshape(-1)
+        assert np.array_equal(mine.view(np.uint32), got.view(np.uint32)), t.name
+    assert "Q8_0" in types
