@@ -357,12 +357,33 @@ mod avx2 {
         fn grid(self) -> (Avx, Avx) {
             // SAFETY: an `Avx` or `AvxMask` exists only where AVX2 was found (see above).
             unsafe {
-                // The number of midpoints below t (each true comparison is −1), then its
-                // level from the two halves of the grid.
+                // The number of midpoints below t by binary search over the 16 slots of
+                // the sorted midpoints (slot 15 is +inf, never below): four comparisons, each
+                // against the midpoint its lane's range so far points at. The same count as
+                // the portable path's.
+                let mids_lo = _mm256_setr_ps(
+                    GRID_MIDPOINTS[0],
+                    GRID_MIDPOINTS[1],
+                    GRID_MIDPOINTS[2],
+                    GRID_MIDPOINTS[3],
+                    GRID_MIDPOINTS[4],
+                    GRID_MIDPOINTS[5],
+                    GRID_MIDPOINTS[6],
+                    GRID_MIDPOINTS[7],
+                );
+                let mids_hi = _mm256_setr_ps(
+                    GRID_MIDPOINTS[8],
+                    GRID_MIDPOINTS[9],
+                    GRID_MIDPOINTS[10],
+                    GRID_MIDPOINTS[11],
+                    GRID_MIDPOINTS[12],
+                    GRID_MIDPOINTS[13],
+                    GRID_MIDPOINTS[14],
+                    f32::INFINITY,
+                );
                 let mut n = _mm256_setzero_si256();
-                for m in GRID_MIDPOINTS {
-                    let above = _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, _mm256_set1_ps(m));
-                    n = _mm256_sub_epi32(n, _mm256_castps_si256(above));
+                for step in [8, 4, 2, 1] {
+                    n = advance(self.0, n, step, mids_lo, mids_hi);
                 }
                 let grid_lo = _mm256_setr_ps(
                     GRID[0], GRID[1], GRID[2], GRID[3], GRID[4], GRID[5], GRID[6], GRID[7],
@@ -421,6 +442,24 @@ mod avx2 {
         fn any(self) -> bool {
             // SAFETY: an `Avx` or `AvxMask` exists only where AVX2 was found (see above).
             unsafe { _mm256_movemask_ps(self.0) != 0 }
+        }
+    }
+
+    /// One step of the grid's binary search: `n + step` in the lanes where `t` is above
+    /// midpoint slot `n + step − 1` (slots 0..8 in `lo`, 8..16 in `hi`), else `n`. A plain
+    /// function, not a closure, so the intrinsics inline into the AVX2 caller.
+    #[inline(always)]
+    unsafe fn advance(t: __m256, n: __m256i, step: i32, lo: __m256, hi: __m256) -> __m256i {
+        // SAFETY: called from `Avx::grid` only, where AVX2 was found.
+        unsafe {
+            let probe = _mm256_add_epi32(n, _mm256_set1_epi32(step - 1));
+            let low = _mm256_permutevar8x32_ps(lo, probe);
+            let high = _mm256_permutevar8x32_ps(hi, probe);
+            let upper = _mm256_cmpgt_epi32(probe, _mm256_set1_epi32(7));
+            let midpoint = _mm256_blendv_ps(low, high, _mm256_castsi256_ps(upper));
+            let above = _mm256_cmp_ps::<_CMP_GT_OQ>(t, midpoint);
+            let add = _mm256_and_si256(_mm256_castps_si256(above), _mm256_set1_epi32(step));
+            _mm256_add_epi32(n, add)
         }
     }
 }
