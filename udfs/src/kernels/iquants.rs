@@ -557,6 +557,7 @@ fn dequantize_block_nvfp4(b: &[u8; 36], y: &mut [f32; QK_NVFP4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::decoder_checks::{self, Decoder};
 
     #[test]
     fn sizes_ids_and_names() {
@@ -636,53 +637,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_zero_block_decodes_to_zeros() {
-        for format in IFormat::ALL {
-            let bytes = vec![0u8; 2 * format.block_bytes()];
-            let mut out = vec![1.0; 3];
-            dequantize_row(format, &bytes, 2 * format.block_values(), &mut out).unwrap();
-            assert_eq!(out.len(), 2 * format.block_values());
-            // A zero scale zeroes every value (−0 where the code is negative; MXFP4's scale
-            // byte 0 is 2⁻¹²⁸, but its code 0 is the level 0).
-            assert!(out.iter().all(|&v| v == 0.0), "{}", format.name());
+    fn decoder(format: IFormat) -> Decoder {
+        Decoder {
+            name: format.name(),
+            block_values: format.block_values(),
+            block_bytes: format.block_bytes(),
+            row_bytes: Box::new(move |len| format.row_bytes(len)),
+            decode: Box::new(move |bytes, len, out| dequantize_row(format, bytes, len, out)),
         }
     }
 
     #[test]
-    fn wrong_byte_lengths_are_refused() {
+    fn zero_blocks_wrong_byte_counts_and_partial_blocks() {
         for format in IFormat::ALL {
-            let len = 2 * format.block_values();
-            let right = format.row_bytes(len).unwrap();
-            for wrong in [0, right - 1, right + 1, right + format.block_bytes()] {
-                let err = dequantize_row(format, &vec![0u8; wrong], len, &mut Vec::new());
-                match err {
-                    Err(KernelError::Corrupt(message)) => {
-                        assert!(message.contains(format.name()), "{message}");
-                        assert!(message.contains(&right.to_string()), "{message}");
-                    }
-                    other => panic!("{}: {wrong} bytes gave {other:?}", format.name()),
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn lengths_that_are_not_whole_blocks_are_refused() {
-        for format in IFormat::ALL {
-            let block = format.block_values();
-            for len in [1, block - 1, block + 1, 3 * block + 7] {
-                let expected = Err(KernelError::NotBlockMultiple {
-                    scheme: format.name(),
-                    len,
-                    block,
-                });
-                assert_eq!(format.row_bytes(len), expected);
-                assert_eq!(
-                    dequantize_row(format, &[0u8; 1024], len, &mut Vec::new()),
-                    expected.map(|_| ())
-                );
-            }
+            let d = decoder(format);
+            decoder_checks::zero_blocks_decode_to_zeros(&d);
+            decoder_checks::wrong_byte_lengths_are_refused(&d);
+            decoder_checks::partial_blocks_are_refused(&d);
         }
     }
 

@@ -7,6 +7,8 @@ pub mod affine;
 pub mod block_format;
 pub mod block_search;
 pub mod cpu;
+#[cfg(test)]
+mod decoder_checks;
 pub mod error;
 pub mod gguf;
 pub mod iquants;
