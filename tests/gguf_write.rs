@@ -277,6 +277,14 @@ fn a_scheme_without_a_gguf_type_is_refused_before_any_work() {
         dir.join("d").to_str().unwrap(),
     ]);
     assert_fails_with(&o, "pure: applies to GGUF output only");
+    let o = run(&[
+        "examples/models/tiny-unet",
+        "--gguf-target",
+        "sd.cpp",
+        "-o",
+        dir.join("d").to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, "gguf_target: applies to GGUF output only");
     let o = run(&[LLAMA, "--format", "onnx", "-o", out.to_str().unwrap()]);
     assert_fails_with(&o, "key 'format': 'onnx' is not parquet or gguf");
     assert!(others(&dir, &[]).is_empty(), "{:?}", others(&dir, &[]));

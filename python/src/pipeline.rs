@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use arrowquant::config::{OutputFormat, QuantConfig, Settings, Value};
+use arrowquant::config::{GgufTarget, OutputFormat, QuantConfig, Settings, Value};
 use arrowquant::pipeline::gguf_output::{is_gguf_path, quantize_to_gguf};
 use arrowquant::pipeline::{Progress, RunOptions, quantize_model};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -151,6 +151,11 @@ fn quantize(
     if config.pure && !gguf {
         return Err(PyValueError::new_err(
             "pure: applies to GGUF output only (format=\"gguf\")",
+        ));
+    }
+    if config.gguf_target != GgufTarget::ComfyUi && !gguf {
+        return Err(PyValueError::new_err(
+            "gguf_target: applies to GGUF output only (format=\"gguf\")",
         ));
     }
     let options = RunOptions {

@@ -94,6 +94,10 @@ def test_quantize_to_gguf_with_encoders(tmp_path):
         ArrowQuantV2({"pure": True}).quantize_diffusion_model(
             Path(__file__).resolve().parents[2] / "examples/models/tiny-unet", tmp_path / "o2"
         )
+    with pytest.raises(ValueError, match="gguf_target: applies to GGUF output only"):
+        ArrowQuantV2({"gguf_target": "sd.cpp"}).quantize_diffusion_model(
+            Path(__file__).resolve().parents[2] / "examples/models/tiny-unet", tmp_path / "o3"
+        )
 
 
 def test_quantize_from_safetensors_with_calibration(bundled_model, calibration, tmp_path):

@@ -12,7 +12,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::{DataFusionError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{OutputFormat, QuantConfig, Settings, Value};
+use crate::config::{GgufTarget, OutputFormat, QuantConfig, Settings, Value};
 use crate::pipeline::gguf_output::{gguf_type_of, is_gguf_path, quantize_to_gguf};
 use crate::pipeline::{Progress, RunOptions, RunSummary, plans, quantize_model};
 
@@ -182,6 +182,11 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
     if config.pure && !gguf {
         return Err(DataFusionError::Plan(
             "pure: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
+        ));
+    }
+    if config.gguf_target != GgufTarget::ComfyUi && !gguf {
+        return Err(DataFusionError::Plan(
+            "gguf_target: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
         ));
     }
     if is_gguf_path(&model) && !gguf {
