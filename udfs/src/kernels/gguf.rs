@@ -80,14 +80,7 @@ impl GgufFormat {
 
     /// Bytes for a row of `len` values (which must be a whole number of blocks).
     pub fn row_bytes(self, len: usize) -> Result<usize> {
-        if !len.is_multiple_of(BLOCK) {
-            return Err(KernelError::NotBlockMultiple {
-                scheme: self.name(),
-                len,
-                block: BLOCK,
-            });
-        }
-        Ok(len / BLOCK * self.block_bytes())
+        super::blocks::row_bytes(self.name(), len, BLOCK, self.block_bytes())
     }
 }
 

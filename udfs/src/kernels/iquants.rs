@@ -43,7 +43,8 @@
 
 use half::f16;
 
-use super::error::{KernelError, Result};
+use super::blocks::{self, decode_blocks, f16_at, field};
+use super::error::Result;
 
 #[path = "iquant_grids.rs"]
 pub mod grids;
@@ -169,18 +170,9 @@ impl IFormat {
         }
     }
 
-    /// Bytes for a row of `len` values, which must be a whole number of blocks. (Every block
-    /// is smaller in bytes than in values, so this cannot overflow.)
+    /// Bytes for a row of `len` values, which must be a whole number of blocks.
     pub fn row_bytes(self, len: usize) -> Result<usize> {
-        let block = self.block_values();
-        if !len.is_multiple_of(block) {
-            return Err(KernelError::NotBlockMultiple {
-                scheme: self.name(),
-                len,
-                block,
-            });
-        }
-        Ok(len / block * self.block_bytes())
+        blocks::row_bytes(self.name(), len, self.block_values(), self.block_bytes())
     }
 
     /// Stored bits per value, the scales included (2.0625 for iq2_xxs).
@@ -212,36 +204,6 @@ pub fn dequantize_row(format: IFormat, bytes: &[u8], len: usize, out: &mut Vec<f
         IFormat::Nvfp4 => decode_blocks(bytes, out, dequantize_block_nvfp4),
     }
     Ok(())
-}
-
-/// The block loop: `bytes` and `out` as arrays of whole blocks, so each block function sees
-/// fixed-size arrays and its loops need no bounds checks.
-#[inline(always)]
-fn decode_blocks<const B: usize, const V: usize>(
-    bytes: &[u8],
-    out: &mut [f32],
-    block: impl Fn(&[u8; B], &mut [f32; V]),
-) {
-    let (src, _) = bytes.as_chunks::<B>();
-    let (dst, _) = out.as_chunks_mut::<V>();
-    for (b, y) in src.iter().zip(dst) {
-        block(b, y);
-    }
-}
-
-/// The `N` bytes of `block` from `at`, as an array. The offsets are the layouts' constants
-/// (or sub-block arithmetic on them), so the check folds away.
-#[inline(always)]
-fn field<const N: usize>(block: &[u8], at: usize) -> &[u8; N] {
-    block[at..]
-        .first_chunk()
-        .expect("a field lies inside its block")
-}
-
-/// The little-endian f16 at `at`, widened to f32 (exact, NaN payloads kept and quieted).
-#[inline(always)]
-fn f16_at(block: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes(*field(block, at)).to_f32()
 }
 
 #[inline(always)]

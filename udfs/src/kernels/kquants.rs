@@ -32,9 +32,8 @@
 //! payload, so the subtraction must keep the product on its left. NaN payloads are otherwise
 //! kept (quieted) by the f16 widening and the products on both sides.
 
-use half::f16;
-
-use super::error::{KernelError, Result};
+use super::blocks::{self, decode_blocks, f16_at, field};
+use super::error::Result;
 
 /// Values in a k-quant super-block (ggml's `QK_K`).
 pub const QK_K: usize = 256;
@@ -134,18 +133,9 @@ impl KFormat {
         }
     }
 
-    /// Bytes for a row of `len` values, which must be a whole number of blocks. (Every block
-    /// is smaller in bytes than in values, so this cannot overflow.)
+    /// Bytes for a row of `len` values, which must be a whole number of blocks.
     pub fn row_bytes(self, len: usize) -> Result<usize> {
-        let block = self.block_values();
-        if !len.is_multiple_of(block) {
-            return Err(KernelError::NotBlockMultiple {
-                scheme: self.name(),
-                len,
-                block,
-            });
-        }
-        Ok(len / block * self.block_bytes())
+        blocks::row_bytes(self.name(), len, self.block_values(), self.block_bytes())
     }
 
     /// Stored bits per value, the f16 scales included (4.5 for q4_K).
@@ -173,36 +163,6 @@ pub fn dequantize_row(format: KFormat, bytes: &[u8], len: usize, out: &mut Vec<f
         KFormat::Iq4Xs => decode_blocks(bytes, out, dequantize_block_iq4_xs),
     }
     Ok(())
-}
-
-/// The block loop: `bytes` and `out` as arrays of whole blocks, so each block function sees
-/// fixed-size arrays and its loops need no bounds checks.
-#[inline(always)]
-fn decode_blocks<const B: usize, const V: usize>(
-    bytes: &[u8],
-    out: &mut [f32],
-    block: impl Fn(&[u8; B], &mut [f32; V]),
-) {
-    let (src, _) = bytes.as_chunks::<B>();
-    let (dst, _) = out.as_chunks_mut::<V>();
-    for (b, y) in src.iter().zip(dst) {
-        block(b, y);
-    }
-}
-
-/// The `N` bytes of `block` from `at`, as an array. The offsets are the layouts' constants
-/// (or sub-block arithmetic on them), so the check folds away.
-#[inline(always)]
-fn field<const N: usize>(block: &[u8], at: usize) -> &[u8; N] {
-    block[at..]
-        .first_chunk()
-        .expect("a field lies inside its block")
-}
-
-/// The little-endian f16 at `at`, widened to f32 (exact, NaN payloads kept and quieted).
-#[inline(always)]
-fn f16_at(block: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes(*field(block, at)).to_f32()
 }
 
 /// Q2_K, 84 bytes: `scales[16]`, `qs[64]`, `d: f16`, `dmin: f16`.
@@ -390,6 +350,8 @@ fn dequantize_block_iq4_xs(b: &[u8; 136], y: &mut [f32; QK_K]) {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
     use crate::kernels::decoder_checks::{self, Decoder};
 

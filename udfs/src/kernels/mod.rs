@@ -6,6 +6,7 @@
 pub mod affine;
 pub mod block_format;
 pub mod block_search;
+pub mod blocks;
 pub mod cpu;
 #[cfg(test)]
 mod decoder_checks;
