@@ -1740,6 +1740,40 @@ mod tests {
         }
     }
 
+    /// Blocks go through the search eight at a time, one per lane: a row whose block count
+    /// is not a multiple of eight (a padded last group) writes, block for block, what each
+    /// block gives alone, on either path.
+    #[test]
+    fn blocks_encode_alike_whatever_their_lane_and_group() {
+        let mut rng = Rng(0xabad_1dea_0000_0001);
+        let mut s = BlockSearch::default();
+        for format in ALL {
+            let n = format.block_values();
+            for blocks in [1, 3, 11] {
+                let x: Vec<f32> = (0..n * blocks).map(|_| rng.gaussian() * 0.05).collect();
+                let mut row = Vec::new();
+                s.quantize_row(format, &x, None, Weighting::SigmaSquare, &mut row)
+                    .unwrap();
+                let mut portable = Vec::new();
+                s.quantize_row_portable(format, &x, None, Weighting::SigmaSquare, &mut portable)
+                    .unwrap();
+                assert!(row == portable, "{} {blocks} blocks", format.name());
+                for (b, bytes) in row.chunks_exact(format.block_bytes()).enumerate() {
+                    let mut alone = Vec::new();
+                    s.quantize_row(
+                        format,
+                        &x[b * n..][..n],
+                        None,
+                        Weighting::SigmaSquare,
+                        &mut alone,
+                    )
+                    .unwrap();
+                    assert!(bytes == alone, "{} block {b} of {blocks}", format.name());
+                }
+            }
+        }
+    }
+
     #[test]
     fn huge_values_are_refused_with_the_block() {
         let mut s = BlockSearch::default();
@@ -1757,6 +1791,23 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(err, KernelError::ScaleOverflow { group: 1, .. }),
+            "{err:?}"
+        );
+        assert!(out.is_empty());
+        // Blocks of one sub-block go eight to a group: the error still names the block.
+        let mut x = vec![1.0f32; 32 * 11];
+        x[9 * 32 + 5] = 3.0e38;
+        let err = s
+            .quantize_row(
+                BlockFormat::Legacy(GgufFormat::Q8_0),
+                &x,
+                None,
+                Weighting::Uniform,
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, KernelError::ScaleOverflow { group: 9, .. }),
             "{err:?}"
         );
         assert!(out.is_empty());
