@@ -139,3 +139,4 @@ slt!(timesteps, "timesteps.slt");
 slt!(thermo, "thermo.slt");
 slt!(spatial, "spatial.slt");
 slt!(measured, "measured.slt");
+slt!(allocation, "allocation.slt");

@@ -58,7 +58,7 @@ functions! {
         stored_bytes, weight_stats, timestep_group, quant_mse, smooth_scales, equalize,
         clip_outliers;
     aggregate: tensor_cosine, tensor_mse, quant_params, weight_stats_agg, column_absmax;
-    window: timestep_group_adaptive, markov_smoothness, markov_violation, thermo_smooth,
+    window: allocate_bits, timestep_group_adaptive, markov_smoothness, markov_violation, thermo_smooth,
         thermo_optimize, thermo_objective;
 }
 

@@ -4,6 +4,7 @@
 //! rows, writing into buffers the caller owns so that the row loop never allocates.
 
 pub mod affine;
+pub mod allocation;
 pub mod block_format;
 pub mod block_search;
 pub mod blocks;
