@@ -12,6 +12,7 @@ pub mod gguf_select;
 pub mod modality;
 pub mod output;
 pub mod plan;
+pub mod recipes;
 pub mod run;
 pub mod strategy;
 
