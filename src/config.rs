@@ -87,6 +87,10 @@ impl Profile {
             format: OutputFormat::Parquet,
             pure: false,
             gguf_target: GgufTarget::ComfyUi,
+            max_size: None,
+            target_bpw: None,
+            candidates: Vec::new(),
+            tensor_types: Vec::new(),
         }
     }
 }
@@ -149,6 +153,98 @@ pub struct QuantConfig {
     /// and `comfy.gguf.orig_shape.*`) or the one stable-diffusion.cpp loads (`sd.cpp`: original
     /// shapes, `model.diffusion_model.` names).
     pub gguf_target: GgufTarget,
+    /// Bit allocation: the most bytes of tensor data the output may hold; each quantized
+    /// tensor's format is chosen from `candidates` to keep the error least within it.
+    pub max_size: Option<u64>,
+    /// Bit allocation by bits per weight over the whole model's tensor data (as llama.cpp
+    /// reports a file's BPW); the same as the `max_size` it makes.
+    pub target_bpw: Option<f64>,
+    /// The formats allocation chooses from; empty for [`DEFAULT_CANDIDATES`].
+    #[serde(serialize_with = "as_list")]
+    pub candidates: Vec<Scheme>,
+    /// `REGEX=SCHEME` overrides, in the order given: a tensor whose (output) name the first
+    /// matching pattern finds takes that scheme, before any other rule.
+    pub tensor_types: Vec<TensorType>,
+}
+
+/// The formats bit allocation chooses from unless told otherwise: llama.cpp's k-quant ladder
+/// and IQ4_XS (each tensor's row fallback applied, as for a single scheme).
+pub const DEFAULT_CANDIDATES: [Scheme; 7] = [
+    Scheme::Q2K,
+    Scheme::Q3K,
+    Scheme::Iq4Xs,
+    Scheme::Q4K,
+    Scheme::Q5K,
+    Scheme::Q6K,
+    Scheme::Q8_0,
+];
+
+/// A `--tensor-type REGEX=SCHEME` override. The pattern is compiled where it is used (the
+/// pipeline), so that an error there names it; here it is text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorType {
+    pub pattern: String,
+    #[serde(serialize_with = "as_text")]
+    pub scheme: Scheme,
+}
+
+impl TensorType {
+    /// `REGEX=SCHEME`, split at the last `=` (a pattern may hold one, a scheme never does).
+    pub fn parse(text: &str) -> Result<TensorType, String> {
+        let Some((pattern, scheme)) = text.rsplit_once('=') else {
+            return Err(format!("'{text}' is not REGEX=SCHEME"));
+        };
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err(format!("'{text}': the pattern before '=' is empty"));
+        }
+        let scheme = Scheme::parse(scheme.trim()).map_err(|e| format!("'{text}': {e}"))?;
+        Ok(TensorType {
+            pattern: pattern.to_string(),
+            scheme,
+        })
+    }
+}
+
+/// A size in bytes: a whole number, or a number with a unit (`20MB`, `1.5GiB`, `512 KiB`;
+/// B, KB, MB, GB, TB in powers of 1000, KiB … TiB in powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (a number of bytes, or with a unit: 20MB)"))?;
+    let bytes = (value * scale).round();
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("'{text}' is not a size of at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A list of schemes written as its text, `q2_K,q3_K`.
+fn as_list<S: serde::Serializer>(value: &[Scheme], s: S) -> Result<S::Ok, S::Error> {
+    let names: Vec<String> = value.iter().map(|x| x.to_string()).collect();
+    s.collect_str(&names.join(","))
 }
 
 /// Which runtime a GGUF UNet is written for.
@@ -202,7 +298,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 24] = [
     "profile",
     "bit_width",
     "group_size",
@@ -223,6 +319,10 @@ pub const KEYS: [&str; 20] = [
     "format",
     "pure",
     "gguf_target",
+    "max_size",
+    "target_bpw",
+    "candidates",
+    "tensor_type",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -453,6 +553,10 @@ fn expected(key: &str) -> Option<&'static str> {
         "grouping" => "uniform, log or adaptive",
         "smoothing" => "none, linear, cubic or sigmoid",
         "lambda_markov" | "lambda_entropy" => "a number ≥ 0",
+        "max_size" => "a size in bytes, or with a unit (20MB, 1.5GiB)",
+        "target_bpw" => "a number of bits per weight, above 0 and at most 32",
+        "candidates" => "a comma-separated list of schemes (q2_K,q4_K,q8_0)",
+        "tensor_type" => "REGEX=SCHEME overrides separated by ';' (blk\\.0\\..*=q8_0;attn_v=q6_K)",
         _ => return None,
     })
 }
@@ -748,6 +852,47 @@ impl QuantConfig {
                 self.gguf_target = GgufTarget::parse(&value.to_string())
                     .ok_or_else(|| bad(format!("'{value}' is not comfyui or sd.cpp")))?
             }
+            "max_size" => {
+                let size = match value {
+                    Value::Int(i) if *i > 0 => *i as u64,
+                    Value::Int(i) => {
+                        return Err(bad(format!("{i} is not a size of at least one byte")));
+                    }
+                    other => parse_size(&other.to_string()).map_err(bad)?,
+                };
+                self.max_size = Some(size);
+            }
+            "target_bpw" => {
+                let x = parse_number(value).map_err(bad)?;
+                if !(x > 0.0 && x <= 32.0) {
+                    return Err(bad(format!(
+                        "{x} bits per weight is not above 0 and at most 32"
+                    )));
+                }
+                self.target_bpw = Some(x);
+            }
+            "candidates" => {
+                let text = value.to_string();
+                let mut list = Vec::new();
+                for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let scheme = Scheme::parse(name).map_err(|e| bad(e.to_string()))?;
+                    if !list.contains(&scheme) {
+                        list.push(scheme);
+                    }
+                }
+                if list.is_empty() {
+                    return Err(bad(format!("'{text}' names no scheme")));
+                }
+                self.candidates = list;
+            }
+            "tensor_type" => {
+                let text = value.to_string();
+                let mut overrides = Vec::new();
+                for item in text.split(';').map(str::trim).filter(|n| !n.is_empty()) {
+                    overrides.push(TensorType::parse(item).map_err(bad)?);
+                }
+                self.tensor_types = overrides;
+            }
             "format" => {
                 self.format = OutputFormat::parse(&value.to_string())
                     .ok_or_else(|| bad(format!("'{value}' is not parquet or gguf")))?
@@ -760,6 +905,11 @@ impl QuantConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether formats are chosen per tensor under a size budget.
+    pub fn allocating(&self) -> bool {
+        self.max_size.is_some() || self.target_bpw.is_some()
     }
 
     /// Checks the combination: the scheme must accept the bit width and group size, and the
@@ -808,6 +958,32 @@ impl QuantConfig {
             reason,
         };
         self.spec_of(origin_of)?;
+        if self.max_size.is_some() && self.target_bpw.is_some() {
+            return Err(bad(
+                "target_bpw",
+                "max_size and target_bpw are two ways to give the same budget: give one".into(),
+            ));
+        }
+        let allocating = self.allocating();
+        if allocating && self.pure {
+            let key = if self.max_size.is_some() {
+                "max_size"
+            } else {
+                "target_bpw"
+            };
+            return Err(bad(
+                key,
+                "pure gives every tensor the scheme's type, bit allocation chooses one per \
+                 tensor: give one of them"
+                    .into(),
+            ));
+        }
+        if !allocating && !self.candidates.is_empty() {
+            return Err(bad(
+                "candidates",
+                "the formats bit allocation chooses from: give max_size or target_bpw too".into(),
+            ));
+        }
         if self.timestep_groups > self.num_timesteps {
             return Err(bad(
                 "timestep_groups",

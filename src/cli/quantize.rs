@@ -40,6 +40,23 @@ pub struct QuantizeArgs {
     /// under model.diffusion_model.) [default: comfyui].
     #[arg(long, value_name = "T")]
     pub gguf_target: Option<String>,
+    /// Bit allocation: the most bytes of tensor data the output may hold (a number of bytes,
+    /// or with a unit: 20MB, 1.5GiB); each quantized tensor's format is chosen from the
+    /// candidates so that the total error is least within it. GGUF output.
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Bit allocation by bits per weight over all the model's tensor data (as llama.cpp
+    /// reports a file's BPW), instead of --max-size.
+    #[arg(long, value_name = "B")]
+    pub target_bpw: Option<f64>,
+    /// The formats bit allocation chooses from, comma-separated [default:
+    /// q2_K,q3_K,iq4_xs,q4_K,q5_K,q6_K,q8_0].
+    #[arg(long, value_name = "LIST")]
+    pub candidates: Option<String>,
+    /// REGEX=SCHEME: tensors whose name in the output the pattern finds take that scheme,
+    /// before any other rule (the first matching override wins). Repeatable.
+    #[arg(long, value_name = "REGEX=SCHEME")]
+    pub tensor_type: Vec<String>,
     /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
     #[arg(long, value_name = "P")]
     pub profile: Option<String>,
@@ -159,6 +176,18 @@ impl QuantizeArgs {
         if let Some(t) = &self.gguf_target {
             s.set("gguf_target", Value::Text(t.clone()));
         }
+        if let Some(size) = &self.max_size {
+            s.set("max_size", Value::Text(size.clone()));
+        }
+        if let Some(b) = self.target_bpw {
+            s.set("target_bpw", Value::Float(b));
+        }
+        if let Some(list) = &self.candidates {
+            s.set("candidates", Value::Text(list.clone()));
+        }
+        if !self.tensor_type.is_empty() {
+            s.set("tensor_type", Value::Text(self.tensor_type.join(";")));
+        }
         s
     }
 
@@ -189,6 +218,18 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
             "gguf_target: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
         ));
     }
+    if config.allocating() && !gguf {
+        return Err(DataFusionError::Plan(
+            "max_size / target_bpw: bit allocation writes GGUF output only (--format gguf or \
+             -o OUT.gguf)"
+                .into(),
+        ));
+    }
+    if !config.tensor_types.is_empty() && !gguf {
+        return Err(DataFusionError::Plan(
+            "tensor_type: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
+        ));
+    }
     if is_gguf_path(&model) && !gguf {
         return Err(DataFusionError::Plan(format!(
             "{}: a GGUF model is written as GGUF: give -o OUT.gguf or --format gguf",
@@ -200,13 +241,15 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        if gguf {
+        if gguf && config.allocating() {
+            PathBuf::from(format!("{name}-mixed.gguf"))
+        } else if gguf {
             PathBuf::from(format!("{name}-{}.gguf", config.scheme))
         } else {
             PathBuf::from(format!("{name}-{}", config.profile))
         }
     });
-    if gguf {
+    if gguf && !config.allocating() {
         // Refused before any work: no file is opened for a scheme GGUF has no type for.
         gguf_type_of(config.scheme)?;
     }
@@ -356,11 +399,44 @@ pub fn summary_text(s: &RunSummary) -> String {
             )
         }
     };
+    let allocation = match &s.allocation {
+        None => String::new(),
+        Some(a) => {
+            let target = match a.target_bpw {
+                Some(b) => format!("target {b} bits a weight"),
+                None => format!("at most {} bytes", a.budget_bytes),
+            };
+            let gap = if a.lower_bound > 0.0 {
+                format!(
+                    "{:.3} % above the bound {:.4e}",
+                    100.0 * (a.error / a.lower_bound - 1.0),
+                    a.lower_bound
+                )
+            } else {
+                "the optimum".to_string()
+            };
+            format!(
+                "allocation: {} tensors from {}: {} bytes of tensor data, {:.4} bits a weight \
+                 ({target}); squared error {:.4e}, {gap}\n",
+                a.allocated,
+                a.candidates.join(","),
+                a.tensor_bytes,
+                a.bits_per_weight,
+                a.error,
+            )
+        }
+    };
+    let warnings: String = s
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {w}\n"))
+        .collect();
     format!(
         "model: {} ({})\n\
          tensors: {} ({} quantized, {} kept, {} redone wider)\n\
          size: {:.2} MB -> {:.2} MB ({:.2}x)\n\
          cosine: min {:.6}, mean {:.6}\n\
+         {allocation}{warnings}\
          {activations}\
          time: {:.2} s ({:.0} MB/s)\n\
          output: {}\n",

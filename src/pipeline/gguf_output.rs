@@ -34,6 +34,7 @@ use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
+use super::gguf_allocate::{allocate, apply_overrides};
 use super::gguf_arch::{ArchLayout, RowOrder, diffusion, sd_cpp};
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
@@ -235,7 +236,7 @@ pub(super) struct InputTensor {
 
 /// How a tensor's bytes are made.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Storage {
+pub(super) enum Storage {
     /// The blocks of a GGUF scheme: `quantize`'s codes.
     Blocks(QuantSpec),
     /// The values as F16: rows that no block of the scheme (or its fallback) divides.
@@ -248,17 +249,17 @@ enum Storage {
 
 /// What becomes of one tensor.
 #[derive(Debug, Clone)]
-struct Planned {
-    ggml_type: GgmlType,
-    storage: Storage,
-    reason: String,
+pub(super) struct Planned {
+    pub(super) ggml_type: GgmlType,
+    pub(super) storage: Storage,
+    pub(super) reason: String,
     /// The setting a quality fallback started from.
-    fallback_from: Option<String>,
+    pub(super) fallback_from: Option<String>,
     /// Whether llama.cpp would quantize it (what `quantize.mixture` describes).
-    selected: bool,
-    sums: Option<PairSums>,
+    pub(super) selected: bool,
+    pub(super) sums: Option<PairSums>,
     /// The shape (outermost first) ComfyUI-GGUF's rules give it in the file, when not its own.
-    reshaped: Option<[usize; 2]>,
+    pub(super) reshaped: Option<[usize; 2]>,
 }
 
 impl Planned {
@@ -275,7 +276,7 @@ impl Planned {
     }
 
     /// ggml's `ne` in the file.
-    fn dims(&self, t: &InputTensor) -> Vec<u64> {
+    pub(super) fn dims(&self, t: &InputTensor) -> Vec<u64> {
         self.reshaped
             .map_or_else(|| t.dims.clone(), |s| row_major_dims(&s))
     }
@@ -290,7 +291,7 @@ fn type_of_id(id: u32, scheme: Scheme) -> Result<GgmlType> {
 /// How a row of `ne0` values is stored for `spec`: its blocks, its fallback's, or F16 (under
 /// the UNet rules, `comfy`, F16 whenever the scheme's blocks do not divide it, as
 /// ComfyUI-GGUF's patched llama-quantize falls back; for stable-diffusion.cpp too).
-fn row_storage(
+pub(super) fn row_storage(
     spec: QuantSpec,
     ne0: usize,
     comfy: bool,
@@ -329,7 +330,7 @@ fn row_storage(
 }
 
 /// A tensor stored as it is, or an error when GGUF has no type for its dtype.
-fn as_stored(t: &InputTensor, reason: String) -> Result<Planned> {
+pub(super) fn as_stored(t: &InputTensor, reason: String) -> Result<Planned> {
     let Some(ty) = t.stored else {
         return Err(DataFusionError::Plan(format!(
             "tensor '{}': dtype {} has no GGUF type ({reason})",
@@ -465,6 +466,10 @@ fn plan_quantized(
 
 /// The spec of ordinary tensors, refused when its scheme has no GGUF type.
 fn gguf_spec(config: &QuantConfig) -> Result<QuantSpec> {
+    if config.allocating() && config.scheme.gguf().is_none() {
+        // The scheme only says which tensors are quantized at all; allocation picks formats.
+        return Ok(QuantSpec::new(8, None, Scheme::Q8_0).expect("q8_0 is a GGUF scheme"));
+    }
     gguf_type_of(config.scheme)?;
     config
         .spec()
@@ -520,7 +525,8 @@ pub async fn quantize_to_gguf(
             (tensors, names)
         }
     };
-    let sensitive = if !config.pure && config.sensitive_bit_width > spec.bits {
+    let allocating = config.allocating();
+    let sensitive = if !config.pure && !allocating && config.sensitive_bit_width > spec.bits {
         Some(
             spec.at_width(config.sensitive_bit_width)
                 .map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?,
@@ -571,12 +577,43 @@ pub async fn quantize_to_gguf(
         path: sql_string(&options.model.display().to_string()),
         orders,
     };
+    let (fixed, warnings) = apply_overrides(config, &tensors, &names, &mut plans)?;
     let mut fallbacks = 0;
-    if !config.pure {
-        fallbacks = measure(&reader, &tensors, &mut plans, config, comfy, progress).await?;
+    let mut allocation = None;
+    if allocating {
+        allocation = Some(
+            allocate(
+                &reader, &tensors, &names, &mut plans, &fixed, config, comfy, progress,
+            )
+            .await?,
+        );
+    } else if !config.pure {
+        fallbacks = measure(
+            &reader, &tensors, &mut plans, &fixed, config, comfy, progress,
+        )
+        .await?;
     }
 
-    let base = gguf_type_of(spec.scheme)?;
+    // The file's type: the scheme's, or under allocation the type most values took.
+    let base = if allocating {
+        let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
+        for (t, p) in tensors.iter().zip(&plans) {
+            if !matches!(p.storage, Storage::Blocks(_)) {
+                continue;
+            }
+            let values: u64 = t.shape.iter().map(|&d| d as u64).product();
+            match by_type.iter_mut().find(|(ty, _)| *ty == p.ggml_type) {
+                Some((_, n)) => *n += values,
+                None => by_type.push((p.ggml_type, values)),
+            }
+        }
+        by_type
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or(gguf_type_of(spec.scheme)?, |(ty, _)| ty)
+    } else {
+        gguf_type_of(spec.scheme)?
+    };
     let file_type = llama_ftype(base).ok_or_else(|| {
         DataFusionError::Plan(format!(
             "GGUF type {} has no llama.cpp file type",
@@ -648,14 +685,18 @@ pub async fn quantize_to_gguf(
     buffered.flush().map_err(io_error)?;
     drop(buffered);
     out.commit()?;
-    Ok(summarize(
-        &tensors,
-        &plans,
-        &options.output,
-        modality,
-        fallbacks,
-        started,
-    ))
+    Ok(RunSummary {
+        allocation,
+        warnings,
+        ..summarize(
+            &tensors,
+            &plans,
+            &options.output,
+            modality,
+            fallbacks,
+            started,
+        )
+    })
 }
 
 /// The measuring pass: each quantized tensor's error sums at its setting, redone wider while
@@ -665,6 +706,7 @@ async fn measure(
     reader: &TensorReader<'_>,
     tensors: &[InputTensor],
     plans: &mut [Planned],
+    fixed: &[bool],
     config: &QuantConfig,
     comfy: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
@@ -679,7 +721,7 @@ async fn measure(
             .sum(),
     });
     let mut redone = 0;
-    for (t, p) in tensors.iter().zip(plans.iter_mut()) {
+    for ((t, p), &is_fixed) in tensors.iter().zip(plans.iter_mut()).zip(fixed) {
         let mut counted = false;
         while let Storage::Blocks(spec) = p.storage {
             let read = reader.read_planned(t, p, false).await?;
@@ -699,7 +741,8 @@ async fn measure(
                 break;
             }
             let short = read.sums.cosine().is_none_or(|c| c < config.min_cosine);
-            if !(short && config.fallback) {
+            // An override is what the user asked for: measured, never redone.
+            if !(short && config.fallback) || is_fixed {
                 p.sums = Some(read.sums);
                 break;
             }
@@ -740,23 +783,23 @@ async fn measure(
 
 /// A refused row: the first one of its tensor.
 #[derive(Debug)]
-struct Refusal {
-    row: i64,
-    reason: String,
-    beyond_f16: bool,
+pub(super) struct Refusal {
+    pub(super) row: i64,
+    pub(super) reason: String,
+    pub(super) beyond_f16: bool,
 }
 
 /// One tensor read through the session: its bytes in the output's type (when asked for), and
 /// for quantized tensors the error sums of every row.
-struct TensorBytes {
-    data: Vec<u8>,
-    sums: PairSums,
-    refused: Option<Refusal>,
+pub(super) struct TensorBytes {
+    pub(super) data: Vec<u8>,
+    pub(super) sums: PairSums,
+    pub(super) refused: Option<Refusal>,
 }
 
 /// Reads tensors of the source with its table function, one query per tensor.
-struct TensorReader<'a> {
-    ctx: &'a SessionContext,
+pub(super) struct TensorReader<'a> {
+    pub(super) ctx: &'a SessionContext,
     function: &'static str,
     /// The source path as a SQL literal.
     path: String,
@@ -810,7 +853,12 @@ impl TensorReader<'_> {
 
     /// Reads `t` as `p` plans it; with `keep`, its bytes too. A reshaped tensor is quantized
     /// in its rows in the file; stored in a float type, its bytes are the same either way.
-    async fn read_planned(&self, t: &InputTensor, p: &Planned, keep: bool) -> Result<TensorBytes> {
+    pub(super) async fn read_planned(
+        &self,
+        t: &InputTensor,
+        p: &Planned,
+        keep: bool,
+    ) -> Result<TensorBytes> {
         match (p.reshaped, p.storage) {
             (Some(shape), Storage::Blocks(_)) => {
                 self.read_regrouped(t, shape, p.ggml_type, p.storage, keep)
@@ -1270,6 +1318,8 @@ fn summarize(
         seconds,
         mb_per_second: before as f64 / 1e6 / seconds.max(1e-9),
         activations: None,
+        allocation: None,
+        warnings: Vec::new(),
         report: vec![report],
     }
 }

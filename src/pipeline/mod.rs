@@ -3,6 +3,7 @@
 
 pub mod activations;
 pub mod batch;
+pub mod gguf_allocate;
 pub mod gguf_arch;
 pub mod gguf_checkpoint;
 pub mod gguf_export;

@@ -68,6 +68,10 @@ pub struct RunSummary {
     pub mb_per_second: f64,
     /// Activation calibration, when a calibration set was given.
     pub activations: Option<ActivationSummary>,
+    /// Bit allocation under a size budget, when one was given (GGUF output).
+    pub allocation: Option<super::gguf_allocate::AllocationSummary>,
+    /// What the run noticed and went on from (an override that matched nothing).
+    pub warnings: Vec<String>,
     #[serde(skip)]
     pub report: Vec<RecordBatch>,
 }
@@ -571,6 +575,8 @@ fn summarize(
         seconds,
         mb_per_second: before as f64 / 1e6 / seconds.max(1e-9),
         activations: None,
+        allocation: None,
+        warnings: Vec::new(),
         report: Vec::new(),
     }
 }
