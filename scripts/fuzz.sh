@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of every parser of untrusted bytes: the fuzz/
-# workspace (safetensors header, GGUF header, model folders, calibration file, stored quantized row, the
+# workspace (safetensors header, GGUF header, imatrix file, model folders, calibration file, stored quantized row, the
 # aggregate's sketch state, configuration; it builds without DataFusion, in minutes). Builds it,
 # then runs each target in turn, one process at a time, from its seeds in fuzz/corpus/TARGET/
 # (read only: new inputs go to a scratch folder). Exits non-zero when a target crashes, panics,

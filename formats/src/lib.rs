@@ -5,6 +5,7 @@
 pub mod error;
 pub mod gguf_file;
 pub mod gguf_write;
+pub mod imatrix_file;
 pub mod input;
 pub mod panics;
 pub mod parquet_file;

@@ -1,11 +1,12 @@
 //! Table functions: the weights table and tensor list of safetensors models
 //! (`read_safetensors`, `safetensors_info`) and of GGUF files (`read_gguf`, `gguf_info`,
-//! `gguf_metadata`). [`table_functions`] is the one list: sessions, the Python package and the
-//! catalogue all read it.
+//! `gguf_metadata`), and llama.cpp's importance matrices (`read_imatrix`). [`table_functions`]
+//! is the one list: sessions, the Python package and the catalogue all read it.
 
 pub mod gguf_info;
 pub mod gguf_metadata;
 pub mod read_gguf;
+pub mod read_imatrix;
 pub mod read_safetensors;
 pub mod safetensors_info;
 pub mod scan;
@@ -22,6 +23,7 @@ use datafusion::prelude::SessionContext;
 pub use gguf_info::GgufInfo;
 pub use gguf_metadata::GgufMetadata;
 pub use read_gguf::{GgufTable, ReadGguf};
+pub use read_imatrix::ReadImatrix;
 pub use read_safetensors::{ReadSafetensors, SafetensorsTable};
 pub use safetensors_info::SafetensorsInfo;
 
@@ -59,6 +61,11 @@ pub fn table_functions() -> Vec<TableFunction> {
             name: "gguf_metadata",
             function: Arc::new(GgufMetadata),
             documentation: GgufMetadata::documentation(),
+        },
+        TableFunction {
+            name: "read_imatrix",
+            function: Arc::new(ReadImatrix),
+            documentation: ReadImatrix::documentation(),
         },
     ]
 }
