@@ -91,6 +91,7 @@ impl Profile {
             target_bpw: None,
             candidates: Vec::new(),
             tensor_types: Vec::new(),
+            recipe: None,
         }
     }
 }
@@ -163,8 +164,13 @@ pub struct QuantConfig {
     #[serde(serialize_with = "as_list")]
     pub candidates: Vec<Scheme>,
     /// `REGEX=SCHEME` overrides, in the order given: a tensor whose (output) name the first
-    /// matching pattern finds takes that scheme, before any other rule.
+    /// matching pattern finds takes that scheme, before any other rule. Written as the key's
+    /// text, `REGEX=SCHEME;REGEX=SCHEME`.
+    #[serde(rename = "tensor_type", serialize_with = "as_overrides")]
     pub tensor_types: Vec<TensorType>,
+    /// GGUF output in one of llama.cpp's file types by llama-quantize's own rules (`Q4_K_M`,
+    /// `Q3_K_M`, `IQ4_XS`, …; checked by the pipeline, which holds the rules).
+    pub recipe: Option<String>,
 }
 
 /// The formats bit allocation chooses from unless told otherwise: llama.cpp's k-quant ladder
@@ -241,10 +247,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// A list of schemes written as its text, `q2_K,q3_K`.
+/// A list of schemes written as its text, `q2_K,q3_K`; none when empty (the default).
 fn as_list<S: serde::Serializer>(value: &[Scheme], s: S) -> Result<S::Ok, S::Error> {
+    if value.is_empty() {
+        return s.serialize_none();
+    }
     let names: Vec<String> = value.iter().map(|x| x.to_string()).collect();
-    s.collect_str(&names.join(","))
+    s.serialize_some(&names.join(","))
+}
+
+/// Overrides written as the `tensor_type` key's text; none when there are none.
+fn as_overrides<S: serde::Serializer>(value: &[TensorType], s: S) -> Result<S::Ok, S::Error> {
+    if value.is_empty() {
+        return s.serialize_none();
+    }
+    let items: Vec<String> = value
+        .iter()
+        .map(|t| format!("{}={}", t.pattern, t.scheme))
+        .collect();
+    s.serialize_some(&items.join(";"))
 }
 
 /// Which runtime a GGUF UNet is written for.
@@ -298,7 +319,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 24] = [
+pub const KEYS: [&str; 25] = [
     "profile",
     "bit_width",
     "group_size",
@@ -323,6 +344,7 @@ pub const KEYS: [&str; 24] = [
     "target_bpw",
     "candidates",
     "tensor_type",
+    "recipe",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -556,6 +578,7 @@ fn expected(key: &str) -> Option<&'static str> {
         "max_size" => "a size in bytes, or with a unit (20MB, 1.5GiB)",
         "target_bpw" => "a number of bits per weight, above 0 and at most 32",
         "candidates" => "a comma-separated list of schemes (q2_K,q4_K,q8_0)",
+        "recipe" => "one of llama.cpp's file types (Q4_K_M, Q3_K_M, Q5_K_M, IQ4_XS, …)",
         "tensor_type" => "REGEX=SCHEME overrides separated by ';' (blk\\.0\\..*=q8_0;attn_v=q6_K)",
         _ => return None,
     })
@@ -885,6 +908,10 @@ impl QuantConfig {
                 }
                 self.candidates = list;
             }
+            "recipe" => {
+                let text = value.to_string();
+                self.recipe = (!text.trim().is_empty()).then(|| text.trim().to_string());
+            }
             "tensor_type" => {
                 let text = value.to_string();
                 let mut overrides = Vec::new();
@@ -905,6 +932,20 @@ impl QuantConfig {
             }
         }
         Ok(())
+    }
+
+    /// The first key set here that only GGUF output takes, for the refusal of a Parquet run.
+    pub fn gguf_only_key(&self) -> Option<&'static str> {
+        [
+            ("pure", self.pure),
+            ("gguf_target", self.gguf_target != GgufTarget::ComfyUi),
+            ("max_size", self.max_size.is_some()),
+            ("target_bpw", self.target_bpw.is_some()),
+            ("tensor_type", !self.tensor_types.is_empty()),
+            ("recipe", self.recipe.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
     }
 
     /// Whether formats are chosen per tensor under a size budget.
@@ -975,6 +1016,14 @@ impl QuantConfig {
                 key,
                 "pure gives every tensor the scheme's type, bit allocation chooses one per \
                  tensor: give one of them"
+                    .into(),
+            ));
+        }
+        if self.recipe.is_some() && (allocating || self.pure) {
+            return Err(bad(
+                "recipe",
+                "a recipe fixes every tensor's type by llama.cpp's rules; pure and bit \
+                 allocation choose them otherwise: give one of them"
                     .into(),
             ));
         }

@@ -281,5 +281,43 @@ fn bad_overrides_and_settings_are_refused_by_name() {
         "--max-size",
         "1MB",
     ]);
-    assert_fails_with(&o, "bit allocation writes GGUF output only");
+    assert_fails_with(&o, "max_size: applies to GGUF output only");
+}
+
+#[test]
+fn a_recipe_gives_llama_cpp_types_and_file_type() {
+    let dir = scratch("gguf-allocation-recipe");
+    let out = dir.join("r.gguf");
+    ok(&["-o", out.to_str().unwrap(), "--recipe", "q4_k_m"]);
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        meta_value(&f, "general.file_type"),
+        Some(arrowquant::model::gguf_file::Value::UInt(15))
+    );
+    // llama.cpp's rules: the output head Q6_K; attention and expert rows Q4_K; the 96-wide
+    // ffn_down Q6_K's fallback, Q8_0, in a use_more_bits layer.
+    assert_eq!(type_of(&out, "output.weight"), "Q6_K");
+    assert_eq!(type_of(&out, "blk.0.attn_q.weight"), "Q4_K");
+    assert_eq!(type_of(&out, "blk.0.ffn_down.weight"), "Q8_0");
+    let o = run(&["-o", "/tmp/x.gguf", "--recipe", "Q4_K_X"]);
+    assert_fails_with(&o, "recipe: ");
+    assert_fails_with(&o, "Q4_K_M");
+    let o = run(&[
+        "-o",
+        "/tmp/x.gguf",
+        "--recipe",
+        "Q4_K_M",
+        "--max-size",
+        "1MB",
+    ]);
+    assert_fails_with(&o, "give one of them");
+    let o = run(&[
+        "-o",
+        "/tmp/out-dir",
+        "--format",
+        "parquet",
+        "--recipe",
+        "Q4_K_M",
+    ]);
+    assert_fails_with(&o, "recipe: applies to GGUF output only");
 }

@@ -37,6 +37,11 @@ class DiffusionQuantConfig:
     format: str = "parquet"
     pure: bool = False
     gguf_target: str = "comfyui"
+    max_size: int | None = None
+    target_bpw: float | None = None
+    candidates: str | None = None
+    tensor_type: str | None = None
+    recipe: str | None = None
 
     @classmethod
     def resolve(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use arrowquant::config::{GgufTarget, OutputFormat, QuantConfig, Settings, Value};
+use arrowquant::config::{OutputFormat, QuantConfig, Settings, Value};
 use arrowquant::pipeline::gguf_output::{is_gguf_path, quantize_to_gguf};
 use arrowquant::pipeline::{Progress, RunOptions, quantize_model};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -148,15 +148,14 @@ fn quantize(
             model.display()
         )));
     }
-    if config.pure && !gguf {
-        return Err(PyValueError::new_err(
-            "pure: applies to GGUF output only (format=\"gguf\")",
-        ));
+    if let (Some(key), false) = (config.gguf_only_key(), gguf) {
+        return Err(PyValueError::new_err(format!(
+            "{key}: applies to GGUF output only (format=\"gguf\")"
+        )));
     }
-    if config.gguf_target != GgufTarget::ComfyUi && !gguf {
-        return Err(PyValueError::new_err(
-            "gguf_target: applies to GGUF output only (format=\"gguf\")",
-        ));
+    if let Some(recipe) = &config.recipe {
+        arrowquant::pipeline::recipes::Recipe::parse(recipe)
+            .map_err(|e| PyValueError::new_err(format!("recipe: {e}")))?;
     }
     let options = RunOptions {
         model,

@@ -4,6 +4,7 @@ registered through datafusion-ffi capsules."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import datafusion
 import pyarrow as pa
@@ -12,6 +13,9 @@ import pytest
 from datafusion import SessionContext, col, lit
 
 import arrow_quant_v2 as aq
+
+# The importance matrix scripts/make_imatrix_files.py writes in llama.cpp's GGUF layout.
+IMATRIX = Path(__file__).resolve().parents[2] / "tests" / "data" / "imatrix" / "tiny.imatrix.gguf"
 
 
 @pytest.fixture
@@ -98,6 +102,8 @@ QUERIES = {
     "read_gguf": "SELECT count(*) FROM read_gguf('{gguf}') WHERE dtype = 'Q8_0'",
     "gguf_info": "SELECT sum(bytes) FROM gguf_info('{gguf}')",
     "gguf_metadata": "SELECT value FROM gguf_metadata('{gguf}') WHERE key = 'general.architecture'",
+    "read_imatrix": "SELECT sum(channels) FROM read_imatrix('{imatrix}')",
+    "allocate_bits": "SELECT max(s) FROM (SELECT s, allocate_bits(t, b, e, 30) OVER () AS a FROM (VALUES ('x', 'q4', 10, 5.0), ('x', 'q8', 20, 1.0), ('y', 'q4', 10, 3.0), ('y', 'q8', 20, 2.0)) v(t, s, b, e)) WHERE a['chosen'] AND t = 'x'",
 }
 
 EXPECTED = {
@@ -136,6 +142,8 @@ EXPECTED = {
     "read_gguf": 2,
     "gguf_info": 2198,
     "gguf_metadata": "llama",
+    "read_imatrix": 56,
+    "allocate_bits": "q8",
 }
 
 
@@ -146,7 +154,7 @@ def test_every_function_is_registered_and_covered():
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
 def test_each_function_from_python(ctx, bundled_model, tiny_gguf, name):
-    value = one(ctx, QUERIES[name].format(model=bundled_model, gguf=tiny_gguf))
+    value = one(ctx, QUERIES[name].format(model=bundled_model, gguf=tiny_gguf, imatrix=IMATRIX))
     expected = EXPECTED[name]
     if isinstance(expected, float):
         # Scales and offsets are stored as f16: rebuilt values are exact to about 1e-4.

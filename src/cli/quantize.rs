@@ -12,8 +12,9 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::common::{DataFusionError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{GgufTarget, OutputFormat, QuantConfig, Settings, Value};
+use crate::config::{OutputFormat, QuantConfig, Settings, Value};
 use crate::pipeline::gguf_output::{gguf_type_of, is_gguf_path, quantize_to_gguf};
+use crate::pipeline::recipes::Recipe;
 use crate::pipeline::{Progress, RunOptions, RunSummary, plans, quantize_model};
 
 /// Quantize a model (a safetensors file, a sharded checkpoint, a model or diffusers pipeline
@@ -57,6 +58,11 @@ pub struct QuantizeArgs {
     /// before any other rule (the first matching override wins). Repeatable.
     #[arg(long, value_name = "REGEX=SCHEME")]
     pub tensor_type: Vec<String>,
+    /// GGUF output in one of llama.cpp's file types, each tensor's type by llama-quantize's
+    /// own rules: Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q3_K_M, Q3_K_S, Q3_K_L, Q2_K, Q6_K, Q8_0,
+    /// IQ4_XS, IQ4_NL, Q4_0, …
+    #[arg(long, value_name = "NAME")]
+    pub recipe: Option<String>,
     /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
     #[arg(long, value_name = "P")]
     pub profile: Option<String>,
@@ -185,6 +191,9 @@ impl QuantizeArgs {
         if let Some(list) = &self.candidates {
             s.set("candidates", Value::Text(list.clone()));
         }
+        if let Some(r) = &self.recipe {
+            s.set("recipe", Value::Text(r.clone()));
+        }
         if !self.tensor_type.is_empty() {
             s.set("tensor_type", Value::Text(self.tensor_type.join(";")));
         }
@@ -208,27 +217,10 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
     let config = args.config()?;
     let model = args.model.clone().unwrap_or_else(super::bundled_model);
     let gguf = config.format == OutputFormat::Gguf;
-    if config.pure && !gguf {
-        return Err(DataFusionError::Plan(
-            "pure: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
-        ));
-    }
-    if config.gguf_target != GgufTarget::ComfyUi && !gguf {
-        return Err(DataFusionError::Plan(
-            "gguf_target: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
-        ));
-    }
-    if config.allocating() && !gguf {
-        return Err(DataFusionError::Plan(
-            "max_size / target_bpw: bit allocation writes GGUF output only (--format gguf or \
-             -o OUT.gguf)"
-                .into(),
-        ));
-    }
-    if !config.tensor_types.is_empty() && !gguf {
-        return Err(DataFusionError::Plan(
-            "tensor_type: applies to GGUF output only (--format gguf or -o OUT.gguf)".into(),
-        ));
+    if let (Some(key), false) = (config.gguf_only_key(), gguf) {
+        return Err(DataFusionError::Plan(format!(
+            "{key}: applies to GGUF output only (--format gguf or -o OUT.gguf)"
+        )));
     }
     if is_gguf_path(&model) && !gguf {
         return Err(DataFusionError::Plan(format!(
@@ -241,7 +233,9 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        if gguf && config.allocating() {
+        if let (true, Some(recipe)) = (gguf, &config.recipe) {
+            PathBuf::from(format!("{name}-{recipe}.gguf"))
+        } else if gguf && config.allocating() {
             PathBuf::from(format!("{name}-mixed.gguf"))
         } else if gguf {
             PathBuf::from(format!("{name}-{}.gguf", config.scheme))
@@ -249,7 +243,9 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
             PathBuf::from(format!("{name}-{}", config.profile))
         }
     });
-    if gguf && !config.allocating() {
+    if let Some(recipe) = &config.recipe {
+        Recipe::parse(recipe).map_err(|e| DataFusionError::Plan(format!("recipe: {e}")))?;
+    } else if gguf && !config.allocating() {
         // Refused before any work: no file is opened for a scheme GGUF has no type for.
         gguf_type_of(config.scheme)?;
     }

@@ -37,10 +37,12 @@ use futures::StreamExt;
 use super::gguf_allocate::{allocate, apply_overrides};
 use super::gguf_arch::{ArchLayout, RowOrder, diffusion, sd_cpp};
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
+use super::gguf_recipe::apply_recipe;
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
 use super::modality::{Detection, Modality, detect};
 use super::output::{Inputs, PartialFile};
 use super::plan::{group_literal, sql_string};
+use super::recipes::Recipe;
 use super::run::{Progress, RunOptions, RunSummary};
 use super::strategy::sensitivity;
 use crate::config::{GgufTarget, QuantConfig};
@@ -465,7 +467,14 @@ fn plan_quantized(
 }
 
 /// The spec of ordinary tensors, refused when its scheme has no GGUF type.
-fn gguf_spec(config: &QuantConfig) -> Result<QuantSpec> {
+fn gguf_spec(config: &QuantConfig, recipe: Option<Recipe>) -> Result<QuantSpec> {
+    if let Some(recipe) = recipe {
+        // The recipe's base type; its rules then give each tensor its own.
+        let scheme = Scheme::from_ggml_type(recipe.base_type().id).unwrap_or(Scheme::Q8_0);
+        let bits = scheme.gguf().map_or(8, |f| f.bits());
+        return QuantSpec::new(i64::from(bits), None, scheme)
+            .map_err(|e| DataFusionError::Plan(e.to_string()));
+    }
     if config.allocating() && config.scheme.gguf().is_none() {
         // The scheme only says which tensors are quantized at all; allocation picks formats.
         return Ok(QuantSpec::new(8, None, Scheme::Q8_0).expect("q8_0 is a GGUF scheme"));
@@ -483,7 +492,13 @@ pub async fn quantize_to_gguf(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     let config = &options.config;
-    let spec = gguf_spec(config)?;
+    let recipe = config
+        .recipe
+        .as_deref()
+        .map(Recipe::parse)
+        .transpose()
+        .map_err(|e| DataFusionError::Plan(format!("recipe: {e}")))?;
+    let spec = gguf_spec(config, recipe)?;
     if config.calibration.is_some() {
         return Err(DataFusionError::Plan(
             "calibration: activation parameters are written as activation_params.parquet, \
@@ -526,7 +541,11 @@ pub async fn quantize_to_gguf(
         }
     };
     let allocating = config.allocating();
-    let sensitive = if !config.pure && !allocating && config.sensitive_bit_width > spec.bits {
+    let sensitive = if !config.pure
+        && !allocating
+        && recipe.is_none()
+        && config.sensitive_bit_width > spec.bits
+    {
         Some(
             spec.at_width(config.sensitive_bit_width)
                 .map_err(|e| DataFusionError::Plan(format!("sensitive_bit_width: {e}")))?,
@@ -578,9 +597,15 @@ pub async fn quantize_to_gguf(
         orders,
     };
     let (fixed, warnings) = apply_overrides(config, &tensors, &names, &mut plans)?;
+    let carried = source.metadata(layout.as_ref())?;
     let mut fallbacks = 0;
     let mut allocation = None;
-    if allocating {
+    if let Some(recipe) = recipe {
+        // As llama-quantize: the rules' types, no quality fallback.
+        apply_recipe(
+            recipe, &carried, &tensors, &names, &mut plans, &fixed, comfy,
+        )?;
+    } else if allocating {
         allocation = Some(
             allocate(
                 &reader, &tensors, &names, &mut plans, &fixed, config, comfy, progress,
@@ -595,7 +620,9 @@ pub async fn quantize_to_gguf(
     }
 
     // The file's type: the scheme's, or under allocation the type most values took.
-    let base = if allocating {
+    let base = if let Some(recipe) = recipe {
+        recipe.base_type()
+    } else if allocating {
         let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
         for (t, p) in tensors.iter().zip(&plans) {
             if !matches!(p.storage, Storage::Blocks(_)) {
@@ -614,7 +641,10 @@ pub async fn quantize_to_gguf(
     } else {
         gguf_type_of(spec.scheme)?
     };
-    let file_type = llama_ftype(base).ok_or_else(|| {
+    let file_type = recipe
+        .map(Recipe::llama_ftype)
+        .or_else(|| llama_ftype(base));
+    let file_type = file_type.ok_or_else(|| {
         DataFusionError::Plan(format!(
             "GGUF type {} has no llama.cpp file type",
             base.name
@@ -627,10 +657,10 @@ pub async fn quantize_to_gguf(
         .map(|(n, p)| format!("{n}={}: {}", p.ggml_type.name, p.reason))
         .collect();
     let mut metadata = finish_metadata(
-        source.metadata(layout.as_ref())?,
+        carried,
         file_type,
         Provenance {
-            scheme: spec.scheme.to_string(),
+            scheme: recipe.map_or_else(|| spec.scheme.to_string(), |r| r.to_string()),
             pure: config.pure,
             mixture,
         },

@@ -9,6 +9,7 @@ pub mod gguf_checkpoint;
 pub mod gguf_export;
 pub mod gguf_metadata;
 pub mod gguf_output;
+pub mod gguf_recipe;
 pub mod gguf_select;
 pub mod modality;
 pub mod output;

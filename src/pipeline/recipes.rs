@@ -135,6 +135,34 @@ impl Recipe {
         ggml(self.entry().2)
     }
 
+    /// llama.cpp's `llama_ftype` of a file made by this recipe (`general.file_type`), as
+    /// llama.h numbers them (LLAMA_FTYPE_MOSTLY_Q4_K_M = 15, …).
+    pub fn llama_ftype(self) -> u32 {
+        match self {
+            Recipe::Q4_0 => 2,
+            Recipe::Q4_1 => 3,
+            Recipe::Q8_0 => 7,
+            Recipe::Q5_0 => 8,
+            Recipe::Q5_1 => 9,
+            Recipe::Q2K => 10,
+            Recipe::Q3KS => 11,
+            Recipe::Q3KM => 12,
+            Recipe::Q3KL => 13,
+            Recipe::Q4KS => 14,
+            Recipe::Q4KM => 15,
+            Recipe::Q5KS => 16,
+            Recipe::Q5KM => 17,
+            Recipe::Q6K => 18,
+            Recipe::Q2KS => 21,
+            Recipe::Iq3Xs => 22,
+            Recipe::Iq3Xxs => 23,
+            Recipe::Iq4Nl => 25,
+            Recipe::Iq3S => 26,
+            Recipe::Iq3M => 27,
+            Recipe::Iq4Xs => 30,
+        }
+    }
+
     fn entry(self) -> &'static (Recipe, &'static str, &'static str) {
         TABLE
             .iter()
