@@ -413,7 +413,7 @@ pub fn summary_text(s: &RunSummary) -> String {
             };
             format!(
                 "allocation: {} tensors from {}: {} bytes of tensor data, {:.4} bits a weight \
-                 ({target}); squared error {:.4e}, {gap}\n",
+                 ({target}); weighted squared error {:.4e}, {gap}\n",
                 a.allocated,
                 a.candidates.join(","),
                 a.tensor_bytes,

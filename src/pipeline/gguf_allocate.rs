@@ -8,9 +8,13 @@
 //! `allocate_bits(layer, bytes, error, budget) OVER ()`, the budget being what the tensors
 //! not allocated leave of the total.
 //!
-//! The error a tensor contributes is its plain squared error: for a linear layer whose input
-//! channels have unit mean square (what the norms in front of most projections give), that is
-//! the expected squared error of its output.
+//! The error a tensor contributes is its squared error times a data-free prior of how much of
+//! it reaches each token's output ([`role_weight`]): for a linear layer whose input channels
+//! have unit mean square (what the norms in front of most projections give), its squared
+//! error is the expected squared error of its output for every token; a token embedding
+//! gives each token one of its rows, so its error counts once per row, `1 / rows` of it —
+//! unless the same table is also the output head (tied embeddings), where it counts as a
+//! linear layer too.
 
 use std::sync::Arc;
 
@@ -123,6 +127,39 @@ pub(super) fn apply_overrides(
     Ok((fixed, warnings))
 }
 
+/// Encoder architectures (BERT's family): their token table is only looked up, never an
+/// output head, even without an `output.weight`.
+fn is_encoder(architecture: &str) -> bool {
+    architecture.contains("bert") || architecture == "t5encoder"
+}
+
+/// The data-free prior: how much of a tensor's squared error reaches a token's output, and
+/// why (see the module's documentation).
+pub(super) fn role_weight(
+    name: &str,
+    rows: usize,
+    architecture: &str,
+    has_output_head: bool,
+) -> (f64, Option<String>) {
+    let lookup = name == "token_embd.weight" || name == "per_layer_token_embd.weight";
+    if !lookup || rows == 0 {
+        return (1.0, None);
+    }
+    let per_row = 1.0 / rows as f64;
+    if name == "token_embd.weight" && !has_output_head && !is_encoder(architecture) {
+        return (
+            1.0 + per_row,
+            Some(format!(
+                "tied output head and embedding: weight 1 + 1/{rows}"
+            )),
+        );
+    }
+    (
+        per_row,
+        Some(format!("an embedding, one row a token: weight 1/{rows}")),
+    )
+}
+
 /// What the allocation did, for the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct AllocationSummary {
@@ -151,6 +188,11 @@ struct Option_ {
     sums: Option<PairSums>,
 }
 
+/// The error allocation minimises for a measured candidate: its squared error, weighted.
+fn weighted(o: &Option_, weight: f64) -> Option<f64> {
+    o.sums.map(|s| s.sq_err * weight)
+}
+
 fn tensor_bytes(t: &InputTensor, ty: GgmlType) -> Result<u64> {
     let elements: u64 = t.shape.iter().map(|&d| d as u64).product();
     ty.bytes_of(elements).ok_or_else(|| {
@@ -171,9 +213,23 @@ pub(super) async fn allocate(
     plans: &mut [Planned],
     fixed: &[bool],
     config: &QuantConfig,
+    architecture: &str,
     comfy: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<AllocationSummary> {
+    let has_output_head = names.iter().any(|n| n == "output.weight");
+    let weights: Vec<(f64, Option<String>)> = tensors
+        .iter()
+        .zip(names)
+        .map(|(t, n)| {
+            role_weight(
+                n,
+                t.shape.first().copied().unwrap_or(0),
+                architecture,
+                has_output_head,
+            )
+        })
+        .collect();
     let ladder: Vec<Scheme> = if config.candidates.is_empty() {
         DEFAULT_CANDIDATES.to_vec()
     } else {
@@ -278,12 +334,12 @@ pub(super) async fn allocate(
 
     // The curve as a table, and the choice in SQL.
     let (mut layers, mut types, mut bytes, mut errors) = (vec![], vec![], vec![], vec![]);
-    for (name, list) in names.iter().zip(&options) {
+    for ((name, list), (weight, _)) in names.iter().zip(&options).zip(&weights) {
         for o in list.iter().flatten() {
             layers.push(name.clone());
             types.push(o.ggml_type.name);
             bytes.push(o.bytes as i64);
-            errors.push(o.sums.map(|s| s.sq_err));
+            errors.push(weighted(o, *weight));
         }
     }
     let allocated = options.iter().flatten().count();
@@ -336,7 +392,7 @@ pub(super) async fn allocate(
                 .iter()
                 .position(|o| o.ggml_type.name == ty.value(row))
                 .ok_or_else(|| exec_datafusion_err!("allocation chose an unknown format"))?;
-            place(&tensors[i], &mut plans[i], list, k, elements);
+            place(&tensors[i], &mut plans[i], list, k, &weights[i]);
         }
         if batch.num_rows() > 0 {
             summary.tensor_bytes =
@@ -351,17 +407,23 @@ pub(super) async fn allocate(
 
 /// Gives tensor `t` candidate `k` of `list`, its reason saying what one step up would cost
 /// and save.
-fn place(t: &InputTensor, p: &mut Planned, list: &[Option_], k: usize, _elements: u64) {
+fn place(
+    t: &InputTensor,
+    p: &mut Planned,
+    list: &[Option_],
+    k: usize,
+    (weight, why_weight): &(f64, Option<String>),
+) {
     let o = &list[k];
     let values: u64 = t.shape.iter().map(|&d| d as u64).product();
-    let err = o.sums.map_or(f64::NAN, |s| s.sq_err);
+    let err = weighted(o, *weight).unwrap_or(f64::NAN);
     let up = list
         .iter()
-        .filter(|u| u.bytes > o.bytes && u.sums.is_some_and(|s| s.sq_err < err))
+        .filter(|u| u.bytes > o.bytes && weighted(u, *weight).is_some_and(|e| e < err))
         .min_by_key(|u| u.bytes);
     let next = match up {
         Some(u) => {
-            let e = u.sums.map_or(f64::NAN, |s| s.sq_err);
+            let e = weighted(u, *weight).unwrap_or(f64::NAN);
             format!(
                 "; one step up, {}: +{} bytes for {:.1} % less error",
                 u.ggml_type.name,
@@ -375,12 +437,16 @@ fn place(t: &InputTensor, p: &mut Planned, list: &[Option_], k: usize, _elements
     p.ggml_type = o.ggml_type;
     p.sums = o.sums;
     p.reason = format!(
-        "allocated: {} at {:.3} bits a weight, squared error {err:.4e}{}{next}",
+        "allocated: {} at {:.3} bits a weight, weighted squared error {err:.4e}{}{}{next}",
         o.ggml_type.name,
         o.bytes as f64 * 8.0 / values.max(1) as f64,
-        o.why
+        why_weight
             .as_deref()
             .map(|w| format!(" ({w})"))
+            .unwrap_or_default(),
+        o.why
+            .as_deref()
+            .map(|w| format!("; {w}"))
             .unwrap_or_default(),
     );
 }
@@ -445,4 +511,27 @@ fn check_budget(
     }
 
     Ok(fixed_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedding_counts_one_row_a_token_unless_it_is_also_the_head() {
+        assert_eq!(role_weight("blk.0.attn_q.weight", 4096, "llama", true).0, 1.0);
+        let (w, why) = role_weight("token_embd.weight", 32000, "llama", true);
+        assert_eq!(w, 1.0 / 32000.0);
+        assert!(why.unwrap().contains("1/32000"));
+        // Tied: the table is the output head too.
+        assert_eq!(
+            role_weight("token_embd.weight", 32000, "llama", false).0,
+            1.0 + 1.0 / 32000.0
+        );
+        // An encoder's table is only looked up.
+        assert_eq!(
+            role_weight("token_embd.weight", 30522, "bert", false).0,
+            1.0 / 30522.0
+        );
+    }
 }

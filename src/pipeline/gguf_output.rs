@@ -608,7 +608,15 @@ pub async fn quantize_to_gguf(
     } else if allocating {
         allocation = Some(
             allocate(
-                &reader, &tensors, &names, &mut plans, &fixed, config, comfy, progress,
+                &reader,
+                &tensors,
+                &names,
+                &mut plans,
+                &fixed,
+                config,
+                &super::gguf_recipe::model_params(&carried).0,
+                comfy,
+                progress,
             )
             .await?,
         );
