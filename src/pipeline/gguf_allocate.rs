@@ -3,8 +3,8 @@
 //!
 //! Allocation measures an error curve: for every tensor llama.cpp quantizes (and no override
 //! fixes) and every candidate format (each with the tensor's row fallback applied, the same
-//! format counted once), the exact bytes and the squared error Σ(w − ŵ)² of one quantization
-//! pass, codes dropped. The curve is a table, `error_curves`, and the choice is SQL over it:
+//! format counted once), the exact bytes and the squared error Σ(w − ŵ)² of a quantization
+//! pass over a sample of its rows ([`MEASURED_ROWS`]), codes dropped. The curve is a table, `error_curves`, and the choice is SQL over it:
 //! `allocate_bits(layer, bytes, error, budget) OVER ()`, the budget being what the tensors
 //! not allocated leave of the total.
 //!
@@ -188,6 +188,31 @@ struct Option_ {
     sums: Option<PairSums>,
 }
 
+/// Rows measured per tensor at least: a tensor of more rows is measured on every k-th row
+/// (k the fewest that keeps at least this many), its error scaled up. Per-row errors of one
+/// tensor are alike, so the estimate is close (at 512 rows, a few per cent at worst), and a
+/// 30 000-row embedding costs the curve 600 rows, not 30 000.
+pub const MEASURED_ROWS: usize = 512;
+
+/// Every how many rows a tensor's error curve is measured.
+fn sample_stride(t: &InputTensor) -> usize {
+    let rows = t.shape.first().copied().unwrap_or(1);
+    (rows / MEASURED_ROWS).max(1)
+}
+
+/// Sums of a sample of rows scaled to the tensor's `values`: an estimate of the whole.
+fn scaled(mut sums: PairSums, values: u64) -> PairSums {
+    if sums.n > 0 && (sums.n as u64) < values {
+        let k = values as f64 / sums.n as f64;
+        sums.dot *= k;
+        sums.aa *= k;
+        sums.bb *= k;
+        sums.sq_err *= k;
+        sums.n = values as usize;
+    }
+    sums
+}
+
 /// The error allocation minimises for a measured candidate: its squared error, weighted.
 fn weighted(o: &Option_, weight: f64) -> Option<f64> {
     o.sums.map(|s| s.sq_err * weight)
@@ -293,6 +318,8 @@ pub(super) async fn allocate(
         let Some(candidates) = list.as_mut() else {
             continue;
         };
+        let values: u64 = t.shape.iter().map(|&d| d as u64).product();
+        let stride = sample_stride(t);
         for o in candidates.iter_mut() {
             let trial = Planned {
                 storage: o.storage,
@@ -303,10 +330,10 @@ pub(super) async fn allocate(
                 sums: None,
                 reshaped: p.reshaped,
             };
-            let read = reader.read_planned(t, &trial, false).await?;
+            let read = reader.measure_every(t, &trial, stride).await?;
             progress(Progress::Advance { bytes: t.bytes });
             match read.refused {
-                None => o.sums = Some(read.sums),
+                None => o.sums = Some(scaled(read.sums, values)),
                 Some(r) if r.beyond_f16 => {}
                 Some(r) => {
                     return Err(exec_datafusion_err!(
@@ -435,7 +462,8 @@ fn place(
     };
     p.storage = o.storage;
     p.ggml_type = o.ggml_type;
-    p.sums = o.sums;
+    // The report's figures come from the writing pass over every row, not the sample.
+    p.sums = None;
     p.reason = format!(
         "allocated: {} at {:.3} bits a weight, weighted squared error {err:.4e}{}{}{next}",
         o.ggml_type.name,
@@ -519,7 +547,10 @@ mod tests {
 
     #[test]
     fn an_embedding_counts_one_row_a_token_unless_it_is_also_the_head() {
-        assert_eq!(role_weight("blk.0.attn_q.weight", 4096, "llama", true).0, 1.0);
+        assert_eq!(
+            role_weight("blk.0.attn_q.weight", 4096, "llama", true).0,
+            1.0
+        );
         let (w, why) = role_weight("token_embd.weight", 32000, "llama", true);
         assert_eq!(w, 1.0 / 32000.0);
         assert!(why.unwrap().contains("1/32000"));

@@ -906,6 +906,28 @@ impl TensorReader<'_> {
         }
     }
 
+    /// The error sums of every `stride`-th row of `t` as `p` plans it (all rows of a reshaped
+    /// tensor, whose rows in the file are not the source's): a sample for an error estimate.
+    pub(super) async fn measure_every(
+        &self,
+        t: &InputTensor,
+        p: &Planned,
+        stride: usize,
+    ) -> Result<TensorBytes> {
+        if stride <= 1 || p.reshaped.is_some() {
+            return self.read_planned(t, p, false).await;
+        }
+        let from = format!("{} AND row % {stride} = 0", self.source_rows(t));
+        self.run(
+            &self.sql(&from, &self.row_column(t), p.storage),
+            t,
+            p.ggml_type,
+            p.storage,
+            false,
+        )
+        .await
+    }
+
     /// Reads `t` as `ty` by `storage`; with `keep`, its bytes too.
     async fn read(
         &self,
