@@ -19,6 +19,20 @@ fi
 work=target/llama-check
 TYPES=${TYPES:-"q4_K iq4_xs"} SKIP_VERIFY=1 ARROWQUANT_BIN="$bin" bash benches/llama_cpp.sh "$work"
 .venv-llama/bin/python benches/llama_cpp/assert_closer.py "$work/compare.json"
+# llama-quantize's own recipe Q4_K_M (its per-tensor mixture) against ArrowQuant's bit allocation
+# at that file's tensor bytes: nearer F32 at no more size (benches/llama_cpp_recipes.sh runs the
+# whole comparison: more recipes, --recipe, a size sweep).
+rec=$work/recipe
+mkdir -p "$rec"
+.venv-llama/bin/python benches/llama_cpp/quantize_llama.py "$work/F32.gguf" "$rec/llama.cpp-Q4_K_M.gguf" \
+  --ftype Q4_K_M --no-pure --threads 2 --json "$rec/llama.cpp-Q4_K_M.json" 2> "$rec/llama.cpp-Q4_K_M.log"
+q4_bytes=$(.venv-llama/bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['tensor_bytes'])" "$rec/llama.cpp-Q4_K_M.json")
+RAYON_NUM_THREADS=2 "$bin" quantize "$work/F32.gguf" -o "$rec/arrowquant-alloc-Q4_K_M.gguf" \
+  --max-size "$q4_bytes" --force -q > /dev/null
+.venv-llama/bin/python benches/llama_cpp/compare.py "$work/F32.gguf" --threads 2 --json "$rec/compare.json" \
+  --model "llama.cpp Q4_K_M=$rec/llama.cpp-Q4_K_M.gguf" \
+  --model "arrowquant-alloc Q4_K_M=$rec/arrowquant-alloc-Q4_K_M.gguf" > "$rec/compare.md"
+.venv-llama/bin/python benches/llama_cpp/assert_recipe.py "$rec/compare.json" --recipe Q4_K_M
 # And straight from the Hugging Face folder: ArrowQuant's own architecture keys, tokenizer and
 # tensor names, loaded by llama.cpp.
 bash benches/llama_cpp/check_checkpoint.sh "$bin"
