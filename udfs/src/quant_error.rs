@@ -15,7 +15,7 @@ use crate::kernels::quantized::{QuantizedRow, Quantizer, stored_bytes};
 use crate::support::args::UserDefined;
 use crate::support::args::row_error;
 use crate::support::doc::{DOC_QUALITY, scheme_list};
-use crate::support::quant_args::{self, QuantRows};
+use crate::support::quant_args::{self, IMPORTANCE_DOC, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantError {
@@ -43,7 +43,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "Quantizes and reconstructs a row in scratch memory and reports {cosine, mse, sqnr_db, \
          max_abs_error, compression_ratio} (the ratio against the input's own width: 4 bytes a \
          value for Float32 lists). Same arguments and errors as quantize.",
-        "quant_error(weights, bits [, group_size [, scheme]])",
+        "quant_error(weights, bits [, group_size [, scheme [, importance]]])",
     )
     .with_sql_example(
         "```sql\n> SELECT b, avg(quant_error(weights, b)['cosine']) FROM layers, (VALUES (2), (4), (8)) t(b) GROUP BY b;\n```",
@@ -52,6 +52,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument("bits", "Code width, as for quantize.")
     .with_argument("group_size", "Values per group, as for quantize.")
     .with_argument("scheme", scheme_list())
+    .with_argument("importance", IMPORTANCE_DOC)
     .with_related_udf("quantize")
     .build()
 });
@@ -93,7 +94,12 @@ impl ScalarUDFImpl for QuantError {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
         let width = source_bytes_per_value(weights.data_type());
-        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
+        let importance = args
+            .args
+            .get(4)
+            .map(|a| a.to_array(args.number_rows))
+            .transpose()?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args, importance.as_ref())?;
         let mut builders: Vec<Float64Builder> = FIELDS
             .iter()
             .map(|_| Float64Builder::with_capacity(rows.len()))
@@ -102,14 +108,15 @@ impl ScalarUDFImpl for QuantError {
         let mut quantizer = Quantizer::default();
         let mut q = QuantizedRow::default();
         for row in 0..rows.len() {
-            let Some((x, spec)) = rows.get(row)? else {
+            let Some(r) = rows.get(row)? else {
                 builders.iter_mut().for_each(|b| b.append_null());
                 valid.push(false);
                 continue;
             };
+            let x = r.values;
             // One pass: each piece is quantized, rebuilt and compared while in cache.
-            let sums = quantizer
-                .quantize_measured(x, &spec, &mut q)
+            let (sums, _) = quantizer
+                .quantize_measured_weighted(x, &r.spec, r.importance, &mut q)
                 .map_err(|e| row_error(self.name(), row, e))?;
             let stored = stored_bytes(q.codes.len(), q.scales.len(), q.offsets.len());
             let ratio = (stored > 0).then(|| x.len() as f64 * width / stored as f64);

@@ -14,7 +14,7 @@ use crate::layout::quantized::quantized_type;
 use crate::support::args::UserDefined;
 use crate::support::args::row_error;
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::support::quant_args::{self, QuantRows};
+use crate::support::quant_args::{self, IMPORTANCE_DOC, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct Quantize {
@@ -29,7 +29,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
          and one f16 scale (and offset, the value of code 0) per group. The default scheme \
          'asym' searches each group's clipping range and refines scale and offset by least \
          squares. A NULL row or argument gives NULL; NaN or ±Inf values are an error.",
-        "quantize(weights, bits [, group_size [, scheme]])",
+        "quantize(weights, bits [, group_size [, scheme [, importance]]])",
     )
     .with_sql_example(
         "```sql\n> SELECT layer, row, quantize(weights, 4) AS q FROM layers;\n\
@@ -42,6 +42,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "Values per group, 16 to 4096 (default 64), or 'row' for one group per row. GGUF schemes use their block: 256 for the k-quants and iq4_xs, 32 for the others.",
     )
     .with_argument("scheme", scheme_list())
+    .with_argument("importance", IMPORTANCE_DOC)
     .with_related_udf("dequantize")
     .with_related_udf("quant_error")
     .build()
@@ -71,17 +72,23 @@ impl ScalarUDFImpl for Quantize {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
-        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
+        let importance = args
+            .args
+            .get(4)
+            .map(|a| a.to_array(args.number_rows))
+            .transpose()?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args, importance.as_ref())?;
         let mut out = QuantizedBuilder::with_capacity(rows.len());
         let mut quantizer = Quantizer::default();
         let mut row_out = QuantizedRow::default();
         for row in 0..rows.len() {
             match rows.get(row)? {
-                Some((x, spec)) => {
+                Some(r) => {
                     quantizer
-                        .quantize(x, &spec, &mut row_out)
+                        .quantize_weighted(r.values, &r.spec, r.importance, &mut row_out)
                         .map_err(|e| row_error(self.name(), row, e))?;
-                    out.append(&row_out, spec.bits, x.len() as u32, spec.scheme.name());
+                    let (bits, scheme) = (r.spec.bits, r.spec.scheme.name());
+                    out.append(&row_out, bits, r.values.len() as u32, scheme);
                 }
                 None => out.append_null(),
             }

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::StructArray;
+use datafusion::arrow::array::{ArrayRef, Float64Builder, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
@@ -21,7 +21,7 @@ use crate::layout::quantized::quantized_type;
 use crate::layout::refusal::{RefusalBuilder, refusal_fields};
 use crate::support::args::{UserDefined, row_error};
 use crate::support::doc::{DOC_QUANTIZATION, scheme_list};
-use crate::support::quant_args::{self, QuantRows};
+use crate::support::quant_args::{self, IMPORTANCE_DOC, QuantRows};
 
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizeMeasured {
@@ -48,6 +48,7 @@ impl QuantizeMeasured {
         let mut fields = vec![
             Field::new("quantized", quantized_type(), true),
             Field::new("error_sums", error_sums_type(), true),
+            Field::new("weighted_err_sq", DataType::Float64, true),
         ];
         if self.refusals {
             fields.push(Field::new(
@@ -64,13 +65,14 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
         DOC_QUANTIZATION,
         "Quantizes a row and measures the result in the same pass: a struct {quantized, \
-         error_sums} equal, bit for bit, to {quantize(weights, ...), error_sums(weights, \
-         quantize(weights, ...))}. Each cache-sized piece of the row is quantized, rebuilt and \
+         error_sums, weighted_err_sq} whose first two are, bit for bit, {quantize(weights, ...), \
+         error_sums(weights, quantize(weights, ...))}, and weighted_err_sq Σ importance·(w − ŵ)² \
+         when importance is given (else NULL). Each cache-sized piece of the row is quantized, rebuilt and \
          compared while it is in cache, so the weights are read from memory once instead of \
          twice. A NULL row or argument gives NULL; NaN or ±Inf values are an error. (DataFusion \
          55 evaluates it once per field read unless datafusion.optimizer.\
          enable_leaf_expression_pushdown is false, as in ArrowQuant's own sessions.)",
-        "quantize_measured(weights, bits [, group_size [, scheme]])",
+        "quantize_measured(weights, bits [, group_size [, scheme [, importance]]])",
     )
     .with_sql_example(
         "```sql\n> SELECT layer, m['quantized'] AS q,\n         m['error_sums']['dot'] / sqrt(m['error_sums']['a_sq'] * m['error_sums']['b_sq']) AS cosine\n  FROM (SELECT layer, quantize_measured(weights, 4) AS m FROM layers);\n```",
@@ -79,6 +81,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument("bits", "Code width, as for quantize.")
     .with_argument("group_size", "Values per group, as for quantize (default 64).")
     .with_argument("scheme", scheme_list())
+    .with_argument("importance", IMPORTANCE_DOC)
     .with_related_udf("quantize")
     .with_related_udf("error_sums")
     .build()
@@ -112,21 +115,33 @@ impl ScalarUDFImpl for QuantizeMeasured {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
-        let mut rows = QuantRows::new(self.name(), &weights, &args.args)?;
+        let importance = args
+            .args
+            .get(4)
+            .map(|a| a.to_array(args.number_rows))
+            .transpose()?;
+        let mut rows = QuantRows::new(self.name(), &weights, &args.args, importance.as_ref())?;
         let mut quantized = QuantizedBuilder::with_capacity(rows.len());
         let mut sums = SumsBuilder::with_capacity(rows.len());
+        let mut weighted = Float64Builder::with_capacity(rows.len());
         let mut refused = self.refusals.then(RefusalBuilder::default);
         let mut quantizer = Quantizer::default();
         let mut row_out = QuantizedRow::default();
         for row in 0..rows.len() {
             let measured = match rows.get(row)? {
-                Some((x, spec)) => match quantizer.quantize_measured(x, &spec, &mut row_out) {
-                    Ok(s) => Some((s, x.len(), spec)),
+                Some(r) => match quantizer.quantize_measured_weighted(
+                    r.values,
+                    &r.spec,
+                    r.importance,
+                    &mut row_out,
+                ) {
+                    Ok((s, w)) => Some((s, w, r.values.len(), r.spec)),
                     Err(e) => match refused.as_mut() {
                         Some(refused) => {
-                            refused.append(&e, x);
+                            refused.append(&e, r.values);
                             quantized.append_null();
                             sums.append_null();
+                            weighted.append_null();
                             continue;
                         }
                         None => return Err(row_error(self.name(), row, e)),
@@ -135,20 +150,26 @@ impl ScalarUDFImpl for QuantizeMeasured {
                 _ => None,
             };
             match measured {
-                Some((s, len, spec)) => {
+                Some((s, w, len, spec)) => {
                     quantized.append(&row_out, spec.bits, len as u32, spec.scheme.name());
                     sums.append(&s);
+                    weighted.append_option(w);
                 }
                 None => {
                     quantized.append_null();
                     sums.append_null();
+                    weighted.append_null();
                 }
             }
             if let Some(refused) = refused.as_mut() {
                 refused.append_null();
             }
         }
-        let mut columns = vec![quantized.finish()?, sums.finish()];
+        let mut columns = vec![
+            quantized.finish()?,
+            sums.finish(),
+            Arc::new(weighted.finish()) as ArrayRef,
+        ];
         columns.extend(refused.map(RefusalBuilder::finish));
         // The struct itself is never NULL: its fields are, so that m['quantized'] of a NULL
         // row is a NULL quantized value.

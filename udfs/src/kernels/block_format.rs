@@ -164,13 +164,22 @@ impl BlockEncoder {
     /// Appends the blocks of `row` (finite values, whole blocks) to `out`. A block whose f16
     /// scale cannot hold what it needs is refused, naming the block, and `out` is left as it
     /// was.
+    /// `importance`, when given, weighs each value's squared error in the search (one finite
+    /// weight ≥ 0 per value); the reference encoders take none.
     pub fn quantize_row(
         &mut self,
         format: BlockFormat,
         encoder: Encoder,
         row: &[f32],
+        importance: Option<&[f32]>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        if importance.is_some() && encoder == Encoder::Reference {
+            return Err(KernelError::ImportanceNotApplicable {
+                scheme: format.name(),
+                encoder: encoder.name(),
+            });
+        }
         match (encoder, format) {
             (Encoder::Reference, BlockFormat::Legacy(f)) => gguf::quantize_row(f, row, out),
             (Encoder::Reference, BlockFormat::K(f)) => Err(KernelError::NoEncoder {
@@ -179,7 +188,7 @@ impl BlockEncoder {
             }),
             (Encoder::Search, _) => {
                 self.search
-                    .quantize_row(format, row, None, Weighting::default(), out)
+                    .quantize_row(format, row, importance, Weighting::default(), out)
             }
         }
     }

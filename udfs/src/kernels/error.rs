@@ -82,6 +82,18 @@ pub enum KernelError {
     #[error("lists of different lengths: {left} and {right}")]
     LengthMismatch { left: usize, right: usize },
 
+    #[error(
+        "importance weights steer the search encoder of the GGUF block formats; scheme \
+         {scheme} ({encoder}) takes none"
+    )]
+    ImportanceNotApplicable {
+        scheme: &'static str,
+        encoder: &'static str,
+    },
+
+    #[error("importance {value} at index {index} is not a finite number ≥ 0")]
+    BadImportance { index: usize, value: f32 },
+
     #[error("group {group} needs a scale or offset of {value:e}, beyond the range of f16 (±65504)")]
     ScaleOverflow { group: usize, value: f32 },
 

@@ -118,12 +118,25 @@ pub struct Quantizer {
 impl Quantizer {
     /// Quantizes `x` as `spec` asks, into `out` (overwritten).
     pub fn quantize(&mut self, x: &[f32], spec: &QuantSpec, out: &mut QuantizedRow) -> Result<()> {
+        self.quantize_weighted(x, spec, None, out)
+    }
+
+    /// [`quantize`](Self::quantize) with per-value importance steering the search (GGUF block
+    /// formats with the search encoder only; one finite weight ≥ 0 per value).
+    pub fn quantize_weighted(
+        &mut self,
+        x: &[f32],
+        spec: &QuantSpec,
+        importance: Option<&[f32]>,
+        out: &mut QuantizedRow,
+    ) -> Result<()> {
         start_row(x, out)?;
+        Self::check_importance(x, spec, importance)?;
         if let Some(format) = spec.scheme.gguf() {
             // (The affine kernels refuse non-finite values in their first pass.)
             check_finite(x)?;
             self.blocks
-                .quantize_row(format, spec.encoder, x, &mut out.codes)?;
+                .quantize_row(format, spec.encoder, x, importance, &mut out.codes)?;
             out.group_size = format.block_values() as u32;
             return Ok(());
         }
@@ -133,6 +146,36 @@ impl Quantizer {
         out.scales.extend_from_slice(&self.affine.scales);
         out.offsets.extend_from_slice(&self.affine.offsets);
         out.group_size = group as u32;
+        Ok(())
+    }
+
+    /// Refuses importance that does not fit the row or the scheme: one finite weight ≥ 0 per
+    /// value, for the search encoder of a GGUF block format.
+    fn check_importance(x: &[f32], spec: &QuantSpec, importance: Option<&[f32]>) -> Result<()> {
+        let Some(imp) = importance else {
+            return Ok(());
+        };
+        if spec.scheme.gguf().is_none()
+            || spec.encoder != crate::kernels::block_format::Encoder::Search
+        {
+            return Err(KernelError::ImportanceNotApplicable {
+                scheme: spec.scheme.name(),
+                encoder: spec.encoder.name(),
+            });
+        }
+        if imp.len() != x.len() {
+            return Err(KernelError::LengthMismatch {
+                left: x.len(),
+                right: imp.len(),
+            });
+        }
+        if let Some((index, &value)) = imp
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !(w.is_finite() && **w >= 0.0))
+        {
+            return Err(KernelError::BadImportance { index, value });
+        }
         Ok(())
     }
 
@@ -206,24 +249,50 @@ impl Quantizer {
         spec: &QuantSpec,
         out: &mut QuantizedRow,
     ) -> Result<PairSums> {
+        self.quantize_measured_weighted(x, spec, None, out)
+            .map(|(sums, _)| sums)
+    }
+
+    /// [`quantize_measured`](Self::quantize_measured) with per-value importance steering the
+    /// search (GGUF block formats only); also returns the importance-weighted squared error
+    /// Σ importance·(x − x̂)² when importance is given.
+    pub fn quantize_measured_weighted(
+        &mut self,
+        x: &[f32],
+        spec: &QuantSpec,
+        importance: Option<&[f32]>,
+        out: &mut QuantizedRow,
+    ) -> Result<(PairSums, Option<f64>)> {
         start_row(x, out)?;
+        Self::check_importance(x, spec, importance)?;
         let mut sums = PairSums::default();
         if let Some(format) = spec.scheme.gguf() {
             out.codes.reserve(format.row_bytes(x.len())?);
             let block = format.block_values();
             out.group_size = block as u32;
+            let mut weighted = importance.map(|_| 0.0f64);
             for (piece, xs) in x.chunks(PIECE).enumerate() {
                 let start = piece * PIECE;
                 let shift = |e| shift_error(e, start, start / block);
                 check_finite(xs).map_err(shift)?;
+                let imp = importance.map(|w| &w[start..start + xs.len()]);
                 let from = out.codes.len();
                 self.blocks
-                    .quantize_row(format, spec.encoder, xs, &mut out.codes)
+                    .quantize_row(format, spec.encoder, xs, imp, &mut out.codes)
                     .map_err(shift)?;
                 format.dequantize_row(&out.codes[from..], xs.len(), &mut self.values)?;
                 sums.accumulate(xs, &self.values).map_err(shift)?;
+                if let (Some(total), Some(imp)) = (weighted.as_mut(), imp) {
+                    let piece_sum: f64 = xs
+                        .iter()
+                        .zip(&self.values)
+                        .zip(imp)
+                        .map(|((a, b), w)| f64::from(*w) * f64::from(a - b) * f64::from(a - b))
+                        .sum();
+                    *total += piece_sum;
+                }
             }
-            return Ok(sums);
+            return Ok((sums, weighted));
         }
         let group = spec.group.for_row(x.len());
         // Pieces end on group boundaries and on summation blocks; a group too long for a
@@ -258,7 +327,7 @@ impl Quantizer {
             sums.accumulate(xs, &self.values)
                 .map_err(|e| shift_error(e, start, 0))?;
         }
-        Ok(sums)
+        Ok((sums, None))
     }
 }
 
@@ -435,6 +504,87 @@ pub fn stored_bytes(codes: usize, scales: usize, offsets: usize) -> usize {
 mod tests {
     use super::*;
     use crate::kernels::scheme::GroupSize;
+
+    #[test]
+    fn importance_lowers_the_weighted_error_and_ones_change_nothing() {
+        let x = row(4096, 5);
+        // Every eighth column matters a hundred times more (an imatrix's outlier channels).
+        let imp: Vec<f32> = (0..x.len())
+            .map(|i| if i % 8 == 0 { 100.0 } else { 1.0 })
+            .collect();
+        let weighted_error = |q: &QuantizedRow, spec: &QuantSpec| {
+            let mut quantizer = Quantizer::default();
+            let mut back = Vec::new();
+            let r = q.view(spec, x.len());
+            quantizer.dequantize(&r, &mut back).unwrap();
+            x.iter()
+                .zip(&back)
+                .zip(&imp)
+                .map(|((a, b), w)| f64::from(*w) * f64::from(a - b).powi(2))
+                .sum::<f64>()
+        };
+        for scheme in [Scheme::Q4K, Scheme::Iq4Xs, Scheme::Q3K, Scheme::Q4_0] {
+            let bits = i64::from(scheme.gguf().unwrap().bits());
+            let spec = QuantSpec::new(bits, None, scheme).unwrap();
+            let mut quantizer = Quantizer::default();
+            let (mut plain, mut steered, mut ones) = Default::default();
+            quantizer.quantize(&x, &spec, &mut plain).unwrap();
+            let (_, w) = quantizer
+                .quantize_measured_weighted(&x, &spec, Some(&imp), &mut steered)
+                .unwrap();
+            let w = w.unwrap();
+            assert!((w - weighted_error(&steered, &spec)).abs() <= 1e-6 * w);
+            assert!(
+                w < weighted_error(&plain, &spec),
+                "{scheme}: {w} not below {}",
+                weighted_error(&plain, &spec)
+            );
+            let unit = vec![1.0f32; x.len()];
+            quantizer
+                .quantize_weighted(&x, &spec, Some(&unit), &mut ones)
+                .unwrap();
+            assert_eq!(ones.codes, plain.codes, "{scheme}");
+        }
+    }
+
+    #[test]
+    fn importance_that_does_not_fit_is_refused() {
+        let x = row(256, 1);
+        let q4k = QuantSpec::new(4, None, Scheme::Q4K).unwrap();
+        let mut q = QuantizedRow::default();
+        let mut quantizer = Quantizer::default();
+        let short = vec![1.0f32; 255];
+        assert_eq!(
+            quantizer.quantize_weighted(&x, &q4k, Some(&short), &mut q),
+            Err(KernelError::LengthMismatch {
+                left: 256,
+                right: 255
+            })
+        );
+        let mut bad = vec![1.0f32; 256];
+        bad[7] = -1.0;
+        assert_eq!(
+            quantizer.quantize_weighted(&x, &q4k, Some(&bad), &mut q),
+            Err(KernelError::BadImportance {
+                index: 7,
+                value: -1.0
+            })
+        );
+        let asym = QuantSpec::new(4, None, Scheme::Asym).unwrap();
+        let ones = vec![1.0f32; 256];
+        assert!(matches!(
+            quantizer.quantize_weighted(&x, &asym, Some(&ones), &mut q),
+            Err(KernelError::ImportanceNotApplicable { .. })
+        ));
+        let reference = QuantSpec::new(4, None, Scheme::Q4_0)
+            .unwrap()
+            .with_encoder(crate::kernels::block_format::Encoder::Reference)
+            .unwrap();
+        assert!(matches!(
+            quantizer.quantize_weighted(&x, &reference, Some(&ones), &mut q),
+            Err(KernelError::ImportanceNotApplicable { .. })
+        ));
+    }
 
     fn row(len: usize, seed: u32) -> Vec<f32> {
         // A deterministic mix of scales, so that groups differ.

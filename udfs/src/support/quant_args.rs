@@ -14,6 +14,9 @@ use crate::kernels::scheme::{GroupSize, QuantSpec, Scheme};
 use crate::support::args::{ArgType, Parameters};
 use crate::support::args::{FloatRows, IntArg, StrArg, arg_error, literal, row_error};
 
+/// What the `importance` argument is, for the functions' documentation.
+pub const IMPORTANCE_DOC: &str = "One weight ≥ 0 per value of the row (a list as long as weights, e.g. an importance matrix's per-column mean squares of the layer's input): the search encoder of the GGUF block formats minimises Σ importance·(w − ŵ)² instead of Σ (w − ŵ)². NULL: none. Refused for the affine schemes and the reference encoder.";
+
 /// Planning types: weights stay as they are, bits become Int64, group_size Int64 (or Utf8 for
 /// 'row'), scheme Utf8.
 pub const QUANT_ARGS: Parameters = Parameters::new(
@@ -22,6 +25,7 @@ pub const QUANT_ARGS: Parameters = Parameters::new(
         ("bits", ArgType::Integer),
         ("group_size", ArgType::GroupSize),
         ("scheme", ArgType::Text),
+        ("importance", ArgType::FloatList),
     ],
     2,
 );
@@ -113,15 +117,32 @@ pub struct QuantRows<'a> {
     function: &'a str,
     rows: FloatRows<'a>,
     specs: SpecArgs,
+    importance: Option<FloatRows<'a>>,
+}
+
+/// One row to quantize: its values, its setting, and the importance of each value when given.
+pub struct QuantRow<'r> {
+    pub values: &'r [f32],
+    pub spec: QuantSpec,
+    pub importance: Option<&'r [f32]>,
 }
 
 impl<'a> QuantRows<'a> {
     /// `weights` is `args[0]` as an array; the setting comes from `args[1..]`.
-    pub fn new(function: &'a str, weights: &'a ArrayRef, args: &[ColumnarValue]) -> Result<Self> {
+    /// `importance`, when given, is `args[4]` as an array.
+    pub fn new(
+        function: &'a str,
+        weights: &'a ArrayRef,
+        args: &[ColumnarValue],
+        importance: Option<&'a ArrayRef>,
+    ) -> Result<Self> {
         Ok(QuantRows {
             function,
             rows: FloatRows::new(weights, function, "weights")?,
             specs: SpecArgs::new(args)?,
+            importance: importance
+                .map(|a| FloatRows::new(a, function, "importance"))
+                .transpose()?,
         })
     }
 
@@ -131,12 +152,18 @@ impl<'a> QuantRows<'a> {
 
     /// Row `row`'s values and setting; `None` when the values or an argument are NULL (the
     /// result is then NULL). A bad setting is an error naming the function and the row.
-    pub fn get(&mut self, row: usize) -> Result<Option<(&[f32], QuantSpec)>> {
+    /// A NULL importance list quantizes the row without one.
+    pub fn get(&mut self, row: usize) -> Result<Option<QuantRow<'_>>> {
         let spec = self
             .specs
             .spec(row)
             .map_err(|e| row_error(self.function, row, e))?;
-        Ok(self.rows.row(row).zip(spec))
+        let importance = self.importance.as_ref().and_then(|i| i.row(row));
+        Ok(self.rows.row(row).zip(spec).map(|(values, spec)| QuantRow {
+            values,
+            spec,
+            importance,
+        }))
     }
 }
 
