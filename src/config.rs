@@ -92,6 +92,7 @@ impl Profile {
             candidates: Vec::new(),
             tensor_types: Vec::new(),
             recipe: None,
+            imatrix: None,
         }
     }
 }
@@ -171,6 +172,10 @@ pub struct QuantConfig {
     /// GGUF output in one of llama.cpp's file types by llama-quantize's own rules (`Q4_K_M`,
     /// `Q3_K_M`, `IQ4_XS`, …; checked by the pipeline, which holds the rules).
     pub recipe: Option<String>,
+    /// A llama.cpp importance matrix (`llama-imatrix` output, GGUF or legacy `.dat`): each
+    /// 2-D tensor's per-column mean squares of its input weigh its error, in the formats'
+    /// search and in the allocation.
+    pub imatrix: Option<String>,
 }
 
 /// The formats bit allocation chooses from unless told otherwise: llama.cpp's k-quant ladder
@@ -319,7 +324,7 @@ impl Default for QuantConfig {
 }
 
 /// The keys a configuration accepts (YAML keys; `ARROW_QUANT_` + upper case in the environment).
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 26] = [
     "profile",
     "bit_width",
     "group_size",
@@ -345,6 +350,7 @@ pub const KEYS: [&str; 25] = [
     "candidates",
     "tensor_type",
     "recipe",
+    "imatrix",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -579,6 +585,7 @@ fn expected(key: &str) -> Option<&'static str> {
         "target_bpw" => "a number of bits per weight, above 0 and at most 32",
         "candidates" => "a comma-separated list of schemes (q2_K,q4_K,q8_0)",
         "recipe" => "one of llama.cpp's file types (Q4_K_M, Q3_K_M, Q5_K_M, IQ4_XS, …)",
+        "imatrix" => "the path of a llama.cpp importance matrix (GGUF or .dat)",
         "tensor_type" => "REGEX=SCHEME overrides separated by ';' (blk\\.0\\..*=q8_0;attn_v=q6_K)",
         _ => return None,
     })
@@ -908,6 +915,10 @@ impl QuantConfig {
                 }
                 self.candidates = list;
             }
+            "imatrix" => {
+                let path = value.to_string();
+                self.imatrix = (!path.trim().is_empty()).then_some(path);
+            }
             "recipe" => {
                 let text = value.to_string();
                 self.recipe = (!text.trim().is_empty()).then(|| text.trim().to_string());
@@ -943,6 +954,7 @@ impl QuantConfig {
             ("target_bpw", self.target_bpw.is_some()),
             ("tensor_type", !self.tensor_types.is_empty()),
             ("recipe", self.recipe.is_some()),
+            ("imatrix", self.imatrix.is_some()),
         ]
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
@@ -1374,7 +1386,9 @@ mod tests {
         assert!(m.contains("missing.yaml: No such file"), "{m}");
         let m = Settings::from_yaml_file(&dir).unwrap_err().to_string();
         assert!(m.starts_with(&dir.display().to_string()), "{m}");
-        let many: String = (0..100).map(|i| format!("k{i}: 1\n")).collect();
+        let many: String = (0..4 * KEYS.len() + 10)
+            .map(|i| format!("k{i}: 1\n"))
+            .collect();
         let m = Settings::from_yaml("c.yaml", &many)
             .unwrap_err()
             .to_string();

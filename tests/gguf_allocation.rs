@@ -321,3 +321,139 @@ fn a_recipe_gives_llama_cpp_types_and_file_type() {
     ]);
     assert_fails_with(&o, "recipe: applies to GGUF output only");
 }
+
+/// A legacy llama-imatrix file (`.dat`) of the given entries, ncall 1: int32 count; per entry
+/// int32 name length, the name, int32 ncall, int32 value count, the values.
+fn write_imatrix(path: &std::path::Path, entries: &[(&str, Vec<f32>)]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+    for (name, values) in entries {
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&1i32.to_le_bytes());
+        b.extend_from_slice(&(values.len() as i32).to_le_bytes());
+        for v in values {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Σ importance·(w − ŵ)² of a tensor of `out` against the input, through read_gguf.
+fn weighted_error(out: &std::path::Path, name: &str, importance: &[f32]) -> f64 {
+    let values = |path: &std::path::Path| -> Vec<Vec<f32>> {
+        let sql = format!(
+            "SELECT weights FROM read_gguf('{}') WHERE layer = '{name}' ORDER BY row",
+            path.display()
+        );
+        let ctx = arrowquant::session::context();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let batches = rt.block_on(async { ctx.sql(&sql).await.unwrap().collect().await.unwrap() });
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::Float32Type;
+        let mut rows = Vec::new();
+        for b in &batches {
+            let list = b.column(0).as_list::<i32>();
+            for i in 0..list.len() {
+                rows.push(
+                    list.value(i)
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .to_vec(),
+                );
+            }
+        }
+        rows
+    };
+    let (a, b) = (values(&root().join(LLAMA)), values(out));
+    a.iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.iter().zip(y).zip(importance))
+        .map(|((x, y), w)| f64::from(*w) * f64::from(x - y).powi(2))
+        .sum()
+}
+
+#[test]
+fn an_importance_matrix_steers_the_codes_and_bad_ones_are_refused() {
+    let dir = scratch("gguf-allocation-imatrix");
+    // Every fourth input channel carries most of the activation energy.
+    let importance: Vec<f32> = (0..256)
+        .map(|i| if i % 4 == 0 { 50.0 } else { 0.5 })
+        .collect();
+    let imatrix = dir.join("model.imatrix.dat");
+    write_imatrix(&imatrix, &[("blk.0.attn_q.weight", importance.clone())]);
+    let (plain, steered) = (dir.join("plain.gguf"), dir.join("steered.gguf"));
+    ok(&["-o", plain.to_str().unwrap(), "--scheme", "q4_K", "--pure"]);
+    ok(&[
+        "-o",
+        steered.to_str().unwrap(),
+        "--scheme",
+        "q4_K",
+        "--pure",
+        "--imatrix",
+        imatrix.to_str().unwrap(),
+    ]);
+    let q = "blk.0.attn_q.weight";
+    let (e_plain, e_steered) = (
+        weighted_error(&plain, q, &importance),
+        weighted_error(&steered, q, &importance),
+    );
+    assert!(e_steered < 0.9 * e_plain, "{e_steered} vs {e_plain}");
+    // Tensors it does not cover are written as without it.
+    let k = |p: &std::path::Path| {
+        let f = GgufFile::open(p).unwrap();
+        let t = f
+            .tensors()
+            .iter()
+            .find(|t| t.name == "output.weight")
+            .unwrap();
+        f.bytes(t.start, t.len).to_vec()
+    };
+    assert_eq!(k(&plain), k(&steered));
+
+    let bad = dir.join("bad.dat");
+    write_imatrix(&bad, &[("blk.9.attn_q.weight", vec![1.0; 256])]);
+    let o = run(&[
+        "-o",
+        "/tmp/x.gguf",
+        "--scheme",
+        "q4_K",
+        "--imatrix",
+        bad.to_str().unwrap(),
+    ]);
+    assert_fails_with(
+        &o,
+        "tensor 'blk.9.attn_q.weight' is not a tensor of the model",
+    );
+    write_imatrix(&bad, &[("blk.0.attn_q.weight", vec![1.0; 128])]);
+    let o = run(&[
+        "-o",
+        "/tmp/x.gguf",
+        "--scheme",
+        "q4_K",
+        "--imatrix",
+        bad.to_str().unwrap(),
+    ]);
+    assert_fails_with(
+        &o,
+        "tensor 'blk.0.attn_q.weight' has rows of 256 values, but its importance has 128 channels",
+    );
+    let o = run(&[
+        "-o",
+        "/tmp/x-dir",
+        "--format",
+        "parquet",
+        "--imatrix",
+        bad.to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, "imatrix: applies to GGUF output only");
+    let o = run(&[
+        "-o",
+        "/tmp/x.gguf",
+        "--scheme",
+        "q4_K",
+        "--imatrix",
+        "/nonexistent.dat",
+    ]);
+    assert_fails_with(&o, "/nonexistent.dat");
+}

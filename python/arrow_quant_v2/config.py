@@ -42,6 +42,7 @@ class DiffusionQuantConfig:
     candidates: str | None = None
     tensor_type: str | None = None
     recipe: str | None = None
+    imatrix: str | None = None
 
     @classmethod
     def resolve(

@@ -63,6 +63,11 @@ pub struct QuantizeArgs {
     /// IQ4_XS, IQ4_NL, Q4_0, …
     #[arg(long, value_name = "NAME")]
     pub recipe: Option<String>,
+    /// A llama.cpp importance matrix (llama-imatrix output, GGUF or legacy .dat): each 2-D
+    /// tensor's error is weighted per column by the mean square of its input, in the
+    /// formats' search and in bit allocation. GGUF output.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Deployment profile: edge (2-bit), local (4-bit), cloud (8-bit).
     #[arg(long, value_name = "P")]
     pub profile: Option<String>,
@@ -190,6 +195,9 @@ impl QuantizeArgs {
         }
         if let Some(list) = &self.candidates {
             s.set("candidates", Value::Text(list.clone()));
+        }
+        if let Some(path) = &self.imatrix {
+            s.set("imatrix", Value::Text(path.display().to_string()));
         }
         if let Some(r) = &self.recipe {
             s.set("recipe", Value::Text(r.clone()));

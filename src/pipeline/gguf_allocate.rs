@@ -186,6 +186,8 @@ struct Option_ {
     why: Option<String>,
     bytes: u64,
     sums: Option<PairSums>,
+    /// Σ importance·(w − ŵ)², scaled as `sums`, for a tensor with importance.
+    weighted: Option<f64>,
 }
 
 /// Rows measured per tensor at least: a tensor of more rows is measured on every k-th row
@@ -213,9 +215,12 @@ fn scaled(mut sums: PairSums, values: u64) -> PairSums {
     sums
 }
 
-/// The error allocation minimises for a measured candidate: its squared error, weighted.
+/// The error allocation minimises for a measured candidate: its squared error weighted by
+/// the importance matrix when the tensor has one (the mean squares of its input: the expected
+/// squared error of its output), and by the role prior.
 fn weighted(o: &Option_, weight: f64) -> Option<f64> {
-    o.sums.map(|s| s.sq_err * weight)
+    let error = o.weighted.or(o.sums.map(|s| s.sq_err))?;
+    Some(error * weight)
 }
 
 fn tensor_bytes(t: &InputTensor, ty: GgmlType) -> Result<u64> {
@@ -295,6 +300,7 @@ pub(super) async fn allocate(
                 why,
                 bytes: tensor_bytes(t, ggml_type)?,
                 sums: None,
+                weighted: None,
             });
         }
         options.push((list.len() > 1).then_some(list));
@@ -333,7 +339,11 @@ pub(super) async fn allocate(
             let read = reader.measure_every(t, &trial, stride).await?;
             progress(Progress::Advance { bytes: t.bytes });
             match read.refused {
-                None => o.sums = Some(scaled(read.sums, values)),
+                None => {
+                    let n = read.sums.n;
+                    o.sums = Some(scaled(read.sums, values));
+                    o.weighted = read.weighted.map(|w| w * values as f64 / n.max(1) as f64);
+                }
                 Some(r) if r.beyond_f16 => {}
                 Some(r) => {
                     return Err(exec_datafusion_err!(

@@ -36,6 +36,7 @@ use futures::StreamExt;
 
 use super::gguf_allocate::{allocate, apply_overrides};
 use super::gguf_arch::{ArchLayout, RowOrder, diffusion, sd_cpp};
+use super::gguf_importance::importance_of;
 use super::gguf_metadata::{Provenance, carried_metadata, finish_metadata, llama_ftype};
 use super::gguf_recipe::apply_recipe;
 use super::gguf_select::{ggml_dims, gguf_sensitivity, kept_by_llama_cpp};
@@ -374,7 +375,7 @@ fn comfy_kept(t: &InputTensor, reason: String) -> Result<Planned> {
 
 /// The rules a UNet's tensors take beyond llama.cpp's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UnetRules {
+pub(super) enum UnetRules {
     None,
     /// ComfyUI-GGUF's: reshaped rows, its keep list and kept types.
     ComfyUi,
@@ -590,20 +591,27 @@ pub async fn quantize_to_gguf(
     }
 
     let ctx = crate::session::pipeline_context();
+    let (importance, importance_warnings) = match &config.imatrix {
+        Some(path) => importance_of(Path::new(path), &tensors, &names, &plans, rules)?,
+        None => Default::default(),
+    };
     let reader = TensorReader {
         ctx: &ctx,
         function: source.table_function(),
         path: sql_string(&options.model.display().to_string()),
         orders,
+        importance,
     };
-    let (fixed, warnings) = apply_overrides(config, &tensors, &names, &mut plans)?;
+    let (fixed, mut warnings) = apply_overrides(config, &tensors, &names, &mut plans)?;
+    warnings.extend(importance_warnings);
     let carried = source.metadata(layout.as_ref())?;
     let mut fallbacks = 0;
     let mut allocation = None;
     if let Some(recipe) = recipe {
         // As llama-quantize: the rules' types, no quality fallback.
+        let imatrix = config.imatrix.is_some();
         apply_recipe(
-            recipe, &carried, &tensors, &names, &mut plans, &fixed, comfy,
+            recipe, &carried, &tensors, &names, &mut plans, &fixed, comfy, imatrix,
         )?;
     } else if allocating {
         allocation = Some(
@@ -832,6 +840,8 @@ pub(super) struct Refusal {
 pub(super) struct TensorBytes {
     pub(super) data: Vec<u8>,
     pub(super) sums: PairSums,
+    /// Σ importance·(w − ŵ)² of the rows, for a tensor with importance.
+    pub(super) weighted: Option<f64>,
     pub(super) refused: Option<Refusal>,
 }
 
@@ -843,7 +853,12 @@ pub(super) struct TensorReader<'a> {
     path: String,
     /// Tensors (by input name) whose rows the output holds in another order.
     orders: HashMap<String, RowOrder>,
+    /// Per-column importance (by input name) of the tensors an importance matrix covers.
+    pub(super) importance: super::gguf_importance::Importance,
 }
+
+/// The one-row table a tensor's importance is joined from while its query runs.
+const IMPORTANCE: &str = "arrowquant_importance";
 
 /// The in-memory table a reshaped tensor's rows are quantized from.
 const REGROUPED: &str = "arrowquant_regrouped_rows";
@@ -868,25 +883,66 @@ impl TensorReader<'_> {
 
     /// The query of one tensor's rows `FROM from`, its row numbers `row` (an expression of the
     /// source's `row`): the rows of the output, before they are quantized.
-    fn sql(&self, from: &str, row: &str, storage: Storage) -> String {
+    /// With `importance`, each row is joined to the tensor's importance (the table
+    /// [`IMPORTANCE`]), which steers the search and weighs the error.
+    fn sql(&self, from: &str, row: &str, storage: Storage, importance: bool) -> String {
         let columns = match storage {
             Storage::Blocks(s) => format!(
-                "quantize_measured(weights, {}, {}, {}) AS m",
+                "quantize_measured(weights, {}, {}, {}{}) AS m",
                 s.bits,
                 group_literal(s.group),
-                sql_string(s.scheme.name())
+                sql_string(s.scheme.name()),
+                if importance { ", i.importance" } else { "" }
             ),
             Storage::F16 | Storage::F32 => "weights".into(),
             Storage::AsStored => "data".into(),
+        };
+        let from = if importance {
+            format!("(SELECT * FROM {from}) AS w CROSS JOIN {IMPORTANCE} AS i")
+        } else {
+            from.to_string()
         };
         let inner = format!("SELECT {row} AS row, {columns} FROM {from}");
         match storage {
             Storage::Blocks(_) => format!(
                 "SELECT row, m['quantized']['codes'] AS bytes, m['error_sums'] AS e, \
-                 m['refused'] AS refused FROM ({inner})"
+                 m['weighted_err_sq'] AS we, m['refused'] AS refused FROM ({inner})"
             ),
             _ => inner,
         }
+    }
+
+    /// Runs the query of `t`'s rows `FROM from` (the source's), with its importance when it
+    /// has one and is quantized.
+    async fn query(
+        &self,
+        t: &InputTensor,
+        from: &str,
+        ty: GgmlType,
+        storage: Storage,
+        keep: bool,
+    ) -> Result<TensorBytes> {
+        let importance = match storage {
+            Storage::Blocks(_) => self.importance.get(&t.name),
+            _ => None,
+        };
+        let Some(importance) = importance else {
+            let sql = self.sql(from, &self.row_column(t), storage, false);
+            return self.run(&sql, t, ty, storage, keep).await;
+        };
+        let item = Arc::new(Field::new_list_field(DataType::Float32, true));
+        let list = ListArray::try_new(
+            item,
+            OffsetBuffer::from_lengths([importance.len()]),
+            Arc::new(Float32Array::from(importance.as_ref().clone())),
+            None,
+        )?;
+        let batch = RecordBatch::try_from_iter([("importance", Arc::new(list) as ArrayRef)])?;
+        self.ctx.register_batch(IMPORTANCE, batch)?;
+        let sql = self.sql(from, &self.row_column(t), storage, true);
+        let read = self.run(&sql, t, ty, storage, keep).await;
+        self.ctx.deregister_table(IMPORTANCE)?;
+        read
     }
 
     /// Reads `t` as `p` plans it; with `keep`, its bytes too. A reshaped tensor is quantized
@@ -918,14 +974,7 @@ impl TensorReader<'_> {
             return self.read_planned(t, p, false).await;
         }
         let from = format!("{} AND row % {stride} = 0", self.source_rows(t));
-        self.run(
-            &self.sql(&from, &self.row_column(t), p.storage),
-            t,
-            p.ggml_type,
-            p.storage,
-            false,
-        )
-        .await
+        self.query(t, &from, p.ggml_type, p.storage, false).await
     }
 
     /// Reads `t` as `ty` by `storage`; with `keep`, its bytes too.
@@ -936,14 +985,7 @@ impl TensorReader<'_> {
         storage: Storage,
         keep: bool,
     ) -> Result<TensorBytes> {
-        self.run(
-            &self.sql(&self.source_rows(t), &self.row_column(t), storage),
-            t,
-            ty,
-            storage,
-            keep,
-        )
-        .await
+        self.query(t, &self.source_rows(t), ty, storage, keep).await
     }
 
     /// Quantizes `t` in the rows of `shape` (row-major, the same values in the same order):
@@ -997,7 +1039,7 @@ impl TensorReader<'_> {
         self.ctx.register_batch(REGROUPED, batch)?;
         let read = self
             .run(
-                &self.sql(REGROUPED, "row", storage),
+                &self.sql(REGROUPED, "row", storage, false),
                 &out,
                 ty,
                 storage,
@@ -1019,6 +1061,7 @@ impl TensorReader<'_> {
     ) -> Result<TensorBytes> {
         let mut placed = keep.then(|| RowPlacer::new(t, ty)).transpose()?;
         let mut sums = PairSums::default();
+        let mut weighted: Option<f64> = None;
         let mut refused: Option<Refusal> = None;
         let mut stream = self.ctx.sql(sql).await?.execute_stream().await?;
         let mut scratch = Vec::new();
@@ -1028,6 +1071,10 @@ impl TensorReader<'_> {
             match storage {
                 Storage::Blocks(_) => {
                     collect_sums(&batch, &rows, &mut sums, &mut refused)?;
+                    let we = column(&batch, "we")?.as_primitive::<Float64Type>();
+                    for v in we.iter().flatten() {
+                        *weighted.get_or_insert(0.0) += v;
+                    }
                     if let Some(placed) = placed.as_mut() {
                         let codes = column(&batch, "bytes")?.as_binary::<i32>();
                         for i in (0..batch.num_rows()).filter(|&i| codes.is_valid(i)) {
@@ -1074,6 +1121,7 @@ impl TensorReader<'_> {
         Ok(TensorBytes {
             data,
             sums,
+            weighted,
             refused,
         })
     }

@@ -62,7 +62,9 @@ pub(super) fn model_params(metadata: &[(String, MetaValue)]) -> (String, ModelPa
     (arch, params)
 }
 
-/// Gives every tensor llama.cpp quantizes, that no override fixed, its recipe type.
+/// Gives every tensor llama.cpp quantizes, that no override fixed, its recipe type (with an
+/// importance matrix, `imatrix`, llama.cpp's rules differ in places).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn apply_recipe(
     recipe: Recipe,
     metadata: &[(String, MetaValue)],
@@ -71,6 +73,7 @@ pub(super) fn apply_recipe(
     plans: &mut [Planned],
     fixed: &[bool],
     comfy: bool,
+    imatrix: bool,
 ) -> Result<()> {
     let (arch, params) = model_params(metadata);
     let dims: Vec<Vec<u64>> = tensors
@@ -83,7 +86,7 @@ pub(super) fn apply_recipe(
         .zip(&dims)
         .map(|(n, d)| (n.as_str(), d.as_slice()))
         .collect();
-    let assigned = assign(recipe, &arch, &params, false, &list)
+    let assigned = assign(recipe, &arch, &params, imatrix, &list)
         .map_err(|e| DataFusionError::Plan(e.to_string()))?;
     for a in assigned {
         let p = &mut plans[a.index];

@@ -7,6 +7,7 @@ pub mod gguf_allocate;
 pub mod gguf_arch;
 pub mod gguf_checkpoint;
 pub mod gguf_export;
+pub mod gguf_importance;
 pub mod gguf_metadata;
 pub mod gguf_output;
 pub mod gguf_recipe;
