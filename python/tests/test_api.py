@@ -100,6 +100,46 @@ def test_quantize_to_gguf_with_encoders(tmp_path):
         )
 
 
+def test_bit_allocation_recipes_and_overrides_from_python(tmp_path):
+    """The allocation keys as fields of DiffusionQuantConfig: a budget in bytes or bits a weight,
+    the candidates, overrides and a recipe; the result carries the allocation's summary, the
+    config round-trips, and the combinations that cannot be are refused by name."""
+    import gguf
+
+    model = Path(__file__).resolve().parents[2] / "tests/data/gguf/llama-f32.gguf"
+    config = DiffusionQuantConfig.resolve(
+        format="gguf",
+        target_bpw=7.5,
+        candidates="q4_K,q8_0",
+        tensor_type="^output\\.weight$=q8_0",
+    )
+    assert config.replace(min_cosine=0.98).tensor_type == "^output\\.weight$=q8_0"
+    assert config.candidates == "q4_K,q8_0"
+    result = ArrowQuantV2(config).quantize_diffusion_model(model, tmp_path / "mixed.gguf")
+    allocation = result["allocation"]
+    assert allocation["bits_per_weight"] <= 7.5
+    assert allocation["candidates"] == ["q4_K", "q8_0"]
+    assert allocation["lower_bound"] <= allocation["error"] * (1 + 1e-12)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "mixed.gguf").tensors}
+    assert types["output.weight"] == "Q8_0"
+    sized = DiffusionQuantConfig.resolve(format="gguf", max_size="20KB")
+    assert sized.max_size == 20000
+    recipe = DiffusionQuantConfig.resolve(format="gguf", recipe="Q4_K_M")
+    ArrowQuantV2(recipe).quantize_diffusion_model(model, tmp_path / "recipe.gguf")
+    reader = gguf.GGUFReader(tmp_path / "recipe.gguf")
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 15
+    with pytest.raises(ValueError, match="give one of them"):
+        DiffusionQuantConfig.resolve(format="gguf", recipe="Q4_K_M", target_bpw=5)
+    with pytest.raises(ValueError, match="recipe: "):
+        ArrowQuantV2({"format": "gguf", "recipe": "Q9_K"}).quantize_diffusion_model(
+            model, tmp_path / "bad.gguf"
+        )
+    with pytest.raises(ValueError, match="max_size: applies to GGUF output only"):
+        ArrowQuantV2({"max_size": "1MB"}).quantize_diffusion_model(
+            Path(__file__).resolve().parents[2] / "examples/models/tiny-unet", tmp_path / "o4"
+        )
+
+
 def test_quantize_from_safetensors_with_calibration(bundled_model, calibration, tmp_path):
     result = ArrowQuantV2().quantize_from_safetensors(
         safetensors_path=bundled_model / "diffusion_pytorch_model.safetensors",

@@ -103,7 +103,7 @@ QUERIES = {
     "gguf_info": "SELECT sum(bytes) FROM gguf_info('{gguf}')",
     "gguf_metadata": "SELECT value FROM gguf_metadata('{gguf}') WHERE key = 'general.architecture'",
     "read_imatrix": "SELECT sum(channels) FROM read_imatrix('{imatrix}')",
-    "allocate_bits": "SELECT max(s) FROM (SELECT s, allocate_bits(t, b, e, 30) OVER () AS a FROM (VALUES ('x', 'q4', 10, 5.0), ('x', 'q8', 20, 1.0), ('y', 'q4', 10, 3.0), ('y', 'q8', 20, 2.0)) v(t, s, b, e)) WHERE a['chosen'] AND t = 'x'",
+    "allocate_bits": "SELECT max(s) FROM (SELECT t, s, allocate_bits(t, b, e, 30) OVER () AS a FROM (VALUES ('x', 'q4', 10, 5.0), ('x', 'q8', 20, 1.0), ('y', 'q4', 10, 3.0), ('y', 'q8', 20, 2.0)) v(t, s, b, e)) WHERE a['chosen'] AND t = 'x'",
 }
 
 EXPECTED = {
