@@ -154,7 +154,12 @@ def llama_like(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"n_layer": n_layer, "n_head": n_head, "n_head_kv": n_head_kv, "n_expert": n_expert or None}
+    return {
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_head_kv": n_head_kv,
+        "n_expert": n_expert or None,
+    }
 
 
 def read_model(path: Path) -> tuple[str, dict, list]:
@@ -235,7 +240,9 @@ def quantize_all(src: Path, tmp: Path, tensors: list, imatrix: bool, threads: in
         params.nthread = threads
         params.pure = False
         if imat:
-            params.imatrix = ctypes.cast(imat[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+            params.imatrix = ctypes.cast(
+                imat[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data)
+            )
         dst = tmp / f"{src.stem}-{recipe}.gguf"
         rc = quiet_quantize(src, dst, params)
         if rc != 0:
@@ -312,7 +319,7 @@ def write_json(models: list, quantizer: str, out: Path) -> None:
     if len(names) > 26:
         raise SystemExit(f"{len(names)} types do not fit in one letter each")
     code = {name: chr(ord("a") + i) for i, name in enumerate(names)}
-    dump = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
+    dump = lambda v: json.dumps(v, separators=(",", ":"))
     lines = ["{"]
     lines.append(f'  "quantizer": {json.dumps(quantizer)},')
     lines.append(
@@ -340,6 +347,7 @@ def write_json(models: list, quantizer: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     json.loads(out.read_text())
+
 
 if __name__ == "__main__":
     main()
