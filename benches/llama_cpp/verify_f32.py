@@ -121,7 +121,12 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.n
     return (x - mu) / np.sqrt(var + eps) * w + b
 
 
-def bert_mean_embedding(ids: list[int], wt: dict[str, np.ndarray], cfg: dict) -> np.ndarray:
+def bert_mean_embedding(
+    ids: list[int], wt: dict[str, np.ndarray], cfg: dict, record=None
+) -> np.ndarray:
+    """Mean-pooled last hidden state of one tokenised input. record, if given, is called as
+    record(layer, name, h) with the input h ([tokens, in_features]) of every linear layer
+    (name the checkpoint's module, e.g. "attention.self.query") before it is applied."""
     eps = float(cfg["layer_norm_eps"])
     n_head = int(cfg["num_attention_heads"])
     n = len(ids)
@@ -136,7 +141,9 @@ def bert_mean_embedding(ids: list[int], wt: dict[str, np.ndarray], cfg: dict) ->
     for i in range(int(cfg["num_hidden_layers"])):
         p = f"encoder.layer.{i}."
 
-        def lin(h, name, p=p):
+        def lin(h, name, p=p, i=i):
+            if record is not None:
+                record(i, name, h)
             return h @ wt[p + name + ".weight"].T + wt[p + name + ".bias"]
 
         q = lin(x, "attention.self.query").reshape(n, n_head, hd).transpose(1, 0, 2)
