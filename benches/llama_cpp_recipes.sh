@@ -22,13 +22,20 @@
 #   THREADS          quantizer and llama.cpp threads (default 2)
 #   F32              the F32 GGUF (default WORK_DIR/F32.gguf): reused if it is a valid F32 GGUF
 #                    of the checkpoint, else written by make_f32_gguf.py
+#   IMATRIX          1: also the allocation with an importance matrix: make_imatrix.py writes
+#                    WORK_DIR/calib.imatrix.gguf (calibration texts outside the evaluation
+#                    corpus) and ArrowQuant's --max-size runs (at each recipe's bytes and the
+#                    sweep) are made again with --imatrix it, as arrowquant-imatrix-alloc-R.gguf
+#                    and arrowquant-imatrix-sweep-F.gguf (a second curve in recipes.md/.svg)
+#   IMATRIX_TEXTS    calibration texts for make_imatrix.py --texts (default 512)
 #
 # Times: for llama.cpp the llama_model_quantize call ("seconds") and the whole process
 # ("process_seconds": python, library load, the call); for ArrowQuant the whole process, file to
 # file (its own "seconds" is in the .summary.json).
 #
 # Leaves in WORK_DIR: llama.cpp-R.gguf, arrowquant-recipe-R.gguf, arrowquant-alloc-R.gguf,
-# arrowquant-sweep-F.gguf, each with .timing.json and a .log (ArrowQuant's --json summary in
+# arrowquant-sweep-F.gguf (with IMATRIX=1 also calib.imatrix.gguf, arrowquant-imatrix-alloc-R.gguf
+# and arrowquant-imatrix-sweep-F.gguf), each with .timing.json and a .log (ArrowQuant's --json summary in
 # .summary.json), compare.json / compare.md (compare.py over all of them), and recipes.md,
 # recipes.json, recipes.svg (benches/llama_cpp/recipe_table.py).
 set -euo pipefail
@@ -39,6 +46,8 @@ SWEEP=${SWEEP:-"0.55 0.6 0.65 0.7 0.8 0.9"}
 THREADS=${THREADS:-2}
 ARROWQUANT_BIN=${ARROWQUANT_BIN:-target/release/arrowquant}
 F32=${F32:-$WORK/F32.gguf}
+IMATRIX=${IMATRIX:-0}
+IMATRIX_TEXTS=${IMATRIX_TEXTS:-512}
 PY=.venv-llama/bin/python
 HERE=benches/llama_cpp
 
@@ -174,6 +183,28 @@ for f in $SWEEP; do
     MODELS+=(--model "arrowquant-sweep $f=$out")
   fi
 done
+
+if [ "$IMATRIX" = 1 ]; then
+  im="$WORK/calib.imatrix.gguf"
+  echo "== importance matrix (make_imatrix.py, $IMATRIX_TEXTS calibration texts) -> $im"
+  "$PY" "$HERE/make_imatrix.py" "$F32" "$im" --texts "$IMATRIX_TEXTS"
+  echo "== ArrowQuant with --imatrix: --max-size at llama.cpp R's tensor bytes and the sweep"
+  rm -f "$WORK"/arrowquant-imatrix-*
+  for r in $alloc_list; do
+    bytes=$(tensor_bytes "$WORK/llama.cpp-$r.gguf.timing.json")
+    out="$WORK/arrowquant-imatrix-alloc-$r.gguf"
+    if aq "$out" imatrix-alloc "$r" --max-size "$bytes" --imatrix "$im"; then
+      MODELS+=(--model "arrowquant-imatrix-alloc $r=$out")
+    fi
+  done
+  for f in $SWEEP; do
+    bytes=$("$PY" -c "import sys; print(int(float(sys.argv[1]) * int(sys.argv[2])))" "$f" "$q4")
+    out="$WORK/arrowquant-imatrix-sweep-$f.gguf"
+    if aq "$out" imatrix-sweep "$f" --max-size "$bytes" --imatrix "$im"; then
+      MODELS+=(--model "arrowquant-imatrix-sweep $f=$out")
+    fi
+  done
+fi
 
 echo "== compare (files and llama.cpp runs, $((${#MODELS[@]} / 2)) quantized models and F32)"
 "$PY" "$HERE/compare.py" "$F32" "${MODELS[@]}" --threads "$THREADS" \

@@ -6,7 +6,10 @@ ArrowQuant's --recipe and its bit allocation at the same size, from WORK/compare
 
 compare.json's labels name the files: "llama.cpp R" (llama.cpp's quantizer, recipe R, not pure),
 "arrowquant R" (ArrowQuant --recipe R), "arrowquant-alloc R" (ArrowQuant --max-size at llama.cpp
-R's tensor bytes) and "arrowquant-sweep F" (--max-size at F times llama.cpp Q4_K_M's bytes).
+R's tensor bytes) and "arrowquant-sweep F" (--max-size at F times llama.cpp Q4_K_M's bytes);
+with benches/llama_cpp_recipes.sh's IMATRIX=1 also "arrowquant-imatrix-alloc R" and
+"arrowquant-imatrix-sweep F", the same with --imatrix (a second curve, its own table and
+crossing; without them the output is as before).
 A sweep fraction that made no file (below the smallest mixture ArrowQuant's candidates reach) is
 read from its .log.
 
@@ -93,6 +96,24 @@ def crossing(curve: list[dict], target: float) -> dict:
     return {"status": "not reached", "bytes": None}
 
 
+def match(curve: list[dict], ref: dict) -> dict:
+    """Where the curve reaches the reference file's distance, as a fraction of its bytes."""
+    c = crossing(curve, ref["mean_1_minus_cos"])
+    c["target_mean_1_minus_cos"] = ref["mean_1_minus_cos"]
+    c["reference_bytes"] = ref["tensor_bytes"]
+    if c["bytes"] is not None:
+        c["fraction"] = c["bytes"] / ref["tensor_bytes"]
+        c["goal_met"] = c["fraction"] <= SIZE_GOAL
+    elif c["status"] == "below the smallest sweep point":
+        c["fraction_at_most"] = c["at_most"]["tensor_bytes"] / ref["tensor_bytes"]
+        c["at_most"] = c["at_most"]["label"]
+        c["goal_met"] = c["fraction_at_most"] <= SIZE_GOAL
+    else:
+        c["goal_met"] = False
+    c["goal_fraction"] = SIZE_GOAL
+    return c
+
+
 def sweep_failures(work: Path, fractions: list[str], have: set[str]) -> list[dict]:
     """The sweep fractions that made no file, with the reason from their log."""
     out = []
@@ -169,6 +190,17 @@ def build(work: Path, fractions: list[str]) -> dict:
         [p for p in sweep] + [row["arrowquant_alloc"] for row in rows if row["arrowquant_alloc"]],
         key=lambda p: p["tensor_bytes"],
     )
+    imatrix = [
+        point(m) | {"fraction": float(lb.split(" ", 1)[1])}
+        for lb, m in by.items()
+        if lb.startswith("arrowquant-imatrix-sweep ")
+    ]
+    imatrix += [
+        point(m) | {"recipe": lb.split(" ", 1)[1]}
+        for lb, m in by.items()
+        if lb.startswith("arrowquant-imatrix-alloc ")
+    ]
+    imatrix.sort(key=lambda p: p["tensor_bytes"])
     out = {
         "work": str(work),
         "reference": REFERENCE,
@@ -180,20 +212,11 @@ def build(work: Path, fractions: list[str]) -> dict:
         "llama_cpp_top": top,
     }
     if ref is not None and ref["mean_1_minus_cos"] is not None:
-        c = crossing(curve, ref["mean_1_minus_cos"])
-        c["target_mean_1_minus_cos"] = ref["mean_1_minus_cos"]
-        c["reference_bytes"] = ref["tensor_bytes"]
-        if c["bytes"] is not None:
-            c["fraction"] = c["bytes"] / ref["tensor_bytes"]
-            c["goal_met"] = c["fraction"] <= SIZE_GOAL
-        elif c["status"] == "below the smallest sweep point":
-            c["fraction_at_most"] = c["at_most"]["tensor_bytes"] / ref["tensor_bytes"]
-            c["at_most"] = c["at_most"]["label"]
-            c["goal_met"] = c["fraction_at_most"] <= SIZE_GOAL
-        else:
-            c["goal_met"] = False
-        c["goal_fraction"] = SIZE_GOAL
+        c = match(curve, ref)
         out["match_reference"] = c
+        if imatrix:
+            out["imatrix_curve"] = imatrix
+            out["imatrix_match_reference"] = match(imatrix, ref)
         at_ref = point(by.get(f"arrowquant-alloc {REFERENCE}"))
         if at_ref is not None and top is not None:
             out["at_reference_size"] = {
@@ -204,6 +227,63 @@ def build(work: Path, fractions: list[str]) -> dict:
                 <= (top["mean_1_minus_cos"] or -math.inf),
             }
     return out
+
+
+def match_sentence(c: dict, curve: str) -> str:
+    goal = f"goal ≤ {100 * SIZE_GOAL:.0f} %: {'met' if c['goal_met'] else 'not met'}"
+    target = fmt_d(c["target_mean_1_minus_cos"])
+    if c["bytes"] is not None:
+        return (
+            f"{curve} reaches llama.cpp {REFERENCE}'s distance "
+            f"({target}) at {fmt_mb(c['bytes'])} of tensor data, "
+            f"{100 * c['fraction']:.1f} % of {REFERENCE}'s {fmt_mb(c['reference_bytes'])} "
+            f"(log-linear between {c['between'][0]} and {c['between'][1]}; {goal})."
+        )
+    if c["status"] == "below the smallest sweep point":
+        return (
+            f"{curve} is at or below llama.cpp {REFERENCE}'s distance "
+            f"({target}) already at its smallest point, {c['at_most']} "
+            f"({100 * c['fraction_at_most']:.1f} % of {REFERENCE}'s bytes): the match is "
+            f"below the smallest sweep point ({goal})."
+        )
+    return (
+        f"{curve} does not reach llama.cpp {REFERENCE}'s distance "
+        f"({target}) in the sizes measured ({c['status']}; {goal})."
+    )
+
+
+def imatrix_markdown(res: dict) -> list[str]:
+    """The --imatrix curve's table and crossing, against the data-free curve's points."""
+    pts = res.get("imatrix_curve")
+    if not pts:
+        return []
+    plain = {p["fraction"]: p for p in res["sweep"]}
+    plain |= {row["recipe"]: row["arrowquant_alloc"] for row in res["rows"]}
+    lines = [
+        "",
+        "### ArrowQuant's allocation with the importance matrix (--imatrix, make_imatrix.py)",
+        "",
+        (
+            "| point | budget bytes | tensor bytes | bits/weight | 1−cos (512 inputs) "
+            "| 1−cos (64 sentences) | without --imatrix 1−cos (512) | ratio | ArrowQuant s |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in pts:
+        key = p.get("fraction", p.get("recipe"))
+        name = f"{key:g} of {REFERENCE}" if "fraction" in p else f"{key}'s bytes"
+        twin = plain.get(key) or {}
+        r = ratio(p["mean_1_minus_cos"], twin.get("mean_1_minus_cos"))
+        lines.append(
+            f"| {name} | {p['budget_bytes'] or 0:,} | {p['tensor_bytes']:,} "
+            f"| {p['bits_per_weight']:.3f} | {fmt_d(p['mean_1_minus_cos'])} "
+            f"| {fmt_d(p['sentences_mean_1_minus_cos'])} | {fmt_d(twin.get('mean_1_minus_cos'))} "
+            f"| {'–' if r is None else f'{r:.3f}'} | {fmt_s(p['process_seconds'])} |"
+        )
+    c = res.get("imatrix_match_reference")
+    if c:
+        lines += ["", match_sentence(c, "ArrowQuant's allocated curve with --imatrix")]
+    return lines
 
 
 def markdown(res: dict) -> str:
@@ -301,27 +381,7 @@ def markdown(res: dict) -> str:
     c = res.get("match_reference")
     if c:
         lines.append("")
-        goal = f"goal ≤ {100 * SIZE_GOAL:.0f} %: {'met' if c['goal_met'] else 'not met'}"
-        target = fmt_d(c["target_mean_1_minus_cos"])
-        if c["bytes"] is not None:
-            lines.append(
-                f"ArrowQuant's allocated curve reaches llama.cpp {REFERENCE}'s distance "
-                f"({target}) at {fmt_mb(c['bytes'])} of tensor data, "
-                f"{100 * c['fraction']:.1f} % of {REFERENCE}'s {fmt_mb(c['reference_bytes'])} "
-                f"(log-linear between {c['between'][0]} and {c['between'][1]}; {goal})."
-            )
-        elif c["status"] == "below the smallest sweep point":
-            lines.append(
-                f"ArrowQuant's allocated curve is at or below llama.cpp {REFERENCE}'s distance "
-                f"({target}) already at its smallest point, {c['at_most']} "
-                f"({100 * c['fraction_at_most']:.1f} % of {REFERENCE}'s bytes): the match is "
-                f"below the smallest sweep point ({goal})."
-            )
-        else:
-            lines.append(
-                f"ArrowQuant's allocated curve does not reach llama.cpp {REFERENCE}'s distance "
-                f"({target}) in the sizes measured ({c['status']}; {goal})."
-            )
+        lines.append(match_sentence(c, "ArrowQuant's allocated curve"))
     a = res.get("at_reference_size")
     if a:
         ours, top = a["arrowquant_alloc"], a["llama_cpp_top"]
@@ -331,6 +391,7 @@ def markdown(res: dict) -> str:
             f"({fmt_mb(top['tensor_bytes'])}) has {fmt_d(top['mean_1_minus_cos'])}: ratio "
             f"{a['arrowquant_over_top']:.3f} (goal ≤ 1: {'met' if a['goal_met'] else 'not met'})."
         )
+    lines += imatrix_markdown(res)
     return "\n".join(lines)
 
 
@@ -338,7 +399,7 @@ def markdown(res: dict) -> str:
 
 W, H = 760, 460
 ML, MR, MT, MB = 78, 24, 40, 58
-COLOURS = {"llama": "#d95f02", "alloc": "#1b6ac9", "recipe": "#1b9e77"}
+COLOURS = {"llama": "#d95f02", "alloc": "#1b6ac9", "recipe": "#1b9e77", "imatrix": "#7b3fb5"}
 
 
 def _nice_step(span: float, n: int = 6) -> float:
@@ -361,7 +422,8 @@ def svg(res: dict) -> str:
         res["sweep"] + [row["arrowquant_alloc"] for row in res["rows"] if row["arrowquant_alloc"]],
         key=lambda p: p["tensor_bytes"],
     )
-    everything = [p for p in ll_pts + rec_pts + curve if p["mean_1_minus_cos"]]
+    imat = [p for p in res.get("imatrix_curve") or [] if p["mean_1_minus_cos"]]
+    everything = [p for p in ll_pts + rec_pts + curve + imat if p["mean_1_minus_cos"]]
     xs = [p["tensor_bytes"] / 1e6 for p in everything]
     ys = [p["mean_1_minus_cos"] for p in everything]
     step = _nice_step(max(xs) - min(xs) or 1.0)
@@ -440,6 +502,20 @@ def svg(res: dict) -> str:
             f'<circle cx="{X(p["tensor_bytes"] / 1e6):.1f}" cy="{Y(p["mean_1_minus_cos"]):.1f}" '
             f'r="3.5" fill="{COLOURS["alloc"]}"/>'
         )
+    # ArrowQuant's allocated curve with --imatrix, dashed
+    if imat:
+        path = " ".join(
+            f"{X(p['tensor_bytes'] / 1e6):.1f},{Y(p['mean_1_minus_cos']):.1f}" for p in imat
+        )
+        o.append(
+            f'<polyline points="{path}" fill="none" stroke="{COLOURS["imatrix"]}" '
+            'stroke-width="2" stroke-dasharray="6 3"/>'
+        )
+        for p in imat:
+            o.append(
+                f'<circle cx="{X(p["tensor_bytes"] / 1e6):.1f}" '
+                f'cy="{Y(p["mean_1_minus_cos"]):.1f}" r="3.5" fill="{COLOURS["imatrix"]}"/>'
+            )
     # ArrowQuant --recipe: diamonds
     for p in rec_pts:
         if not p["mean_1_minus_cos"]:
@@ -487,9 +563,9 @@ def svg(res: dict) -> str:
             f'text-anchor="{"start" if dx > 0 else "end"}" fill="{COLOURS["llama"]}">{name}</text>'
         )
     # legend, in the corner of the plot that covers the fewest points and curve samples
-    lw, lh = 282, 84
+    lw, lh = (282, 103) if imat else (282, 84)
     dense = [(X(p["tensor_bytes"] / 1e6), Y(p["mean_1_minus_cos"])) for p in everything]
-    for a, b in itertools.pairwise(cp):
+    for a, b in [*itertools.pairwise(cp), *itertools.pairwise(imat)]:
         xa, ya = X(a["tensor_bytes"] / 1e6), Y(a["mean_1_minus_cos"])
         xb, yb = X(b["tensor_bytes"] / 1e6), Y(b["mean_1_minus_cos"])
         dense += [(xa + t / 20 * (xb - xa), ya + t / 20 * (yb - ya)) for t in range(21)]
@@ -523,6 +599,14 @@ def svg(res: dict) -> str:
         f'<circle cx="{lx}" cy="{ly}" r="3.5" fill="{COLOURS["alloc"]}"/>'
         f'<text x="{lx + 16}" y="{ly + 4}">ArrowQuant, bit allocation (--max-size)</text>'
     )
+    if imat:
+        ly += 19
+        o.append(
+            f'<line x1="{lx - 9}" y1="{ly}" x2="{lx + 9}" y2="{ly}" '
+            f'stroke="{COLOURS["imatrix"]}" stroke-width="2" stroke-dasharray="6 3"/>'
+            f'<circle cx="{lx}" cy="{ly}" r="3.5" fill="{COLOURS["imatrix"]}"/>'
+            f'<text x="{lx + 16}" y="{ly + 4}">ArrowQuant, bit allocation + --imatrix</text>'
+        )
     ly += 19
     o.append(
         f'<path d="M{lx} {ly - 6}L{lx + 6} {ly}L{lx} {ly + 6}L{lx - 6} {ly}Z" fill="none" '
