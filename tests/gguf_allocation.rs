@@ -412,32 +412,31 @@ fn an_importance_matrix_steers_the_codes_and_bad_ones_are_refused() {
     assert_eq!(k(&plain), k(&steered));
 
     let bad = dir.join("bad.dat");
-    write_imatrix(&bad, &[("blk.9.attn_q.weight", vec![1.0; 256])]);
-    let o = run(&[
-        "-o",
-        "/tmp/x.gguf",
-        "--scheme",
-        "q4_K",
-        "--imatrix",
-        bad.to_str().unwrap(),
-    ]);
-    assert_fails_with(
-        &o,
-        "tensor 'blk.9.attn_q.weight' is not a tensor of the model",
-    );
-    write_imatrix(&bad, &[("blk.0.attn_q.weight", vec![1.0; 128])]);
-    let o = run(&[
-        "-o",
-        "/tmp/x.gguf",
-        "--scheme",
-        "q4_K",
-        "--imatrix",
-        bad.to_str().unwrap(),
-    ]);
-    assert_fails_with(
-        &o,
-        "tensor 'blk.0.attn_q.weight' has rows of 256 values, but its importance has 128 channels",
-    );
+    let refusals = [
+        (
+            "blk.9.attn_q.weight",
+            256,
+            "tensor 'blk.9.attn_q.weight' is not a tensor of the model",
+        ),
+        (
+            "blk.0.attn_q.weight",
+            128,
+            "tensor 'blk.0.attn_q.weight' has rows of 256 values, but its importance has 128 channels",
+        ),
+    ];
+    for (name, channels, needle) in refusals {
+        write_imatrix(&bad, &[(name, vec![1.0; channels])]);
+        let imatrix = bad.to_str().unwrap();
+        let o = run(&[
+            "-o",
+            "/tmp/x.gguf",
+            "--scheme",
+            "q4_K",
+            "--imatrix",
+            imatrix,
+        ]);
+        assert_fails_with(&o, needle);
+    }
     let o = run(&[
         "-o",
         "/tmp/x-dir",

@@ -94,11 +94,7 @@ impl ScalarUDFImpl for QuantError {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
         let width = source_bytes_per_value(weights.data_type());
-        let importance = args
-            .args
-            .get(4)
-            .map(|a| a.to_array(args.number_rows))
-            .transpose()?;
+        let importance = quant_args::importance_array(&args)?;
         let mut rows = QuantRows::new(self.name(), &weights, &args.args, importance.as_ref())?;
         let mut builders: Vec<Float64Builder> = FIELDS
             .iter()

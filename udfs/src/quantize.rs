@@ -72,11 +72,7 @@ impl ScalarUDFImpl for Quantize {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let weights = args.args[0].to_array(args.number_rows)?;
-        let importance = args
-            .args
-            .get(4)
-            .map(|a| a.to_array(args.number_rows))
-            .transpose()?;
+        let importance = quant_args::importance_array(&args)?;
         let mut rows = QuantRows::new(self.name(), &weights, &args.args, importance.as_ref())?;
         let mut out = QuantizedBuilder::with_capacity(rows.len());
         let mut quantizer = Quantizer::default();

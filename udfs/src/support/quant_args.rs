@@ -7,7 +7,7 @@
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, plan_err};
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs};
 
 use crate::kernels::KernelError;
 use crate::kernels::scheme::{GroupSize, QuantSpec, Scheme};
@@ -110,6 +110,14 @@ enum GroupArg {
     Default,
     Int(IntArg),
     Str(StrArg),
+}
+
+/// The `importance` argument (`args[4]`) of a quantize-style call as an array, when given.
+pub fn importance_array(args: &ScalarFunctionArgs) -> Result<Option<ArrayRef>> {
+    args.args
+        .get(4)
+        .map(|a| a.to_array(args.number_rows))
+        .transpose()
 }
 
 /// The rows of one batch of a quantize-style call, each with its setting.
