@@ -569,7 +569,8 @@ def svg(res: dict) -> str:
         xa, ya = X(a["tensor_bytes"] / 1e6), Y(a["mean_1_minus_cos"])
         xb, yb = X(b["tensor_bytes"] / 1e6), Y(b["mean_1_minus_cos"])
         dense += [(xa + t / 20 * (xb - xa), ya + t / 20 * (yb - ya)) for t in range(21)]
-    dense += [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+    # labels count by their corners and centre, so a legend never hides one
+    dense += [(x, y) for b in boxes for x in (b[0], (b[0] + b[2]) / 2, b[2]) for y in (b[1], b[3])]
     corners = [
         (ML + pw - lw - 8, MT + 8),
         (ML + 8, MT + ph - lh - 8),
