@@ -36,7 +36,8 @@ pub enum KernelError {
     SchemeGroup {
         scheme: &'static str,
         block: usize,
-        group_size: usize,
+        /// As written: a number, or `row`.
+        group_size: String,
     },
 
     #[error(

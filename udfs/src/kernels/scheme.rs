@@ -287,18 +287,14 @@ impl QuantSpec {
                 });
             }
             let block = format.block_values();
-            if let Some(group) = group {
-                let group_size = match group {
-                    GroupSize::Fixed(g) => g,
-                    GroupSize::Row => 0,
-                };
-                if group_size != block {
-                    return Err(KernelError::SchemeGroup {
-                        scheme: scheme.name(),
-                        block,
-                        group_size,
-                    });
-                }
+            if let Some(group) = group
+                && group != GroupSize::Fixed(block)
+            {
+                return Err(KernelError::SchemeGroup {
+                    scheme: scheme.name(),
+                    block,
+                    group_size: group.to_string(),
+                });
             }
             return Ok(QuantSpec {
                 bits: expected,
@@ -517,14 +513,20 @@ mod tests {
         let q4k = spec(4, None, Scheme::Q4K);
         assert_eq!(q4k.group, GroupSize::Fixed(256));
         assert_eq!(q4k.to_string(), "4-bit q4_K g256");
-        assert!(matches!(
+        assert_eq!(
             QuantSpec::new(4, Some(GroupSize::Fixed(64)), Scheme::Q4K),
             Err(KernelError::SchemeGroup {
                 scheme: "q4_K",
                 block: 256,
-                group_size: 64
+                group_size: "64".into()
             })
-        ));
+        );
+        // 'row' is named as written, not as a number.
+        let row = QuantSpec::new(4, Some(GroupSize::Row), Scheme::Q4K).unwrap_err();
+        assert_eq!(
+            row.to_string(),
+            "scheme q4_K uses blocks of 256 values, but group size row was asked for"
+        );
         assert!(matches!(
             QuantSpec::new(4, None, Scheme::Q6K),
             Err(KernelError::SchemeBits { expected: 6, .. })
