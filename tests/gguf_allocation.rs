@@ -410,6 +410,15 @@ fn an_importance_matrix_steers_the_codes_and_bad_ones_are_refused() {
         f.bytes(t.start, t.len).to_vec()
     };
     assert_eq!(k(&plain), k(&steered));
+    // Recorded as llama-quantize records it.
+    let f = GgufFile::open(&steered).unwrap();
+    assert!(meta_text(&f, "quantize.imatrix.file").ends_with("model.imatrix.dat"));
+    assert_eq!(
+        meta_value(&f, "quantize.imatrix.entries_count"),
+        Some(arrowquant::model::gguf_file::Value::Int(1))
+    );
+    let plain_file = GgufFile::open(&plain).unwrap();
+    assert_eq!(meta_value(&plain_file, "quantize.imatrix.file"), None);
 
     let bad = dir.join("bad.dat");
     let refusals = [

@@ -216,6 +216,7 @@ pub async fn export_gguf(dir: &Path, output: &Path, force: bool) -> Result<Expor
             scheme,
             pure: manifest.pure,
             mixture,
+            imatrix: None,
         },
     );
 

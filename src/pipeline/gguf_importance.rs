@@ -9,21 +9,30 @@ use std::sync::Arc;
 
 use datafusion::common::{DataFusionError, Result};
 
+use super::gguf_metadata::ImatrixProvenance;
 use super::gguf_output::{InputTensor, Planned, Storage, UnetRules};
 use crate::model::imatrix_file::ImatrixFile;
 
 /// Per-column importance by input tensor name.
 pub(super) type Importance = HashMap<String, Arc<Vec<f32>>>;
 
-/// Each covered tensor's importance by its input name, and a warning for each tensor whose
-/// importance cannot be applied (merged experts, whose rows hold several input rows).
+/// What an importance matrix gives a run: each covered tensor's importance by its input name,
+/// a warning for each tensor whose importance cannot be applied (merged experts, whose rows
+/// hold several input rows), and what the output records of the file.
+pub(super) struct ImatrixUse {
+    pub(super) importance: Importance,
+    pub(super) warnings: Vec<String>,
+    pub(super) provenance: ImatrixProvenance,
+}
+
+/// Reads and checks the importance matrix at `path` against the output's tensors.
 pub(super) fn importance_of(
     path: &Path,
     tensors: &[InputTensor],
     names: &[String],
     plans: &[Planned],
     rules: UnetRules,
-) -> Result<(Importance, Vec<String>)> {
+) -> Result<ImatrixUse> {
     let shown = path.display();
     if rules != UnetRules::None {
         return Err(DataFusionError::Plan(format!(
@@ -78,5 +87,15 @@ pub(super) fn importance_of(
             .expect("an entry's tensor has its matrices");
         out.insert(t.name.clone(), Arc::new(importance));
     }
-    Ok((out, warnings))
+    let provenance = ImatrixProvenance {
+        file: path.display().to_string(),
+        datasets: file.datasets.clone(),
+        entries: seen.len(),
+        chunks: file.chunk_count,
+    };
+    Ok(ImatrixUse {
+        importance: out,
+        warnings,
+        provenance,
+    })
 }

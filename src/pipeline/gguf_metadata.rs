@@ -95,12 +95,42 @@ pub struct Provenance {
     pub scheme: String,
     pub pure: bool,
     pub mixture: Vec<String>,
+    /// The importance matrix, when one steered the codes.
+    pub imatrix: Option<ImatrixProvenance>,
+}
+
+/// What llama-quantize records of the importance matrix it used: `quantize.imatrix.file`,
+/// `.dataset`, `.entries_count` and `.chunks_count`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImatrixProvenance {
+    pub file: String,
+    pub datasets: Vec<String>,
+    pub entries: usize,
+    pub chunks: Option<u64>,
 }
 
 impl Provenance {
     fn entries(self) -> Vec<(String, MetaValue)> {
         let text = |s: &str| MetaValue::String(s.to_string());
-        vec![
+        let mut imatrix = Vec::new();
+        if let Some(m) = &self.imatrix {
+            let count = |n: u64| MetaValue::I32(i32::try_from(n).unwrap_or(i32::MAX));
+            imatrix.push(("quantize.imatrix.file".to_string(), text(&m.file)));
+            if !m.datasets.is_empty() {
+                imatrix.push((
+                    "quantize.imatrix.dataset".to_string(),
+                    text(&m.datasets.join(", ")),
+                ));
+            }
+            imatrix.push((
+                "quantize.imatrix.entries_count".to_string(),
+                count(m.entries as u64),
+            ));
+            if let Some(chunks) = m.chunks {
+                imatrix.push(("quantize.imatrix.chunks_count".to_string(), count(chunks)));
+            }
+        }
+        let mut out = vec![
             ("quantize.tool".into(), text("arrowquant")),
             ("quantize.version".into(), text(env!("CARGO_PKG_VERSION"))),
             ("quantize.scheme".into(), text(&self.scheme)),
@@ -112,7 +142,9 @@ impl Provenance {
                     self.mixture.into_iter().map(MetaValue::String).collect(),
                 ),
             ),
-        ]
+        ];
+        out.extend(imatrix);
+        out
     }
 }
 
@@ -137,6 +169,7 @@ mod tests {
             scheme: "q8_0".into(),
             pure: true,
             mixture: vec![],
+            imatrix: None,
         };
         let m = finish_metadata(given, 7, provenance);
         let keys: Vec<&str> = m.iter().map(|(k, _)| k.as_str()).collect();

@@ -591,8 +591,13 @@ pub async fn quantize_to_gguf(
     }
 
     let ctx = crate::session::pipeline_context();
-    let (importance, importance_warnings) = match &config.imatrix {
-        Some(path) => importance_of(Path::new(path), &tensors, &names, &plans, rules)?,
+    let imatrix = config
+        .imatrix
+        .as_ref()
+        .map(|path| importance_of(Path::new(path), &tensors, &names, &plans, rules))
+        .transpose()?;
+    let (importance, importance_warnings, imatrix_provenance) = match imatrix {
+        Some(m) => (m.importance, m.warnings, Some(m.provenance)),
         None => Default::default(),
     };
     let reader = TensorReader {
@@ -679,6 +684,7 @@ pub async fn quantize_to_gguf(
             scheme: recipe.map_or_else(|| spec.scheme.to_string(), |r| r.to_string()),
             pure: config.pure,
             mixture,
+            imatrix: imatrix_provenance,
         },
     );
     for ((t, p), name) in tensors.iter().zip(&plans).zip(&names) {
