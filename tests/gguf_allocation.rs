@@ -419,6 +419,24 @@ fn an_importance_matrix_steers_the_codes_and_bad_ones_are_refused() {
     );
     let plain_file = GgufFile::open(&plain).unwrap();
     assert_eq!(meta_value(&plain_file, "quantize.imatrix.file"), None);
+    // Allocation measures the covered tensor by its weighted error, every candidate in one
+    // query with the importance joined.
+    let (low, high) = range();
+    let budget = ((low + high) / 2).to_string();
+    let allocated = dir.join("allocated.gguf");
+    let imatrix_arg = imatrix.to_str().unwrap();
+    let o = ok(&[
+        "-o",
+        allocated.to_str().unwrap(),
+        "--max-size",
+        &budget,
+        "--imatrix",
+        imatrix_arg,
+        "--json",
+    ]);
+    let a = &json(&o)["allocation"];
+    assert!(a["tensor_bytes"].as_u64().unwrap() <= (low + high) / 2);
+    assert!(a["lower_bound"].as_f64().unwrap() <= a["error"].as_f64().unwrap() * (1.0 + 1e-12));
 
     let bad = dir.join("bad.dat");
     let refusals = [

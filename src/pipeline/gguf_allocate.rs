@@ -326,8 +326,9 @@ pub(super) async fn allocate(
         };
         let values: u64 = t.shape.iter().map(|&d| d as u64).product();
         let stride = sample_stride(t);
-        for o in candidates.iter_mut() {
-            let trial = Planned {
+        let trials: Vec<Planned> = candidates
+            .iter()
+            .map(|o| Planned {
                 storage: o.storage,
                 ggml_type: o.ggml_type,
                 reason: String::new(),
@@ -335,9 +336,14 @@ pub(super) async fn allocate(
                 selected: true,
                 sums: None,
                 reshaped: p.reshaped,
-            };
-            let read = reader.measure_every(t, &trial, stride).await?;
-            progress(Progress::Advance { bytes: t.bytes });
+            })
+            .collect();
+        // One query reads the rows once and measures them in every candidate format.
+        let reads = reader.measure_each(t, &trials, stride).await?;
+        progress(Progress::Advance {
+            bytes: t.bytes * candidates.len() as u64,
+        });
+        for (o, read) in candidates.iter_mut().zip(reads) {
             match read.refused {
                 None => {
                     let n = read.sums.n;

@@ -866,6 +866,21 @@ pub(super) struct TensorReader<'a> {
 /// The one-row table a tensor's importance is joined from while its query runs.
 const IMPORTANCE: &str = "arrowquant_importance";
 
+/// A tensor's importance as the one row of the [`IMPORTANCE`] table.
+fn importance_batch(importance: &[f32]) -> Result<RecordBatch> {
+    let item = Arc::new(Field::new_list_field(DataType::Float32, true));
+    let list = ListArray::try_new(
+        item,
+        OffsetBuffer::from_lengths([importance.len()]),
+        Arc::new(Float32Array::from(importance.to_vec())),
+        None,
+    )?;
+    Ok(RecordBatch::try_from_iter([(
+        "importance",
+        Arc::new(list) as ArrayRef,
+    )])?)
+}
+
 /// The in-memory table a reshaped tensor's rows are quantized from.
 const REGROUPED: &str = "arrowquant_regrouped_rows";
 
@@ -936,15 +951,8 @@ impl TensorReader<'_> {
             let sql = self.sql(from, &self.row_column(t), storage, false);
             return self.run(&sql, t, ty, storage, keep).await;
         };
-        let item = Arc::new(Field::new_list_field(DataType::Float32, true));
-        let list = ListArray::try_new(
-            item,
-            OffsetBuffer::from_lengths([importance.len()]),
-            Arc::new(Float32Array::from(importance.as_ref().clone())),
-            None,
-        )?;
-        let batch = RecordBatch::try_from_iter([("importance", Arc::new(list) as ArrayRef)])?;
-        self.ctx.register_batch(IMPORTANCE, batch)?;
+        self.ctx
+            .register_batch(IMPORTANCE, importance_batch(importance)?)?;
         let sql = self.sql(from, &self.row_column(t), storage, true);
         let read = self.run(&sql, t, ty, storage, keep).await;
         self.ctx.deregister_table(IMPORTANCE)?;
@@ -981,6 +989,101 @@ impl TensorReader<'_> {
         }
         let from = format!("{} AND row % {stride} = 0", self.source_rows(t));
         self.query(t, &from, p.ggml_type, p.storage, false).await
+    }
+
+    /// The error sums of every `stride`-th row of `t` in each of `storages` (block formats),
+    /// from one query that reads the rows once and quantizes them in each format; a reshaped
+    /// tensor is measured one format at a time, on all its rows, as [`measure_every`] does.
+    ///
+    /// [`measure_every`]: Self::measure_every
+    pub(super) async fn measure_each(
+        &self,
+        t: &InputTensor,
+        trials: &[Planned],
+        stride: usize,
+    ) -> Result<Vec<TensorBytes>> {
+        if trials.len() < 2 || trials.iter().any(|p| p.reshaped.is_some()) {
+            let mut out = Vec::with_capacity(trials.len());
+            for p in trials {
+                out.push(self.measure_every(t, p, stride).await?);
+            }
+            return Ok(out);
+        }
+        let mut from = self.source_rows(t);
+        if stride > 1 {
+            from = format!("{from} AND row % {stride} = 0");
+        }
+        let importance = self.importance.get(&t.name);
+        let argument = if importance.is_some() {
+            ", i.importance"
+        } else {
+            ""
+        };
+        if importance.is_some() {
+            from = format!("(SELECT * FROM {from}) AS w CROSS JOIN {IMPORTANCE} AS i");
+        }
+        let mut calls = Vec::with_capacity(trials.len());
+        let mut fields = Vec::with_capacity(trials.len());
+        for (k, p) in trials.iter().enumerate() {
+            let Storage::Blocks(s) = p.storage else {
+                return Err(exec_datafusion_err!("only block formats are measured"));
+            };
+            calls.push(format!(
+                "quantize_measured(weights, {}, {}, {}{argument}) AS m{k}",
+                s.bits,
+                group_literal(s.group),
+                sql_string(s.scheme.name())
+            ));
+            fields.push(format!(
+                "m{k}['error_sums'] AS e{k}, m{k}['weighted_err_sq'] AS we{k}, m{k}['refused'] AS r{k}"
+            ));
+        }
+        let sql = format!(
+            "SELECT row, {} FROM (SELECT {} AS row, {} FROM {from})",
+            fields.join(", "),
+            self.row_column(t),
+            calls.join(", ")
+        );
+        if let Some(importance) = importance {
+            self.ctx
+                .register_batch(IMPORTANCE, importance_batch(importance)?)?;
+        }
+        let measured = self.collect_each(&sql, trials.len()).await;
+        if importance.is_some() {
+            self.ctx.deregister_table(IMPORTANCE)?;
+        }
+        measured
+    }
+
+    /// Runs [`measure_each`](Self::measure_each)'s query: per format, the sums, the weighted
+    /// error and the first refused row.
+    async fn collect_each(&self, sql: &str, formats: usize) -> Result<Vec<TensorBytes>> {
+        let mut out: Vec<TensorBytes> = (0..formats)
+            .map(|_| TensorBytes {
+                data: Vec::new(),
+                sums: PairSums::default(),
+                weighted: None,
+                refused: None,
+            })
+            .collect();
+        let mut stream = self.ctx.sql(sql).await?.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let rows = column(&batch, "row")?.as_primitive::<Int64Type>().clone();
+            for (k, o) in out.iter_mut().enumerate() {
+                // The columns of format k under the names collect_sums reads.
+                let one = RecordBatch::try_from_iter([
+                    ("e", column(&batch, &format!("e{k}"))?.clone()),
+                    ("refused", column(&batch, &format!("r{k}"))?.clone()),
+                ])?;
+                collect_sums(&one, &rows, &mut o.sums, &mut o.refused)?;
+                let we = column(&batch, &format!("we{k}"))?.as_primitive::<Float64Type>();
+                for v in we.iter().flatten() {
+                    *o.weighted.get_or_insert(0.0) += v;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads `t` as `ty` by `storage`; with `keep`, its bytes too.
