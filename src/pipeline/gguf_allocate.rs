@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use arrowquant_udfs::kernels::metrics::PairSums;
-use arrowquant_udfs::kernels::scheme::{QuantSpec, Scheme};
+use arrowquant_udfs::kernels::scheme::Scheme;
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
@@ -29,7 +29,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::gguf_output::{
-    InputTensor, Planned, Storage, TensorReader, as_stored, gguf_type_of, row_storage,
+    InputTensor, Planned, Storage, TensorReader, as_stored, block_spec, gguf_type_of, row_storage,
 };
 use super::run::Progress;
 use crate::config::{DEFAULT_CANDIDATES, QuantConfig, TensorType};
@@ -43,18 +43,6 @@ struct Override {
     regex: Regex,
     given: TensorType,
     matched: usize,
-}
-
-/// The spec of a GGUF scheme, at its own width and block; the error says why not.
-fn spec_of(scheme: Scheme) -> std::result::Result<QuantSpec, String> {
-    let format = scheme.gguf().ok_or_else(|| {
-        format!(
-            "scheme '{scheme}' has no GGUF type: GGUF output takes {}",
-            super::gguf_output::gguf_scheme_names().join(", ")
-        )
-    })?;
-    QuantSpec::new(i64::from(format.bits()), None, scheme)
-        .map_err(|e| format!("scheme '{scheme}': {e}"))
 }
 
 /// Applies the overrides to the tensors llama.cpp quantizes; returns, per tensor, whether an
@@ -75,7 +63,7 @@ pub(super) fn apply_overrides(
                     given.pattern, given.scheme
                 ))
             })?;
-            spec_of(given.scheme).map_err(|e| {
+            block_spec(given.scheme).map_err(|e| {
                 DataFusionError::Plan(format!(
                     "tensor_type '{}={}': {e}",
                     given.pattern, given.scheme
@@ -97,7 +85,7 @@ pub(super) fn apply_overrides(
             continue;
         };
         o.matched += 1;
-        let spec = spec_of(o.given.scheme).map_err(DataFusionError::Plan)?;
+        let spec = block_spec(o.given.scheme).map_err(DataFusionError::Plan)?;
         let ne0 = p.dims(t)[0] as usize;
         if !spec.accepts_row(ne0) {
             return Err(DataFusionError::Plan(format!(
@@ -179,7 +167,7 @@ pub struct AllocationSummary {
 }
 
 /// One candidate format of one tensor.
-struct Option_ {
+struct Format {
     storage: Storage,
     ggml_type: GgmlType,
     /// The fallback note of its row, when it is not the candidate's own format.
@@ -218,7 +206,7 @@ fn scaled(mut sums: PairSums, values: u64) -> PairSums {
 /// The error allocation minimises for a measured candidate: its squared error weighted by
 /// the importance matrix when the tensor has one (the mean squares of its input: the expected
 /// squared error of its output), and by the role prior.
-fn weighted(o: &Option_, weight: f64) -> Option<f64> {
+fn weighted(o: &Format, weight: f64) -> Option<f64> {
     let error = o.weighted.or(o.sums.map(|s| s.sq_err))?;
     Some(error * weight)
 }
@@ -267,7 +255,7 @@ pub(super) async fn allocate(
     };
     let ladder_specs = ladder
         .iter()
-        .map(|&s| spec_of(s).map_err(|e| DataFusionError::Plan(format!("candidates: {e}"))))
+        .map(|&s| block_spec(s).map_err(|e| DataFusionError::Plan(format!("candidates: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     let elements: u64 = tensors
         .iter()
@@ -280,7 +268,7 @@ pub(super) async fn allocate(
     };
 
     // Each free tensor's candidates; the others' bytes are fixed.
-    let mut options: Vec<Option<Vec<Option_>>> = Vec::with_capacity(plans.len());
+    let mut options: Vec<Option<Vec<Format>>> = Vec::with_capacity(plans.len());
     for ((t, p), &is_fixed) in tensors.iter().zip(plans.iter()).zip(fixed) {
         let free = p.selected && !is_fixed && matches!(p.storage, Storage::Blocks(_));
         if !free {
@@ -288,13 +276,13 @@ pub(super) async fn allocate(
             continue;
         }
         let ne0 = p.dims(t)[0] as usize;
-        let mut list: Vec<Option_> = Vec::new();
+        let mut list: Vec<Format> = Vec::new();
         for &spec in &ladder_specs {
             let (storage, ggml_type, why) = row_storage(spec, ne0, comfy)?;
             if storage == Storage::F16 || list.iter().any(|o| o.ggml_type == ggml_type) {
                 continue;
             }
-            list.push(Option_ {
+            list.push(Format {
                 storage,
                 ggml_type,
                 why,
@@ -453,7 +441,7 @@ pub(super) async fn allocate(
 fn place(
     t: &InputTensor,
     p: &mut Planned,
-    list: &[Option_],
+    list: &[Format],
     k: usize,
     (weight, why_weight): &(f64, Option<String>),
 ) {
@@ -500,7 +488,7 @@ fn place(
 fn check_budget(
     tensors: &[InputTensor],
     plans: &[Planned],
-    options: &[Option<Vec<Option_>>],
+    options: &[Option<Vec<Format>>],
     ladder: &[Scheme],
     budget: u64,
     elements: u64,

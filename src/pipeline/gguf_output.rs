@@ -467,18 +467,29 @@ fn plan_quantized(
     })
 }
 
+/// The spec of a GGUF scheme at its own width and block; the error says why not.
+pub(super) fn block_spec(scheme: Scheme) -> std::result::Result<QuantSpec, String> {
+    let format = scheme.gguf().ok_or_else(|| {
+        format!(
+            "scheme '{scheme}' has no GGUF type: GGUF output takes {}",
+            gguf_scheme_names().join(", ")
+        )
+    })?;
+    QuantSpec::new(i64::from(format.bits()), None, scheme)
+        .map_err(|e| format!("scheme '{scheme}': {e}"))
+}
+
 /// The spec of ordinary tensors, refused when its scheme has no GGUF type.
 fn gguf_spec(config: &QuantConfig, recipe: Option<Recipe>) -> Result<QuantSpec> {
-    if let Some(recipe) = recipe {
-        // The recipe's base type; its rules then give each tensor its own.
-        let scheme = Scheme::from_ggml_type(recipe.base_type().id).unwrap_or(Scheme::Q8_0);
-        let bits = scheme.gguf().map_or(8, |f| f.bits());
-        return QuantSpec::new(i64::from(bits), None, scheme)
-            .map_err(|e| DataFusionError::Plan(e.to_string()));
-    }
-    if config.allocating() && config.scheme.gguf().is_none() {
-        // The scheme only says which tensors are quantized at all; allocation picks formats.
-        return Ok(QuantSpec::new(8, None, Scheme::Q8_0).expect("q8_0 is a GGUF scheme"));
+    // A recipe's base type (its rules then give each tensor its own), or under allocation
+    // q8_0 when the scheme is not a GGUF one: it only says which tensors are quantized at all.
+    let base = match recipe {
+        Some(recipe) => Some(Scheme::from_ggml_type(recipe.base_type().id).unwrap_or(Scheme::Q8_0)),
+        None if config.allocating() && config.scheme.gguf().is_none() => Some(Scheme::Q8_0),
+        None => None,
+    };
+    if let Some(scheme) = base {
+        return block_spec(scheme).map_err(DataFusionError::Plan);
     }
     gguf_type_of(config.scheme)?;
     config

@@ -2,10 +2,9 @@
 //! the type llama-quantize's own rules give it ([`recipes`](super::recipes)), then its row's
 //! fallback, as llama-quantize writes the file. Overrides (`--tensor-type`) come first.
 
-use arrowquant_udfs::kernels::scheme::{QuantSpec, Scheme};
 use datafusion::common::{DataFusionError, Result};
 
-use super::gguf_output::{InputTensor, Planned, Storage, row_storage};
+use super::gguf_output::{InputTensor, Planned, Storage, block_spec, row_storage};
 use super::recipes::{ModelParams, Recipe, assign};
 use crate::model::gguf_write::MetaValue;
 
@@ -94,7 +93,7 @@ pub(super) fn apply_recipe(
         if fixed[a.index] || !matches!(p.storage, Storage::Blocks(_)) {
             continue;
         }
-        let spec = spec_of(a.scheme)?;
+        let spec = block_spec(a.scheme).map_err(DataFusionError::Plan)?;
         let ne0 = dims[a.index][0] as usize;
         let (storage, ty, why) = row_storage(spec, ne0, comfy)?;
         p.storage = storage;
@@ -107,14 +106,6 @@ pub(super) fn apply_recipe(
         };
     }
     Ok(())
-}
-
-fn spec_of(scheme: Scheme) -> Result<QuantSpec> {
-    let format = scheme
-        .gguf()
-        .ok_or_else(|| DataFusionError::Plan(format!("scheme '{scheme}' has no GGUF type")))?;
-    QuantSpec::new(i64::from(format.bits()), None, scheme)
-        .map_err(|e| DataFusionError::Plan(e.to_string()))
 }
 
 #[cfg(test)]
