@@ -877,6 +877,18 @@ pub(super) struct TensorReader<'a> {
 /// The one-row table a tensor's importance is joined from while its query runs.
 const IMPORTANCE: &str = "arrowquant_importance";
 
+/// The call that quantizes and measures a row of `weights` in `spec`, with the joined
+/// importance (`i.importance`) when there is one.
+fn measured_call(spec: QuantSpec, importance: bool) -> String {
+    format!(
+        "quantize_measured(weights, {}, {}, {}{})",
+        spec.bits,
+        group_literal(spec.group),
+        sql_string(spec.scheme.name()),
+        if importance { ", i.importance" } else { "" }
+    )
+}
+
 /// A tensor's importance as the one row of the [`IMPORTANCE`] table.
 fn importance_batch(importance: &[f32]) -> Result<RecordBatch> {
     let item = Arc::new(Field::new_list_field(DataType::Float32, true));
@@ -919,13 +931,7 @@ impl TensorReader<'_> {
     /// [`IMPORTANCE`]), which steers the search and weighs the error.
     fn sql(&self, from: &str, row: &str, storage: Storage, importance: bool) -> String {
         let columns = match storage {
-            Storage::Blocks(s) => format!(
-                "quantize_measured(weights, {}, {}, {}{}) AS m",
-                s.bits,
-                group_literal(s.group),
-                sql_string(s.scheme.name()),
-                if importance { ", i.importance" } else { "" }
-            ),
+            Storage::Blocks(s) => format!("{} AS m", measured_call(s, importance)),
             Storage::F16 | Storage::F32 => "weights".into(),
             Storage::AsStored => "data".into(),
         };
@@ -1025,11 +1031,6 @@ impl TensorReader<'_> {
             from = format!("{from} AND row % {stride} = 0");
         }
         let importance = self.importance.get(&t.name);
-        let argument = if importance.is_some() {
-            ", i.importance"
-        } else {
-            ""
-        };
         if importance.is_some() {
             from = format!("(SELECT * FROM {from}) AS w CROSS JOIN {IMPORTANCE} AS i");
         }
@@ -1040,10 +1041,8 @@ impl TensorReader<'_> {
                 return Err(exec_datafusion_err!("only block formats are measured"));
             };
             calls.push(format!(
-                "quantize_measured(weights, {}, {}, {}{argument}) AS m{k}",
-                s.bits,
-                group_literal(s.group),
-                sql_string(s.scheme.name())
+                "{} AS m{k}",
+                measured_call(s, importance.is_some())
             ));
             fields.push(format!(
                 "m{k}['error_sums'] AS e{k}, m{k}['weighted_err_sq'] AS we{k}, m{k}['refused'] AS r{k}"
