@@ -511,6 +511,48 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The settings of a JSON object of the YAML file's keys (a server job's `config`). Every
+    /// value must be a scalar: a null, an array or an object is refused with the key and what
+    /// the key expects, as in YAML.
+    pub fn from_json(
+        origin: &str,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Settings, ConfigError> {
+        use serde_json::Value as Json;
+        let mut settings = Settings::new(origin);
+        for (key, value) in object {
+            let Some(expects) = expected(key) else {
+                return Err(ConfigError::UnknownKey {
+                    origin: origin.to_string(),
+                    key: key.clone(),
+                });
+            };
+            let refuse = |kind: String| ConfigError::BadValue {
+                origin: origin.to_string(),
+                key: key.clone(),
+                reason: format!("expected {expects}, got {kind}"),
+            };
+            let value = match value {
+                Json::Bool(b) => Value::Bool(*b),
+                Json::Number(n) => match (n.as_i64(), n.as_f64()) {
+                    (Some(i), _) => Value::Int(i),
+                    (None, Some(x)) if !n.is_u64() => Value::Float(x),
+                    _ => return Err(refuse(format!("the number {n}, out of range"))),
+                },
+                Json::String(s) => Value::Text(s.clone()),
+                Json::Null => {
+                    return Err(refuse(
+                        "null (no value; leave the key out for the default)".into(),
+                    ));
+                }
+                Json::Array(_) => return Err(refuse("an array".into())),
+                Json::Object(_) => return Err(refuse("an object".into())),
+            };
+            settings.set(key, value);
+        }
+        Ok(settings)
+    }
+
     /// `ARROW_QUANT_*` variables of the process environment. Other variables are not decoded:
     /// they may hold anything, including bytes that are not UTF-8.
     pub fn from_process_env() -> Result<Settings, ConfigError> {
@@ -1513,5 +1555,55 @@ mod tests {
         let y = Settings::from_yaml("c.yaml", "scheme: q8_0\nbit_width: 8\n").unwrap();
         let c = QuantConfig::resolve(&env(&[]), Some(&y), &Settings::new("flags")).unwrap();
         assert_eq!((c.scheme.name(), c.bit_width), ("q8_0", 8));
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    fn object(text: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_json_object_takes_the_yaml_keys() {
+        let s = Settings::from_json(
+            "config",
+            &object(
+                r#"{"profile": "edge", "group_size": 64, "min_cosine": 0.5, "fallback": false}"#,
+            ),
+        )
+        .unwrap();
+        let c = QuantConfig::resolve(&Settings::new("environment"), None, &s).unwrap();
+        assert_eq!(c.profile, Profile::Edge);
+        assert_eq!(c.group_size, GroupSize::Fixed(64));
+        assert_eq!((c.min_cosine, c.fallback), (0.5, false));
+        for (text, message) in [
+            (
+                r#"{"bits": 4}"#,
+                "config: unknown key 'bits' (known keys: profile,",
+            ),
+            (
+                r#"{"bit_width": null}"#,
+                "config: key 'bit_width': expected a bit width (2, 3, 4, 5, 6 or 8), got null",
+            ),
+            (
+                r#"{"scheme": ["q4_0"]}"#,
+                "config: key 'scheme': expected a scheme name",
+            ),
+            (r#"{"fallback": {}}"#, "got an object"),
+            (r#"{"max_size": 18446744073709551615}"#, "out of range"),
+        ] {
+            let e = Settings::from_json("config", &object(text))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(message) || e.contains(message), "{text}: {e}");
+        }
+        let s = Settings::from_json("config", &object(r#"{"bit_width": 7}"#)).unwrap();
+        let e = QuantConfig::resolve(&Settings::new("environment"), None, &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: key 'bit_width'"), "{e}");
     }
 }

@@ -14,6 +14,8 @@ pub mod guard;
 /// parses them without DataFusion so that they are fuzzed on their own.
 pub use arrowquant_formats as model;
 pub mod pipeline;
+pub mod root;
+pub mod serve;
 pub mod session;
 pub mod tables;
 

@@ -28,6 +28,8 @@ enum Command {
     Export(export::ExportArgs),
     /// A SQL shell with every ArrowQuant function registered.
     Sql(sql::SqlArgs),
+    /// Serve every function over Arrow Flight SQL, and whole-model jobs over HTTP.
+    Serve(Box<arrowquant::serve::ServeArgs>),
     /// Print the function catalogue as a Markdown table.
     Functions,
 }
@@ -52,6 +54,8 @@ fn main() -> ExitCode {
             Command::Inspect(args) => Ok(inspect::run(args).await),
             // The shell handles Ctrl-C itself (it cancels the running query).
             Command::Sql(args) => Ok(sql::run(args).await),
+            // The server handles SIGTERM and SIGINT itself (it stops gracefully).
+            Command::Serve(args) => Ok(arrowquant::serve::run(*args).await),
             Command::Functions => {
                 print!("{}", arrowquant::catalogue::markdown_table());
                 Ok(Ok(()))

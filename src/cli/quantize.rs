@@ -13,9 +13,8 @@ use datafusion::common::{DataFusionError, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{OutputFormat, QuantConfig, Settings, Value};
-use crate::pipeline::gguf_output::{gguf_type_of, is_gguf_path, quantize_to_gguf};
-use crate::pipeline::recipes::Recipe;
-use crate::pipeline::{Progress, RunOptions, RunSummary, plans, quantize_model};
+use crate::pipeline::gguf_output::is_gguf_path;
+use crate::pipeline::{Progress, RunOptions, RunSummary, check_run, plans, quantize, report_rows};
 
 /// Quantize a model (a safetensors file, a sharded checkpoint, a model or diffusers pipeline
 /// folder, or a GGUF file) into a directory holding weights.parquet, report.parquet and
@@ -224,18 +223,9 @@ impl QuantizeArgs {
 pub async fn run(args: QuantizeArgs) -> Result<()> {
     let config = args.config()?;
     let model = args.model.clone().unwrap_or_else(super::bundled_model);
+    // Refused before any work: no file is opened for what the run cannot do.
+    check_run(&model, &config)?;
     let gguf = config.format == OutputFormat::Gguf;
-    if let (Some(key), false) = (config.gguf_only_key(), gguf) {
-        return Err(DataFusionError::Plan(format!(
-            "{key}: applies to GGUF output only (--format gguf or -o OUT.gguf)"
-        )));
-    }
-    if is_gguf_path(&model) && !gguf {
-        return Err(DataFusionError::Plan(format!(
-            "{}: a GGUF model is written as GGUF: give -o OUT.gguf or --format gguf",
-            model.display()
-        )));
-    }
     let output = args.output.clone().unwrap_or_else(|| {
         let name = model
             .file_stem()
@@ -251,12 +241,6 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
             PathBuf::from(format!("{name}-{}", config.profile))
         }
     });
-    if let Some(recipe) = &config.recipe {
-        Recipe::parse(recipe).map_err(|e| DataFusionError::Plan(format!("recipe: {e}")))?;
-    } else if gguf && !config.allocating() {
-        // Refused before any work: no file is opened for a scheme GGUF has no type for.
-        gguf_type_of(config.scheme)?;
-    }
     if args.print_sql && !gguf {
         for (what, sql) in plans(&model, &config) {
             println!("-- {what}\n{sql};\n");
@@ -277,17 +261,7 @@ pub async fn run(args: QuantizeArgs) -> Result<()> {
         config,
         force: args.force,
     };
-    // The calibration set is Parquet, read while the run goes: a page the parquet crate
-    // panics on ends the run with an error.
-    let summary = if gguf {
-        crate::guard::catch_panics("the model", quantize_to_gguf(&options, &report)).await
-    } else {
-        crate::guard::catch_panics(
-            "the model or calibration set",
-            quantize_model(&options, &report),
-        )
-        .await
-    };
+    let summary = quantize(&options, &report).await;
     bar.finish_and_clear();
     let summary = summary?;
     if args.json {
@@ -462,22 +436,9 @@ pub fn summary_text(s: &RunSummary) -> String {
 }
 
 fn print_json(summary: &RunSummary) -> Result<()> {
-    let mut buffer = Vec::new();
-    {
-        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut buffer);
-        for batch in &summary.report {
-            writer.write(batch)?;
-        }
-        writer.finish()?;
-    }
-    let tensors: serde_json::Value = if buffer.is_empty() {
-        serde_json::Value::Array(Vec::new())
-    } else {
-        serde_json::from_slice(&buffer).map_err(|e| DataFusionError::External(Box::new(e)))?
-    };
     let mut value =
         serde_json::to_value(summary).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    value["tensors_report"] = tensors;
+    value["tensors_report"] = report_rows(&summary.report)?;
     println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
     Ok(())
 }

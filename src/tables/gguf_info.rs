@@ -45,7 +45,7 @@ impl GgufInfo {
 
 impl TableFunctionImpl for GgufInfo {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("gguf_info", args.exprs())?;
+        let path = path_argument("gguf_info", &args)?;
         let file = crate::open_gguf(&path)?;
         let batch = info_batch(&file)?;
         Ok(Arc::new(MemTable::try_new(

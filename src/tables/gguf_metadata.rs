@@ -41,7 +41,7 @@ impl GgufMetadata {
 
 impl TableFunctionImpl for GgufMetadata {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("gguf_metadata", args.exprs())?;
+        let path = path_argument("gguf_metadata", &args)?;
         let file = crate::open_gguf(&path)?;
         let batch = metadata_batch(&file)?;
         Ok(Arc::new(MemTable::try_new(

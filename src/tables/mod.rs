@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::catalog::{Session, TableFunctionImpl};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+
+use crate::root::Root;
 use datafusion::common::{DFSchema, Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{Documentation, Expr, TableProviderFilterPushDown};
 use datafusion::prelude::SessionContext;
@@ -85,8 +87,21 @@ pub fn table_function_docs() -> Vec<&'static Documentation> {
         .collect()
 }
 
-/// The one argument of every table function: a path given as a non-empty string literal.
-fn path_argument(function: &str, args: &[Expr]) -> Result<String> {
+/// The one argument of every table function: a path given as a non-empty string literal. In a
+/// server's session it must lie under the server's root ([`crate::root`]); relative paths
+/// start there.
+fn path_argument(function: &str, args: &TableFunctionArgs) -> Result<String> {
+    let path = literal_path(function, args.exprs())?;
+    match Root::of_session(args.session()) {
+        Some(root) => Ok(root
+            .resolve(&format!("{function} path"), &path)?
+            .display()
+            .to_string()),
+        None => Ok(path),
+    }
+}
+
+fn literal_path(function: &str, args: &[Expr]) -> Result<String> {
     let path = match args {
         [Expr::Literal(ScalarValue::Utf8(Some(p)), _)]
         | [Expr::Literal(ScalarValue::Utf8View(Some(p)), _)]

@@ -75,7 +75,7 @@ impl ReadGguf {
 
 impl TableFunctionImpl for ReadGguf {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("read_gguf", args.exprs())?;
+        let path = path_argument("read_gguf", &args)?;
         let file = crate::open_gguf(&path)?;
         Ok(Arc::new(GgufTable::new(Arc::new(file))))
     }

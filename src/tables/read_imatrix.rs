@@ -49,7 +49,7 @@ impl ReadImatrix {
 
 impl TableFunctionImpl for ReadImatrix {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("read_imatrix", args.exprs())?;
+        let path = path_argument("read_imatrix", &args)?;
         let file =
             ImatrixFile::open(path.as_ref()).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let batch = imatrix_batch(&file)?;

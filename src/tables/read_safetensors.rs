@@ -50,7 +50,7 @@ impl ReadSafetensors {
 
 impl TableFunctionImpl for ReadSafetensors {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("read_safetensors", args.exprs())?;
+        let path = path_argument("read_safetensors", &args)?;
         let model = crate::open_model(&path)?;
         Ok(Arc::new(SafetensorsTable::new(Arc::new(model))))
     }

@@ -42,7 +42,7 @@ impl SafetensorsInfo {
 
 impl TableFunctionImpl for SafetensorsInfo {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let path = path_argument("safetensors_info", args.exprs())?;
+        let path = path_argument("safetensors_info", &args)?;
         let model = crate::open_model(&path)?;
         let batch = info_batch(&model)?;
         Ok(Arc::new(MemTable::try_new(

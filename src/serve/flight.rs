@@ -1,0 +1,983 @@
+//! Arrow Flight SQL over the server's session: statements, prepared statements with
+//! parameters, `GetSqlInfo`, and the catalogue calls (catalogs, schemas, tables, table types)
+//! that generic clients and BI tools browse with.
+//!
+//! Written on arrow-flight's `FlightSqlService` rather than `datafusion-flight-sql-server`:
+//! that crate brings `datafusion-substrait`, whose build needs `protoc`, and it gives no place
+//! to bound a query's time, count it, or hold it to `--max-concurrent-queries`.
+//!
+//! A statement's ticket is its SQL text: planning is cheap next to running, so `DoGet` plans
+//! again instead of the server keeping state between the two calls. Prepared statements are
+//! kept (at most [`MAX_PREPARED`]) with their bound parameters, under a handle the server made.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{LogicalPlan, TableType};
+use datafusion::prelude::SQLOptions;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ServerState;
+use super::auth::FlightGate;
+use crate::root::OutsideRoot;
+
+/// Prepared statements kept at once; past this the oldest is forgotten (its handle then answers
+/// "unknown prepared statement"), so clients that never close cannot grow the server.
+pub const MAX_PREPARED: usize = 1024;
+
+/// Serves Flight SQL on `listener` until `stop` completes.
+pub async fn serve(
+    state: Arc<ServerState>,
+    listener: std::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let gate = FlightGate {
+        token: state.token.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let limit = state.max_request_bytes;
+    let service = FlightServiceServer::new(FlightSql::new(state))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .layer(gate)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// The Flight SQL service.
+pub struct FlightSql {
+    state: Arc<ServerState>,
+    prepared: Mutex<Prepared>,
+    /// Results of commands run when their FlightInfo was asked for, until fetched.
+    results: Mutex<Results>,
+    next_handle: AtomicU64,
+    sql_info: SqlInfoData,
+}
+
+/// A prepared statement: its SQL and the parameters last bound to it.
+#[derive(Clone)]
+struct Statement {
+    sql: String,
+    parameters: Option<RecordBatch>,
+}
+
+/// The prepared statements, oldest first.
+#[derive(Default)]
+struct Prepared {
+    statements: HashMap<Vec<u8>, Statement>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl Prepared {
+    fn insert(&mut self, handle: Vec<u8>, statement: Statement) {
+        if self.statements.insert(handle.clone(), statement).is_none() {
+            self.order.push_back(handle);
+        }
+        while self.order.len() > MAX_PREPARED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.statements.remove(&oldest);
+            }
+        }
+    }
+
+    fn remove(&mut self, handle: &[u8]) {
+        if self.statements.remove(handle).is_some() {
+            self.order.retain(|h| h != handle);
+        }
+    }
+}
+
+/// The results of commands (DDL, DML, COPY) that ran when a client asked for their
+/// FlightInfo, oldest first, until the client fetches them (at most [`MAX_PREPARED`]).
+#[derive(Default)]
+struct Results {
+    batches: HashMap<Vec<u8>, Vec<RecordBatch>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl Results {
+    fn insert(&mut self, handle: Vec<u8>, batches: Vec<RecordBatch>) {
+        self.batches.insert(handle.clone(), batches);
+        self.order.push_back(handle);
+        while self.order.len() > MAX_PREPARED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.batches.remove(&oldest);
+            }
+        }
+    }
+
+    fn take(&mut self, handle: &[u8]) -> Option<Vec<RecordBatch>> {
+        let batches = self.batches.remove(handle)?;
+        self.order.retain(|h| h != handle);
+        Some(batches)
+    }
+}
+
+/// The first byte of a ticket that names a kept result rather than SQL text (no SQL starts
+/// with a NUL).
+const RESULT_TICKET: u8 = 0;
+
+/// Whether `plan` changes something (a table created or dropped, a file written) rather than
+/// only answering: such a statement runs once, when its FlightInfo is asked for, so it has
+/// taken effect when the client's `execute` returns, whether or not the client fetches.
+fn is_command(plan: &LogicalPlan) -> bool {
+    matches!(
+        plan,
+        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_)
+    )
+}
+
+/// What a client may run: queries, DDL (its paths confined to the root) and DML, but no
+/// `SET` and no transactions, so one client cannot change the shared session's limits.
+fn sql_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(true)
+        .with_allow_dml(true)
+        .with_allow_statements(false)
+}
+
+type FlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl FlightSql {
+    pub fn new(state: Arc<ServerState>) -> FlightSql {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "ArrowQuant");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+        info.append(SqlInfo::FlightSqlServerReadOnly, false);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0_i32);
+        info.append(SqlInfo::FlightSqlServerCancel, false);
+        info.append(SqlInfo::SqlDdlCatalog, false);
+        info.append(SqlInfo::SqlDdlSchema, true);
+        info.append(SqlInfo::SqlDdlTable, true);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        let sql_info = info.build().expect("static SqlInfo values");
+        FlightSql {
+            state,
+            prepared: Mutex::new(Prepared::default()),
+            results: Mutex::new(Results::default()),
+            next_handle: AtomicU64::new(1),
+            sql_info,
+        }
+    }
+
+    /// `sql` planned in the shared session and checked against [`sql_options`].
+    async fn plan(&self, sql: &str) -> Result<LogicalPlan, Status> {
+        let work = async {
+            let plan = self.state.ctx.state().create_logical_plan(sql).await?;
+            sql_options().verify_plan(&plan)?;
+            Ok::<_, DataFusionError>(plan)
+        };
+        match tokio::time::timeout(self.state.query_timeout, work).await {
+            Ok(result) => result.map_err(|e| self.status(&e)),
+            Err(_) => Err(self.over_time()),
+        }
+    }
+
+    /// Runs `plan` as one bounded query: it waits for a slot among
+    /// `--max-concurrent-queries`, and the whole of it (the wait included) must end within
+    /// `--query-timeout`.
+    async fn run(
+        &self,
+        plan: LogicalPlan,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.state.query_timeout;
+        let permit = tokio::time::timeout_at(deadline, self.state.queries.clone().acquire_owned())
+            .await
+            .map_err(|_| self.over_time())?
+            .map_err(|_| Status::unavailable("the server is stopping"))?;
+        let guard = QueryGuard::new(self.state.clone(), permit, started);
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let ctx = &self.state.ctx;
+        let work = async {
+            let frame = ctx.execute_logical_plan(plan).await?;
+            frame.execute_stream().await
+        };
+        let stream = match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(self.status(&e)),
+            Err(_) => return Err(self.over_time()),
+        };
+        let bounded = Bounded {
+            schema: schema.clone(),
+            inner: stream,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            guard,
+            done: false,
+        };
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(bounded)
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(flight)))
+    }
+
+    /// A DataFusion error as the gRPC status a client can act on, counted by kind.
+    fn status(&self, error: &DataFusionError) -> Status {
+        let message = crate::cli::error_line(error);
+        let (kind, status) = match error.find_root() {
+            DataFusionError::External(e) if e.downcast_ref::<OutsideRoot>().is_some() => {
+                ("path", Status::permission_denied(message))
+            }
+            DataFusionError::ResourcesExhausted(_) => {
+                ("limit", Status::resource_exhausted(message))
+            }
+            DataFusionError::Plan(_)
+            | DataFusionError::SQL(..)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => ("plan", Status::invalid_argument(message)),
+            _ => ("execution", Status::internal(message)),
+        };
+        self.state.metrics.error(kind);
+        status
+    }
+
+    fn over_time(&self) -> Status {
+        self.state.metrics.error("limit");
+        Status::deadline_exceeded(format!(
+            "the query ran past the server's limit of {} s (--query-timeout)",
+            self.state.query_timeout.as_secs_f64()
+        ))
+    }
+
+    fn new_handle(&self) -> Vec<u8> {
+        let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        format!("prepared-{n}").into_bytes()
+    }
+
+    fn statement(&self, handle: &[u8]) -> Result<Statement, Status> {
+        let prepared = self.prepared.lock().expect("not poisoned");
+        prepared.statements.get(handle).cloned().ok_or_else(|| {
+            self.state.metrics.error("not_found");
+            Status::not_found(format!(
+                "unknown prepared statement '{}' (closed, or one of more than {MAX_PREPARED})",
+                String::from_utf8_lossy(handle)
+            ))
+        })
+    }
+
+    /// The prepared statement's plan, its parameters bound.
+    async fn prepared_plan(&self, handle: &[u8]) -> Result<LogicalPlan, Status> {
+        let statement = self.statement(handle)?;
+        let plan = self.plan(&statement.sql).await?;
+        match statement.parameters {
+            Some(batch) => {
+                let values = parameter_values(&batch).map_err(|e| self.status(&e))?;
+                plan.with_param_values(values).map_err(|e| self.status(&e))
+            }
+            None => Ok(plan),
+        }
+    }
+
+    /// The FlightInfo of `plan`: a query's ticket is `ticket` (run at DoGet); a command runs
+    /// now and its ticket names the kept result.
+    async fn plan_info(
+        &self,
+        plan: LogicalPlan,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = plan.schema().as_arrow().clone();
+        if !is_command(&plan) {
+            return self.info(&schema, ticket, descriptor);
+        }
+        let response = self.run(plan).await?;
+        let stream = response.into_inner().map_err(flight_error);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(status_of_flight_error)?;
+        let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let mut handle = vec![RESULT_TICKET];
+        handle.extend_from_slice(format!("result-{n}").as_bytes());
+        self.results
+            .lock()
+            .expect("not poisoned")
+            .insert(handle.clone(), batches);
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into(),
+        };
+        self.info(&schema, ticket.as_any().encode_to_vec(), descriptor)
+    }
+
+    /// A FlightInfo whose one endpoint's ticket is `ticket`, for a result of `schema`.
+    fn info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket {
+            ticket: ticket.into(),
+        });
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("encoding the result schema: {e}")))?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+
+    /// One batch as a DoGet stream.
+    fn one_batch(batch: RecordBatch) -> <Self as FlightService>::DoGetStream {
+        let schema = batch.schema();
+        Box::pin(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(futures::stream::once(async { Ok(batch) }))
+                .map_err(Status::from),
+        )
+    }
+
+    /// The (catalog, schema, table, type, arrow schema) of every table, in name order.
+    async fn tables(
+        &self,
+    ) -> Result<Vec<(String, String, String, &'static str, SchemaRef)>, Status> {
+        let ctx = &self.state.ctx;
+        let mut out = Vec::new();
+        let mut catalogs = ctx.catalog_names();
+        catalogs.sort();
+        for catalog_name in catalogs {
+            let Some(catalog) = ctx.catalog(&catalog_name) else {
+                continue;
+            };
+            let mut schemas = catalog.schema_names();
+            schemas.sort();
+            for schema_name in schemas {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                let mut names = schema.table_names();
+                names.sort();
+                for name in names {
+                    let Ok(Some(table)) = schema.table(&name).await else {
+                        continue;
+                    };
+                    let kind = match table.table_type() {
+                        TableType::Base => "TABLE",
+                        TableType::View => "VIEW",
+                        TableType::Temporary => "LOCAL TEMPORARY",
+                    };
+                    out.push((
+                        catalog_name.clone(),
+                        schema_name.clone(),
+                        name,
+                        kind,
+                        table.schema(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The first row of a bound parameter batch as positional values `$1`, `$2`, … (columns in
+/// order).
+fn parameter_values(batch: &RecordBatch) -> datafusion::common::Result<ParamValues> {
+    if batch.num_rows() != 1 {
+        return datafusion::common::plan_err!(
+            "bind one row of parameters to a prepared statement; got {} rows",
+            batch.num_rows()
+        );
+    }
+    let values = batch
+        .columns()
+        .iter()
+        .map(|column| ScalarValue::try_from_array(column, 0))
+        .collect::<datafusion::common::Result<Vec<_>>>()?;
+    Ok(ParamValues::from(values))
+}
+
+/// The parameter schema of a plan: `$1`, `$2`, … in order, typed where the plan says.
+fn parameter_schema(plan: &LogicalPlan) -> datafusion::common::Result<Schema> {
+    let mut types: Vec<(String, Option<DataType>)> =
+        plan.get_parameter_types()?.into_iter().collect();
+    // `$10` after `$9`: by number where the names are numbers.
+    types.sort_by_key(|(name, _)| {
+        (
+            name.trim_start_matches('$')
+                .parse::<u64>()
+                .unwrap_or(u64::MAX),
+            name.clone(),
+        )
+    });
+    Ok(Schema::new(
+        types
+            .into_iter()
+            .map(|(name, data_type)| Field::new(name, data_type.unwrap_or(DataType::Null), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: datafusion::arrow::error::ArrowError| {
+            Status::internal(format!("encoding a schema: {e}"))
+        })?;
+    Ok(message.0)
+}
+
+/// One query while it runs: holds its slot, and counts it when it ends however it ends.
+struct QueryGuard {
+    state: Arc<ServerState>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    started: Instant,
+}
+
+impl QueryGuard {
+    fn new(
+        state: Arc<ServerState>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        started: Instant,
+    ) -> QueryGuard {
+        state.metrics.queries_running.inc();
+        QueryGuard {
+            state,
+            _permit: permit,
+            started,
+        }
+    }
+}
+
+impl Drop for QueryGuard {
+    fn drop(&mut self) {
+        let metrics = &self.state.metrics;
+        metrics.queries_running.dec();
+        metrics
+            .query_seconds
+            .with_label_values(&["flight"])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A query's batches until its deadline; past it, one error and the end (dropping the inner
+/// stream cancels the query's work).
+struct Bounded {
+    /// The schema the FlightInfo advertised, which every batch is sent in.
+    schema: SchemaRef,
+    inner: SendableRecordBatchStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    guard: QueryGuard,
+    done: bool,
+}
+
+impl Stream for Bounded {
+    type Item = Result<RecordBatch, FlightError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            let state = &self.guard.state;
+            state.metrics.error("limit");
+            return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(
+                Status::deadline_exceeded(format!(
+                    "the query ran past the server's limit of {} s (--query-timeout)",
+                    state.query_timeout.as_secs_f64()
+                )),
+            )))));
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                let bytes = batch.get_array_memory_size() as u64;
+                self.guard.state.metrics.flight_bytes_out.inc_by(bytes);
+                let batch = in_schema(batch, &self.schema).map_err(FlightError::Arrow);
+                if batch.is_err() {
+                    self.done = true;
+                }
+                Poll::Ready(Some(batch))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                let status = status_of_stream_error(&self.guard.state, &e);
+                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `batch` in `schema`: the plan's logical schema, which physical batches may differ from in
+/// representation (a string column as `Utf8View`) or nullability. Clients decode the batches by
+/// the advertised schema, so a batch is cast to it, never sent as it is.
+fn in_schema(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                datafusion::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+fn status_of_stream_error(state: &ServerState, error: &DataFusionError) -> Status {
+    let message = crate::cli::error_line(error);
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(_) => {
+            state.metrics.error("limit");
+            Status::resource_exhausted(message)
+        }
+        DataFusionError::External(e) if e.downcast_ref::<OutsideRoot>().is_some() => {
+            state.metrics.error("path");
+            Status::permission_denied(message)
+        }
+        _ => {
+            state.metrics.error("execution");
+            Status::internal(message)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSql {
+    type FlightService = FlightSql;
+
+    /// With a token: the client shows it as the handshake's payload, or as the password of
+    /// `authorization: Basic …`; the answer carries `authorization: Bearer TOKEN` for the calls
+    /// that follow. Without one, every handshake succeeds.
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<FlightStream<HandshakeResponse>>, Status> {
+        let basic = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|d| {
+                let text = String::from_utf8(d).ok()?;
+                text.split_once(':')
+                    .map(|(_, password)| password.to_string())
+            });
+        let mut stream = request.into_inner();
+        let payload = match stream.next().await {
+            Some(Ok(first)) => first.payload,
+            Some(Err(status)) => return Err(status),
+            None => bytes::Bytes::new(),
+        };
+        let answer_payload = match &self.state.token {
+            None => bytes::Bytes::new(),
+            Some(token) => {
+                let shown = basic.as_deref().map(str::as_bytes).unwrap_or(&payload);
+                if !token.matches(shown) {
+                    self.state.metrics.error("auth");
+                    return Err(Status::unauthenticated(if shown.is_empty() {
+                        "no token: send it as the handshake's payload or as the password of Basic authorization"
+                    } else {
+                        "wrong token"
+                    }));
+                }
+                bytes::Bytes::copy_from_slice(token.as_str().as_bytes())
+            }
+        };
+        let answer = HandshakeResponse {
+            protocol_version: 0,
+            payload: answer_payload,
+        };
+        let mut response: Response<FlightStream<HandshakeResponse>> =
+            Response::new(Box::pin(futures::stream::once(async { Ok(answer) })));
+        if let Some(token) = &self.state.token {
+            let value = format!("Bearer {}", token.as_str())
+                .parse()
+                .map_err(|_| Status::internal("the token is not a valid header value"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let plan = self.plan(&query.query).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        };
+        self.plan_info(plan, ticket.as_any().encode_to_vec(), request.into_inner())
+            .await
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        if ticket.statement_handle.first() == Some(&RESULT_TICKET) {
+            let kept = self
+                .results
+                .lock()
+                .expect("not poisoned")
+                .take(&ticket.statement_handle);
+            let Some(batches) = kept else {
+                self.state.metrics.error("not_found");
+                return Err(Status::not_found(
+                    "this result was fetched already, or forgotten among more than 1024",
+                ));
+            };
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(Schema::empty()));
+            let stream = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(futures::stream::iter(batches.into_iter().map(Ok)))
+                .map_err(Status::from);
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let sql = std::str::from_utf8(&ticket.statement_handle).map_err(|_| {
+            Status::invalid_argument("the ticket is not a statement of this server")
+        })?;
+        let plan = self.plan(sql).await?;
+        self.run(plan).await
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let plan = self.plan(&command.query).await?;
+        let response = self.run(plan).await?;
+        let stream = response.into_inner().map_err(flight_error);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(status_of_flight_error)?;
+        // DML answers with one `count` row; DDL with none.
+        let count = batches
+            .first()
+            .filter(|b| b.num_rows() == 1 && b.num_columns() == 1)
+            .and_then(|b| ScalarValue::try_from_array(b.column(0), 0).ok())
+            .and_then(|v| match v {
+                ScalarValue::UInt64(Some(n)) => i64::try_from(n).ok(),
+                ScalarValue::Int64(Some(n)) => Some(n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(count)
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let plan = self.plan(&query.query).await?;
+        let dataset_schema = schema_bytes(plan.schema().as_arrow())?;
+        let parameters = parameter_schema(&plan).map_err(|e| self.status(&e))?;
+        let parameter_schema = schema_bytes(&parameters)?;
+        let handle = self.new_handle();
+        self.prepared.lock().expect("not poisoned").insert(
+            handle.clone(),
+            Statement {
+                sql: query.query,
+                parameters: None,
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into(),
+            dataset_schema,
+            parameter_schema,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        self.prepared
+            .lock()
+            .expect("not poisoned")
+            .remove(&query.prepared_statement_handle);
+        Ok(())
+    }
+
+    /// Binds the one-row batch the client sends to the statement's `$1`, `$2`, ….
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = query.prepared_statement_handle.to_vec();
+        let mut statement = self.statement(&handle)?;
+        let stream = request.into_inner().map_err(flight_error);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
+            .try_collect()
+            .await
+            .map_err(status_of_flight_error)?;
+        let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        self.state.metrics.request_bytes_in.inc_by(bytes as u64);
+        statement.parameters = match batches.as_slice() {
+            [] => None,
+            [batch] => Some(batch.clone()),
+            _ => {
+                self.state.metrics.error("bad_request");
+                return Err(Status::invalid_argument(format!(
+                    "bind one batch of one row of parameters; got {} batches",
+                    batches.len()
+                )));
+            }
+        };
+        if let Some(batch) = &statement.parameters
+            && let Err(e) = parameter_values(batch)
+        {
+            return Err(self.status(&e));
+        }
+        self.prepared
+            .lock()
+            .expect("not poisoned")
+            .insert(handle.clone(), statement);
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.into()),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let plan = self.prepared_plan(&query.prepared_statement_handle).await?;
+        self.plan_info(plan, query.as_any().encode_to_vec(), request.into_inner())
+            .await
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let plan = self.prepared_plan(&query.prepared_statement_handle).await?;
+        self.run(plan).await
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(Status::from)?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let mut names = self.state.ctx.catalog_names();
+        names.sort();
+        for name in names {
+            builder.append(name);
+        }
+        let batch = builder.build().map_err(Status::from)?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let ctx = &self.state.ctx;
+        let mut catalogs = ctx.catalog_names();
+        catalogs.sort();
+        for catalog_name in catalogs {
+            if let Some(catalog) = ctx.catalog(&catalog_name) {
+                let mut schemas = catalog.schema_names();
+                schemas.sort();
+                for schema in schemas {
+                    builder.append(&catalog_name, schema);
+                }
+            }
+        }
+        let batch = builder.build().map_err(Status::from)?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let tables = self.tables().await?;
+        let mut builder = query.into_builder();
+        for (catalog, schema, name, kind, table_schema) in tables {
+            builder
+                .append(catalog, schema, name, kind, &table_schema)
+                .map_err(Status::from)?;
+        }
+        let batch = builder.build().map_err(Status::from)?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for kind in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
+            builder.append(kind);
+        }
+        let batch = builder.build().map_err(Status::from)?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.state.metrics.error("bad_request");
+        Err(Status::invalid_argument(format!(
+            "not a ticket of this server: {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// An error decoding a client's batches as a status.
+fn status_of_flight_error(error: FlightError) -> Status {
+    match error {
+        FlightError::Tonic(status) => *status,
+        other => Status::invalid_argument(format!("reading the batches sent: {other}")),
+    }
+}
+
+/// A client stream's status as the error type arrow-flight's decoder carries.
+fn flight_error(status: Status) -> FlightError {
+    FlightError::Tonic(Box::new(status))
+}
