@@ -294,10 +294,17 @@ async fn paths_outside_the_root_and_settings_are_refused_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_over_the_time_or_memory_limit_fails_and_the_server_serves_on() {
+async fn a_query_over_the_time_memory_or_size_limit_fails_and_the_server_serves_on() {
     let server = start(
         "limits",
-        &["--query-timeout", "2", "--memory-limit", "32MiB"],
+        &[
+            "--query-timeout",
+            "2",
+            "--memory-limit",
+            "32MiB",
+            "--max-request-size",
+            "64KiB",
+        ],
     );
     let mut client = client(&server).await;
     let started = std::time::Instant::now();
@@ -322,6 +329,25 @@ async fn a_query_over_the_time_or_memory_limit_fails_and_the_server_serves_on() 
     .unwrap_err();
     assert!(
         e.contains("Resources exhausted") || e.contains("memory"),
+        "{e}"
+    );
+    // A request past --max-request-size (here 64 KiB): a parameter of 100 KB.
+    let mut prepared = client
+        .prepare("SELECT length($1) AS n".into(), None)
+        .await
+        .unwrap();
+    let big = "x".repeat(100_000);
+    let parameters = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Utf8, false)])),
+        vec![Arc::new(arrow::array::StringArray::from(vec![
+            big.as_str(),
+        ]))],
+    )
+    .unwrap();
+    prepared.set_parameters(parameters).unwrap();
+    let e = prepared.execute().await.unwrap_err().to_string();
+    assert!(
+        e.contains("message length too large") || e.contains("too large"),
         "{e}"
     );
     let got = query(&mut client, "SELECT 40 + 2 AS x").await.unwrap();

@@ -3,6 +3,7 @@
 //! - [`functions`]: every ArrowQuant SQL function as an object carrying a `datafusion-ffi`
 //!   PyCapsule, so an ordinary `datafusion.SessionContext` from PyPI can register it.
 //! - [`pipeline`]: the model pipeline and the configuration, run with the GIL released.
+//! - [`server`]: `arrowquant serve`, for `python -m arrow_quant_v2.server`.
 
 use pyo3::prelude::*;
 
@@ -10,6 +11,7 @@ mod batch;
 mod errors;
 mod functions;
 mod pipeline;
+mod server;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functions::register(m)?;
     batch::register(m)?;
     pipeline::register(m)?;
+    server::register(m)?;
     Ok(())
 }

@@ -10,11 +10,9 @@
 //! again instead of the server keeping state between the two calls. Prepared statements are
 //! kept (at most [`MAX_PREPARED`]) with their bound parameters, under a handle the server made.
 
-use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -36,10 +34,9 @@ use arrow_flight::{
 };
 use base64::Engine;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::{LogicalPlan, TableType};
 use datafusion::prelude::SQLOptions;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -48,11 +45,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::ServerState;
 use super::auth::FlightGate;
-use crate::root::OutsideRoot;
-
-/// Prepared statements kept at once; past this the oldest is forgotten (its handle then answers
-/// "unknown prepared statement"), so clients that never close cannot grow the server.
-pub const MAX_PREPARED: usize = 1024;
+use super::handles::{
+    MAX_PREPARED, Prepared, RESULT_TICKET, Results, Statement, parameter_schema, parameter_values,
+};
+use super::query_stream::{Bounded, QueryGuard, over_time, status_of};
 
 /// Serves Flight SQL on `listener` until `stop` completes.
 pub async fn serve(
@@ -87,69 +83,6 @@ pub struct FlightSql {
     next_handle: AtomicU64,
     sql_info: SqlInfoData,
 }
-
-/// A prepared statement: its SQL and the parameters last bound to it.
-#[derive(Clone)]
-struct Statement {
-    sql: String,
-    parameters: Option<RecordBatch>,
-}
-
-/// The prepared statements, oldest first.
-#[derive(Default)]
-struct Prepared {
-    statements: HashMap<Vec<u8>, Statement>,
-    order: VecDeque<Vec<u8>>,
-}
-
-impl Prepared {
-    fn insert(&mut self, handle: Vec<u8>, statement: Statement) {
-        if self.statements.insert(handle.clone(), statement).is_none() {
-            self.order.push_back(handle);
-        }
-        while self.order.len() > MAX_PREPARED {
-            if let Some(oldest) = self.order.pop_front() {
-                self.statements.remove(&oldest);
-            }
-        }
-    }
-
-    fn remove(&mut self, handle: &[u8]) {
-        if self.statements.remove(handle).is_some() {
-            self.order.retain(|h| h != handle);
-        }
-    }
-}
-
-/// The results of commands (DDL, DML, COPY) that ran when a client asked for their
-/// FlightInfo, oldest first, until the client fetches them (at most [`MAX_PREPARED`]).
-#[derive(Default)]
-struct Results {
-    batches: HashMap<Vec<u8>, Vec<RecordBatch>>,
-    order: VecDeque<Vec<u8>>,
-}
-
-impl Results {
-    fn insert(&mut self, handle: Vec<u8>, batches: Vec<RecordBatch>) {
-        self.batches.insert(handle.clone(), batches);
-        self.order.push_back(handle);
-        while self.order.len() > MAX_PREPARED {
-            if let Some(oldest) = self.order.pop_front() {
-                self.batches.remove(&oldest);
-            }
-        }
-    }
-
-    fn take(&mut self, handle: &[u8]) -> Option<Vec<RecordBatch>> {
-        let batches = self.batches.remove(handle)?;
-        self.order.retain(|h| h != handle);
-        Some(batches)
-    }
-}
-
-/// The first byte of a ticket that names a kept result rather than SQL text (no SQL starts
-/// with a NUL).
-const RESULT_TICKET: u8 = 0;
 
 /// Whether `plan` changes something (a table created or dropped, a file written) rather than
 /// only answering: such a statement runs once, when its FlightInfo is asked for, so it has
@@ -205,23 +138,20 @@ impl FlightSql {
             Ok::<_, DataFusionError>(plan)
         };
         match tokio::time::timeout(self.state.query_timeout, work).await {
-            Ok(result) => result.map_err(|e| self.status(&e)),
-            Err(_) => Err(self.over_time()),
+            Ok(result) => result.map_err(|e| status_of(&self.state, &e)),
+            Err(_) => Err(over_time(&self.state)),
         }
     }
 
-    /// Runs `plan` as one bounded query: it waits for a slot among
+    /// Starts `plan` as one bounded query: it waits for a slot among
     /// `--max-concurrent-queries`, and the whole of it (the wait included) must end within
     /// `--query-timeout`.
-    async fn run(
-        &self,
-        plan: LogicalPlan,
-    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+    async fn start(&self, plan: LogicalPlan) -> Result<Bounded, Status> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.state.query_timeout;
         let permit = tokio::time::timeout_at(deadline, self.state.queries.clone().acquire_owned())
             .await
-            .map_err(|_| self.over_time())?
+            .map_err(|_| over_time(&self.state))?
             .map_err(|_| Status::unavailable("the server is stopping"))?;
         let guard = QueryGuard::new(self.state.clone(), permit, started);
         let schema = Arc::new(plan.schema().as_arrow().clone());
@@ -230,18 +160,20 @@ impl FlightSql {
             let frame = ctx.execute_logical_plan(plan).await?;
             frame.execute_stream().await
         };
-        let stream = match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(self.status(&e)),
-            Err(_) => return Err(self.over_time()),
-        };
-        let bounded = Bounded {
-            schema: schema.clone(),
-            inner: stream,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            guard,
-            done: false,
-        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(stream)) => Ok(Bounded::new(schema, stream, deadline, guard)),
+            Ok(Err(e)) => Err(status_of(&self.state, &e)),
+            Err(_) => Err(over_time(&self.state)),
+        }
+    }
+
+    /// Runs `plan` for DoGet: its batches as Flight data.
+    async fn run(
+        &self,
+        plan: LogicalPlan,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let bounded = self.start(plan).await?;
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(bounded)
@@ -249,32 +181,13 @@ impl FlightSql {
         Ok(Response::new(Box::pin(flight)))
     }
 
-    /// A DataFusion error as the gRPC status a client can act on, counted by kind.
-    fn status(&self, error: &DataFusionError) -> Status {
-        let message = crate::cli::error_line(error);
-        let (kind, status) = match error.find_root() {
-            DataFusionError::External(e) if e.downcast_ref::<OutsideRoot>().is_some() => {
-                ("path", Status::permission_denied(message))
-            }
-            DataFusionError::ResourcesExhausted(_) => {
-                ("limit", Status::resource_exhausted(message))
-            }
-            DataFusionError::Plan(_)
-            | DataFusionError::SQL(..)
-            | DataFusionError::SchemaError(..)
-            | DataFusionError::NotImplemented(_) => ("plan", Status::invalid_argument(message)),
-            _ => ("execution", Status::internal(message)),
-        };
-        self.state.metrics.error(kind);
-        status
-    }
-
-    fn over_time(&self) -> Status {
-        self.state.metrics.error("limit");
-        Status::deadline_exceeded(format!(
-            "the query ran past the server's limit of {} s (--query-timeout)",
-            self.state.query_timeout.as_secs_f64()
-        ))
+    /// Runs `plan` to its end: every batch (for commands, whose answer is a row or none).
+    async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>, Status> {
+        self.start(plan)
+            .await?
+            .try_collect()
+            .await
+            .map_err(status_of_flight_error)
     }
 
     fn new_handle(&self) -> Vec<u8> {
@@ -299,8 +212,9 @@ impl FlightSql {
         let plan = self.plan(&statement.sql).await?;
         match statement.parameters {
             Some(batch) => {
-                let values = parameter_values(&batch).map_err(|e| self.status(&e))?;
-                plan.with_param_values(values).map_err(|e| self.status(&e))
+                let values = parameter_values(&batch).map_err(|e| status_of(&self.state, &e))?;
+                plan.with_param_values(values)
+                    .map_err(|e| status_of(&self.state, &e))
             }
             None => Ok(plan),
         }
@@ -318,12 +232,7 @@ impl FlightSql {
         if !is_command(&plan) {
             return self.info(&schema, ticket, descriptor);
         }
-        let response = self.run(plan).await?;
-        let stream = response.into_inner().map_err(flight_error);
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
-            .try_collect()
-            .await
-            .map_err(status_of_flight_error)?;
+        let batches = self.collect(plan).await?;
         let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let mut handle = vec![RESULT_TICKET];
         handle.extend_from_slice(format!("result-{n}").as_bytes());
@@ -409,44 +318,6 @@ impl FlightSql {
     }
 }
 
-/// The first row of a bound parameter batch as positional values `$1`, `$2`, … (columns in
-/// order).
-fn parameter_values(batch: &RecordBatch) -> datafusion::common::Result<ParamValues> {
-    if batch.num_rows() != 1 {
-        return datafusion::common::plan_err!(
-            "bind one row of parameters to a prepared statement; got {} rows",
-            batch.num_rows()
-        );
-    }
-    let values = batch
-        .columns()
-        .iter()
-        .map(|column| ScalarValue::try_from_array(column, 0))
-        .collect::<datafusion::common::Result<Vec<_>>>()?;
-    Ok(ParamValues::from(values))
-}
-
-/// The parameter schema of a plan: `$1`, `$2`, … in order, typed where the plan says.
-fn parameter_schema(plan: &LogicalPlan) -> datafusion::common::Result<Schema> {
-    let mut types: Vec<(String, Option<DataType>)> =
-        plan.get_parameter_types()?.into_iter().collect();
-    // `$10` after `$9`: by number where the names are numbers.
-    types.sort_by_key(|(name, _)| {
-        (
-            name.trim_start_matches('$')
-                .parse::<u64>()
-                .unwrap_or(u64::MAX),
-            name.clone(),
-        )
-    });
-    Ok(Schema::new(
-        types
-            .into_iter()
-            .map(|(name, data_type)| Field::new(name, data_type.unwrap_or(DataType::Null), true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
 fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
     let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
@@ -454,135 +325,6 @@ fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
             Status::internal(format!("encoding a schema: {e}"))
         })?;
     Ok(message.0)
-}
-
-/// One query while it runs: holds its slot, and counts it when it ends however it ends.
-struct QueryGuard {
-    state: Arc<ServerState>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    started: Instant,
-}
-
-impl QueryGuard {
-    fn new(
-        state: Arc<ServerState>,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        started: Instant,
-    ) -> QueryGuard {
-        state.metrics.queries_running.inc();
-        QueryGuard {
-            state,
-            _permit: permit,
-            started,
-        }
-    }
-}
-
-impl Drop for QueryGuard {
-    fn drop(&mut self) {
-        let metrics = &self.state.metrics;
-        metrics.queries_running.dec();
-        metrics
-            .query_seconds
-            .with_label_values(&["flight"])
-            .observe(self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// A query's batches until its deadline; past it, one error and the end (dropping the inner
-/// stream cancels the query's work).
-struct Bounded {
-    /// The schema the FlightInfo advertised, which every batch is sent in.
-    schema: SchemaRef,
-    inner: SendableRecordBatchStream,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    guard: QueryGuard,
-    done: bool,
-}
-
-impl Stream for Bounded {
-    type Item = Result<RecordBatch, FlightError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            let state = &self.guard.state;
-            state.metrics.error("limit");
-            return Poll::Ready(Some(Err(FlightError::Tonic(Box::new(
-                Status::deadline_exceeded(format!(
-                    "the query ran past the server's limit of {} s (--query-timeout)",
-                    state.query_timeout.as_secs_f64()
-                )),
-            )))));
-        }
-        match self.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(batch))) => {
-                let bytes = batch.get_array_memory_size() as u64;
-                self.guard.state.metrics.flight_bytes_out.inc_by(bytes);
-                let batch = in_schema(batch, &self.schema).map_err(FlightError::Arrow);
-                if batch.is_err() {
-                    self.done = true;
-                }
-                Poll::Ready(Some(batch))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                let status = status_of_stream_error(&self.guard.state, &e);
-                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(status)))))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// `batch` in `schema`: the plan's logical schema, which physical batches may differ from in
-/// representation (a string column as `Utf8View`) or nullability. Clients decode the batches by
-/// the advertised schema, so a batch is cast to it, never sent as it is.
-fn in_schema(
-    batch: RecordBatch,
-    schema: &SchemaRef,
-) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    if batch.schema_ref() == schema {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                datafusion::arrow::compute::cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
-}
-
-fn status_of_stream_error(state: &ServerState, error: &DataFusionError) -> Status {
-    let message = crate::cli::error_line(error);
-    match error.find_root() {
-        DataFusionError::ResourcesExhausted(_) => {
-            state.metrics.error("limit");
-            Status::resource_exhausted(message)
-        }
-        DataFusionError::External(e) if e.downcast_ref::<OutsideRoot>().is_some() => {
-            state.metrics.error("path");
-            Status::permission_denied(message)
-        }
-        _ => {
-            state.metrics.error("execution");
-            Status::internal(message)
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -696,12 +438,7 @@ impl FlightSqlService for FlightSql {
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let plan = self.plan(&command.query).await?;
-        let response = self.run(plan).await?;
-        let stream = response.into_inner().map_err(flight_error);
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(stream)
-            .try_collect()
-            .await
-            .map_err(status_of_flight_error)?;
+        let batches = self.collect(plan).await?;
         // DML answers with one `count` row; DDL with none.
         let count = batches
             .first()
@@ -723,7 +460,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let plan = self.plan(&query.query).await?;
         let dataset_schema = schema_bytes(plan.schema().as_arrow())?;
-        let parameters = parameter_schema(&plan).map_err(|e| self.status(&e))?;
+        let parameters = parameter_schema(&plan).map_err(|e| status_of(&self.state, &e))?;
         let parameter_schema = schema_bytes(&parameters)?;
         let handle = self.new_handle();
         self.prepared.lock().expect("not poisoned").insert(
@@ -781,7 +518,7 @@ impl FlightSqlService for FlightSql {
         if let Some(batch) = &statement.parameters
             && let Err(e) = parameter_values(batch)
         {
-            return Err(self.status(&e));
+            return Err(status_of(&self.state, &e));
         }
         self.prepared
             .lock()

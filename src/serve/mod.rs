@@ -9,9 +9,11 @@
 
 pub mod auth;
 pub mod flight;
+mod handles;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+mod query_stream;
 pub mod session;
 
 use std::net::SocketAddr;
