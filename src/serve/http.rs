@@ -29,7 +29,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const OPEN_ROUTES: [&str; 2] = ["/healthz", "/readyz"];
 
 /// What the handlers share.
-pub struct Api {
+struct Api {
     server: Arc<ServerState>,
     /// Set once the listener was told to stop.
     stopping: AtomicBool,

@@ -223,6 +223,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Jobs {
     pub fn new(max_running: usize, metrics: Arc<Metrics>, root: Arc<Root>) -> Arc<Jobs> {
+        // Every final state's series exists from the start, at zero, so a scrape sees them.
+        for state in [JobState::Done, JobState::Failed, JobState::Cancelled] {
+            metrics.job_seconds.with_label_values(&[state.name()]);
+        }
         Jobs::with_runner(
             max_running,
             metrics,
@@ -695,7 +699,7 @@ mod tests {
                     bytes: 4,
                 });
                 lock(&meter).record(Progress::Advance { bytes: 1 });
-                if options.output.ends_with("fails") {
+                if options.output.to_string_lossy().ends_with("fails") {
                     return Err(DataFusionError::Execution("it failed".into()));
                 }
                 std::future::pending().await
@@ -769,6 +773,10 @@ mod tests {
         let b = jobs.submit(request("b")).unwrap();
         let c = jobs.submit(request("c")).unwrap();
         until(&jobs, &a, "running").await;
+        // Running from its start; its work reports once the task is first polled.
+        while jobs.get(&a).unwrap()["progress"]["step"] == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         assert_eq!(
             (state(&jobs, &b), state(&jobs, &c)),
             ("queued".into(), "queued".into())
@@ -884,7 +892,7 @@ mod tests {
             (with("model", "taken", "{}"), "output 'taken' exists"),
             (
                 with("model", "no/dir/out", "{}"),
-                "the directory to write it in",
+                "output 'no/dir/out': the directory to write it in",
             ),
             (
                 with("model", "out", r#"{"bits": 4}"#),
