@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting and lints (Rust and Python), the Rust test suite (unit,
 # property, kernel quality, sqllogictest, CLI and pipeline), then the Python package built in the
-# dev profile into .venv and its pytest suite, and the llama.cpp runtime check
+# dev profile into .venv and its pytest suite (the server's Flight SQL and HTTP clients among
+# them), the deployment files' checks (scripts/check_deploy.sh), and the llama.cpp runtime check
 # (scripts/llama_check.sh: builds llama-cpp-python into .venv-llama on first use). Usage:
 # scripts/test.sh
 set -euo pipefail
@@ -27,6 +28,9 @@ scripts/build-python.sh
 .venv/bin/ruff check python/ examples/ scripts/ benches/
 .venv/bin/ruff format --check python/ examples/ scripts/ benches/
 .venv/bin/python -m pytest -q python/tests 2>&1 | tee -a "$log"
+
+echo "== deploy: the Dockerfile, the Kubernetes manifests and the dashboard against the server"
+ARROWQUANT_BIN=target/debug/arrowquant scripts/check_deploy.sh
 
 echo "== llama.cpp: ArrowQuant's GGUF files of a real checkpoint load, run, and beat llama.cpp's own"
 scripts/llama_check.sh

@@ -158,6 +158,10 @@ impl Metrics {
         for state in ["done", "failed", "cancelled"] {
             metrics.jobs_finished.with_label_values(&[state]);
         }
+        metrics.query_seconds.with_label_values(&["flight"]);
+        for method in FLIGHT_METHODS {
+            metrics.flight_requests.with_label_values(&[method]);
+        }
         metrics
     }
 
@@ -192,4 +196,14 @@ pub const ERROR_KINDS: [&str; 8] = [
     "bad_request",
     "not_found",
     "job",
+];
+
+/// The gRPC methods a Flight SQL client calls, counted from zero.
+const FLIGHT_METHODS: [&str; 6] = [
+    "Handshake",
+    "GetFlightInfo",
+    "GetSchema",
+    "DoGet",
+    "DoPut",
+    "DoAction",
 ];

@@ -179,8 +179,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let signal = stop_signal.next().await;
     say(&format!("{signal}: stopping"));
-    let _ = stop_tx.send(true);
+    // Jobs first, the listeners still open: /readyz answers 503 while the jobs drain, so a
+    // load balancer stops sending work before the port closes.
     state.jobs.shutdown().await;
+    let _ = stop_tx.send(true);
     for (name, task) in [("Flight SQL", flight), ("HTTP", http)] {
         match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
             Ok(Ok(Ok(()))) => {}
