@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use arrowquant::config::{OutputFormat, QuantConfig, Settings, Value};
-use arrowquant::pipeline::gguf_output::{is_gguf_path, quantize_to_gguf};
-use arrowquant::pipeline::{Progress, RunOptions, quantize_model};
+use arrowquant::pipeline::gguf_output::is_gguf_path;
+use arrowquant::pipeline::{Progress, RunOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
@@ -210,13 +210,9 @@ fn quantize(
                 _ = callback_failed.notified() => Err(datafusion::common::DataFusionError::Execution(
                     "the progress callback raised an exception".to_string(),
                 )),
-                result = async {
-                    if gguf {
-                        quantize_to_gguf(&options, &report).await
-                    } else {
-                        quantize_model(&options, &report).await
-                    }
-                } => result,
+                // The CLI's and the server's dispatch (Parquet or GGUF by the config's
+                // format), with their guard against panics while the inputs are read.
+                result = arrowquant::pipeline::quantize(&options, &report) => result,
             }
         })
     });
