@@ -30,7 +30,8 @@ fn serve(py: Python<'_>, argv: Vec<String>) -> PyResult<()> {
             return Err(PySystemExit::new_err(e.exit_code()));
         }
     };
-    let result = py.detach(|| crate::pipeline::RUNTIME.block_on(arrowquant::serve::run(command.args)));
+    let result =
+        py.detach(|| crate::pipeline::RUNTIME.block_on(arrowquant::serve::run(command.args)));
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
