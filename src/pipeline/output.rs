@@ -335,10 +335,17 @@ impl Partial {
             let Some((tag, pid)) = stale_name(&self.name, &entry.file_name()) else {
                 continue;
             };
-            if pid == std::process::id() || is_running(pid) {
+            let path = entry.path();
+            if pid == std::process::id() {
+                // Ours only if this process is writing it: a process restarted under the same
+                // number (PID 1 in a container, after a crash) finds its predecessor's partials
+                // unlisted. What a swap moved aside is never listed: left alone.
+                if tag == "replaced" || live().iter().any(|(p, _)| *p == path) {
+                    continue;
+                }
+            } else if is_running(pid) {
                 continue;
             }
-            let path = entry.path();
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -1112,5 +1119,34 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(left, expected);
+    }
+
+    /// A restarted server is PID 1 again in its container: its predecessor's partial, by our own
+    /// number but not one this process is writing, is stale; one this process is writing is not.
+    #[test]
+    fn a_partial_by_our_own_number_that_we_are_not_writing_is_stale() {
+        let dir = scratch("own-pid");
+        let me = std::process::id();
+        victim(&dir.join(format!(".out.partial-{me}-977")));
+        victim(&dir.join(format!(".out.replaced-{me}-978")));
+        let first = PartialDir::create(&dir.join("out"), &Inputs::default(), false).unwrap();
+        let second = PartialDir::create(&dir.join("out"), &Inputs::default(), false).unwrap();
+        let mut expected = vec![
+            first
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            second
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            format!(".out.replaced-{me}-978"),
+        ];
+        expected.sort();
+        assert_eq!(names(&dir), expected);
     }
 }
