@@ -45,10 +45,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::ServerState;
 use super::auth::FlightGate;
+use super::compute::AbortOnDrop;
 use super::handles::{
     MAX_PREPARED, Prepared, RESULT_TICKET, Results, Statement, parameter_schema, parameter_values,
 };
-use super::query_stream::{Bounded, QueryGuard, over_time, status_of};
+use super::query_stream::{Bounded, QueryGuard, channel_stream, over_time, status_of};
 
 /// Serves Flight SQL on `listener` until `stop` completes.
 pub async fn serve(
@@ -145,7 +146,8 @@ impl FlightSql {
 
     /// Starts `plan` as one bounded query: it waits for a slot among
     /// `--max-concurrent-queries`, and the whole of it (the wait included) must end within
-    /// `--query-timeout`.
+    /// `--query-timeout`. It runs on the compute runtime ([`super::compute`]); its batches come
+    /// back through a channel of two, so a slow client holds the query back, not its memory.
     async fn start(&self, plan: LogicalPlan) -> Result<Bounded, Status> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.state.query_timeout;
@@ -155,16 +157,31 @@ impl FlightSql {
             .map_err(|_| Status::unavailable("the server is stopping"))?;
         let guard = QueryGuard::new(self.state.clone(), permit, started);
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        let ctx = &self.state.ctx;
-        let work = async {
-            let frame = ctx.execute_logical_plan(plan).await?;
-            frame.execute_stream().await
-        };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(Ok(stream)) => Ok(Bounded::new(schema, stream, deadline, guard)),
-            Ok(Err(e)) => Err(status_of(&self.state, &e)),
-            Err(_) => Err(over_time(&self.state)),
-        }
+        let ctx = self.state.ctx.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let task = super::compute::handle().spawn(async move {
+            let stream = async { ctx.execute_logical_plan(plan).await?.execute_stream().await };
+            match stream.await {
+                Ok(mut batches) => {
+                    while let Some(batch) = batches.next().await {
+                        if sender.send(batch).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
+                }
+            }
+        });
+        let batches = channel_stream(receiver);
+        Ok(Bounded::new(
+            schema,
+            batches,
+            deadline,
+            guard,
+            AbortOnDrop(task),
+        ))
     }
 
     /// Runs `plan` for DoGet: its batches as Flight data.

@@ -8,6 +8,7 @@
 //! running jobs (their partial outputs removed) and exits 0.
 
 pub mod auth;
+pub mod compute;
 pub mod flight;
 mod handles;
 pub mod http;

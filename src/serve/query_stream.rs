@@ -11,11 +11,11 @@ use arrow_flight::error::FlightError;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt};
 use tonic::Status;
 
 use super::ServerState;
+use super::compute::AbortOnDrop;
 use crate::root::OutsideRoot;
 
 /// One query while it runs: holds its slot, and counts it when it ends however it ends.
@@ -56,7 +56,9 @@ impl Drop for QueryGuard {
 pub(super) struct Bounded {
     /// The schema the FlightInfo advertised, which every batch is sent in.
     schema: SchemaRef,
-    inner: SendableRecordBatchStream,
+    inner: Batches,
+    /// The task producing `inner`, stopped when this stream is dropped.
+    _task: AbortOnDrop,
     deadline: Pin<Box<tokio::time::Sleep>>,
     guard: QueryGuard,
     done: bool,
@@ -66,13 +68,15 @@ impl Bounded {
     /// `inner`'s batches in `schema` until `deadline`.
     pub(super) fn new(
         schema: SchemaRef,
-        inner: SendableRecordBatchStream,
+        inner: Batches,
         deadline: tokio::time::Instant,
         guard: QueryGuard,
+        task: AbortOnDrop,
     ) -> Bounded {
         Bounded {
             schema,
             inner,
+            _task: task,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             guard,
             done: false,
@@ -139,6 +143,17 @@ fn in_schema(
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// A query's batches as they arrive from the task that runs it.
+pub(super) type Batches =
+    Pin<Box<dyn Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static>>;
+
+/// The receiving end of a query task's channel as a stream of its batches.
+pub(super) fn channel_stream(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<RecordBatch, DataFusionError>>,
+) -> Batches {
+    Box::pin(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
 }
 
 /// A DataFusion error as the gRPC status a client can act on, counted by kind: a path outside
