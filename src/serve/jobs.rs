@@ -198,6 +198,10 @@ enum Outcome {
     Cancelled,
 }
 
+/// How long `DELETE /v1/jobs/{id}` waits for a running job to stop before it answers with the
+/// job still running (its cancellation requested).
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The server's jobs.
 pub struct Jobs {
     pub max_running: usize,
@@ -381,6 +385,7 @@ impl Jobs {
     /// Cancels job `id`: a queued one leaves the queue, a running one's work is dropped (its
     /// partial output removed) before this returns. A job that has ended is refused.
     pub async fn cancel(&self, id: &str) -> std::result::Result<Value, JobError> {
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
         let mut ended = self.ended.subscribe();
         let key = {
             let mut inner = lock(&self.inner);
@@ -425,8 +430,18 @@ impl Jobs {
                     Some(_) => {}
                 }
             }
-            if ended.changed().await.is_err() {
-                return Err(JobError::NotFound(id.to_string()));
+            match tokio::time::timeout_at(deadline, ended.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(JobError::NotFound(id.to_string())),
+                // Stuck in blocking code: the client hears that it is still stopping (the state
+                // turns to cancelled when it does) instead of waiting without end.
+                Err(_) => {
+                    let inner = lock(&self.inner);
+                    return match inner.jobs.get(&key) {
+                        Some(job) => Ok(view(job, true)),
+                        None => Err(JobError::NotFound(id.to_string())),
+                    };
+                }
             }
         }
     }
