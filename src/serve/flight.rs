@@ -281,15 +281,33 @@ impl FlightSql {
         Ok(Response::new(info))
     }
 
-    /// One batch as a DoGet stream.
-    fn one_batch(batch: RecordBatch) -> <Self as FlightService>::DoGetStream {
+    /// The FlightInfo of a metadata command (catalogs, schemas, tables, SqlInfo…): its ticket
+    /// is the command itself, answered at DoGet.
+    fn command_info(
+        &self,
+        schema: &Schema,
+        command: &impl ProstMessageExt,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.info(
+            schema,
+            command.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    /// A metadata command's one batch as a DoGet answer.
+    fn one_batch(
+        batch: Result<RecordBatch, FlightError>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = batch.map_err(Status::from)?;
         let schema = batch.schema();
-        Box::pin(
+        Ok(Response::new(Box::pin(
             FlightDataEncoderBuilder::new()
                 .with_schema(schema)
                 .build(futures::stream::once(async { Ok(batch) }))
                 .map_err(Status::from),
-        )
+        )))
     }
 
     /// The (catalog, schema, table, type, arrow schema) of every table, in name order.
@@ -571,11 +589,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_sql_info(
@@ -583,11 +597,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(Status::from)?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(query.into_builder(&self.sql_info).build())
     }
 
     async fn get_flight_info_catalogs(
@@ -596,11 +606,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_catalogs(
@@ -614,8 +620,7 @@ impl FlightSqlService for FlightSql {
         for name in names {
             builder.append(name);
         }
-        let batch = builder.build().map_err(Status::from)?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -624,11 +629,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_schemas(
@@ -649,8 +650,7 @@ impl FlightSqlService for FlightSql {
                 }
             }
         }
-        let batch = builder.build().map_err(Status::from)?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -659,11 +659,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_tables(
@@ -678,8 +674,7 @@ impl FlightSqlService for FlightSql {
                 .append(catalog, schema, name, kind, &table_schema)
                 .map_err(Status::from)?;
         }
-        let batch = builder.build().map_err(Status::from)?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -688,11 +683,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_table_types(
@@ -704,8 +695,7 @@ impl FlightSqlService for FlightSql {
         for kind in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
             builder.append(kind);
         }
-        let batch = builder.build().map_err(Status::from)?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn do_get_fallback(
